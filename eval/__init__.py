@@ -1,0 +1,1 @@
+"""Evaluation harness: metrics, tasks, backends, runner."""

@@ -1,0 +1,1 @@
+"""Metrics registered by name."""

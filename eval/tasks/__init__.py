@@ -1,0 +1,1 @@
+"""Task YAMLs (data, not code)."""

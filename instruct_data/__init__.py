@@ -1,0 +1,1 @@
+"""Multimodal instruction data: record schema, loaders, synthetic corpus, converters, collator."""

@@ -1,0 +1,1 @@
+"""onellm: align every modality with a language model."""

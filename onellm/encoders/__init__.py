@@ -1,0 +1,1 @@
+"""Universal encoder adapters for HF vision transformers."""

@@ -1,0 +1,1 @@
+"""Modality contracts (one file per modality), registered by name."""

@@ -1,0 +1,1 @@
+"""Training recipes: stages, curriculum, loop."""

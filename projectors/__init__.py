@@ -1,0 +1,1 @@
+"""The Universal Projection Module: expert blocks, router, mixture."""

@@ -1,0 +1,1 @@
+"""Serving: vLLM plugin and OpenAI-compatible server."""
