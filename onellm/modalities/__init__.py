@@ -1,1 +1,65 @@
-"""Modality contracts (one file per modality), registered by name."""
+"""Modality contracts, registered by name.
+
+A modality file declares, in one place, everything the rest of the stack asks about it:
+
+- ``preprocess(source, **options)``: file path / bytes / array -> fixed-shape float tensor;
+- ``build_tokenizer(encoder_width, **options)``: the trainable module mapping that tensor to
+  encoder tokens ``[B, L_m, C]`` (positions included);
+- ``dummy_input(**options)``: a preprocessed tensor of the right shape (profiling, vLLM);
+- ``image_like``: whether the tokenizer is the frozen encoder patch embedding (then the whole
+  path up to the projector is frozen and its features can be cached).
+
+The number of placeholder tokens an input occupies in the prompt is the same for every modality
+(``N`` query tokens + start and end tags) and is computed by :func:`onellm.tokens.placeholder_count`.
+
+Adding a modality = one file in this folder that calls :func:`register_modality` (+ its test).
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+from onellm.modalities.base import MediaError, Modality, Source
+
+_REGISTRY: dict[str, Modality] = {}
+
+
+def register_modality(cls: type[Modality]) -> type[Modality]:
+    """Class decorator: instantiate and register a modality under ``cls.name``."""
+    name = cls.name
+    if not name or not name.isidentifier():
+        raise ValueError(f"modality class {cls.__name__} needs a `name` that is an identifier, got {name!r}")
+    if name in _REGISTRY and type(_REGISTRY[name]) is not cls:
+        raise ValueError(f"modality {name!r} is registered twice ({type(_REGISTRY[name]).__name__}, {cls.__name__})")
+    _REGISTRY[name] = cls()
+    return cls
+
+
+def _load_builtin() -> None:
+    for info in pkgutil.iter_modules(__path__):
+        if info.name != "base":
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+def get_modality(name: str) -> Modality:
+    """The registered modality ``name``; the error lists the known ones."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown modality {name!r}; registered: {', '.join(modality_names())}") from None
+
+
+def modality_names() -> list[str]:
+    """Registered modality names in curriculum order (``Modality.order``: image first)."""
+    return sorted(_REGISTRY, key=lambda n: (_REGISTRY[n].order, n))
+
+
+def marker(name: str) -> str:
+    """The text placeholder that marks where an input of modality ``name`` goes, e.g. ``<image>``."""
+    return get_modality(name).marker
+
+
+_load_builtin()
+
+__all__ = ["MediaError", "Modality", "Source", "get_modality", "marker", "modality_names", "register_modality"]

@@ -1,0 +1,1 @@
+"""Synthetic 8-modality corpus."""

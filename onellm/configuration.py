@@ -1,0 +1,84 @@
+"""`OneLLMConfig`: the one serialisable description of a onellm model (the HF / vLLM boundary).
+
+Sub-configs: ``text_config`` (any causal-LM config), ``vision_config`` (CLIP / SigLIP / DINOv2 vision config),
+``projector_config`` (UPM shape), ``modality_configs`` (per-modality options; its keys are the enabled
+modalities), ``modality_token_ids`` (the tokenizer id of each modality's placeholder token).
+Builders unpack it into keyword arguments; modules never read it.
+"""
+
+from __future__ import annotations
+
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.models.auto import CONFIG_MAPPING
+
+from onellm.modalities import get_modality
+from onellm.projectors.routers import router_modes
+
+PROJECTOR_DEFAULTS = {
+    "num_experts": 3,
+    "depth": 8,
+    "num_queries": 30,
+    "num_heads": 8,
+    "mlp_ratio": 4.0,
+    "router": "pooled",
+    "expert": "transformer",
+    "width": None,  # None: the encoder's width (OneLLM: 1024 for CLIP ViT-L/14)
+}
+
+
+class OneLLMConfig(PreTrainedConfig):
+    model_type = "onellm"
+    sub_configs = {"text_config": AutoConfig, "vision_config": AutoConfig}
+
+    text_config: dict | PreTrainedConfig | None = None
+    vision_config: dict | PreTrainedConfig | None = None
+    projector_config: dict | None = None
+    modality_configs: dict | None = None
+    modality_token_ids: dict | None = None
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs):
+        if isinstance(self.text_config, dict):
+            self.text_config = CONFIG_MAPPING[self.text_config.get("model_type", "llama")](**self.text_config)
+        elif self.text_config is None:
+            self.text_config = CONFIG_MAPPING["llama"]()
+        if isinstance(self.vision_config, dict):
+            kind = self.vision_config.get("model_type", "clip_vision_model")
+            self.vision_config = CONFIG_MAPPING[kind](**self.vision_config)
+        elif self.vision_config is None:
+            self.vision_config = CONFIG_MAPPING["clip_vision_model"]()
+        self.projector_config = {**PROJECTOR_DEFAULTS, **(self.projector_config or {})}
+        unknown = sorted(set(self.projector_config) - set(PROJECTOR_DEFAULTS))
+        if unknown:
+            raise ValueError(f"projector_config has unknown key(s) {unknown}; known: {sorted(PROJECTOR_DEFAULTS)}")
+        if self.projector_config["router"] not in router_modes():
+            raise ValueError(f"projector_config.router={self.projector_config['router']!r}; expected one of {router_modes()}")
+        self.modality_configs = dict(self.modality_configs or {"image": {}})
+        for name, options in self.modality_configs.items():
+            get_modality(name).options(**options)  # unknown modality / option -> error naming it
+        self.modality_token_ids = dict(self.modality_token_ids or {})
+        # The LLM decides whether its input and output embeddings are tied (SmolLM2 ties them).
+        if not self.tie_word_embeddings and getattr(self.text_config, "tie_word_embeddings", False):
+            self.tie_word_embeddings = True
+        super().__post_init__(**kwargs)
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.modality_configs)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.text_config.hidden_size
+
+    @property
+    def vocab_size(self) -> int:
+        return self.text_config.vocab_size
+
+    def modality_options(self, name: str) -> dict:
+        """The full options of modality ``name`` (its defaults merged with this model's overrides)."""
+        if name not in self.modality_configs:
+            raise KeyError(f"this model has no modality {name!r}; it has: {self.modalities}")
+        return get_modality(name).options(**self.modality_configs[name])
+
+
+__all__ = ["OneLLMConfig"]

@@ -1,1 +1,0 @@
-"""Universal encoder adapters for HF vision transformers."""

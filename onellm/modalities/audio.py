@@ -1,0 +1,147 @@
+"""Audio: decode (soundfile, PyAV fallback) -> mono 16 kHz -> 128-bin Kaldi fbank, padded/cut, normalised.
+
+Tokenizer: Conv2d over the [1, 128, T] fbank "image" + a learned position table (OneLLM's audio path).
+With OneLLM's numbers (T = 1024 frames of 10 ms, kernel 16, stride 10): 12 x 101 = 1212 tokens.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import struct
+import warnings
+from typing import Any
+
+import av
+import numpy as np
+import soundfile
+import torch
+from torch import nn
+
+from onellm.modalities import register_modality
+from onellm.modalities.base import Modality, Source
+
+SAMPLE_RATE = 16_000
+# AudioSet statistics of the 128-bin fbank (the AST convention OneLLM follows).
+FBANK_MEAN = -4.2677393
+FBANK_STD = 4.5689974
+
+
+@functools.lru_cache(maxsize=8)
+def fbank_extractor(num_mel_bins: int, target_length: int):
+    """transformers' Kaldi-compatible fbank (numpy path; no torchaudio), built once per shape."""
+    from transformers import ASTFeatureExtractor
+
+    with warnings.catch_warnings():
+        # Kaldi's 128-bin filterbank over a 512-point FFT leaves the lowest filters empty; that is expected.
+        warnings.simplefilter("ignore", UserWarning)
+        return ASTFeatureExtractor(
+            num_mel_bins=num_mel_bins, max_length=target_length, sampling_rate=SAMPLE_RATE, do_normalize=False
+        )
+
+
+def resample(waveform: np.ndarray, rate: int, target: int = SAMPLE_RATE) -> np.ndarray:
+    """Mono float32 waveform at ``rate`` -> ``target`` Hz through libswresample (PyAV)."""
+    if rate == target:
+        return waveform
+    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(waveform[None, :], np.float32), format="flt", layout="mono")
+    frame.sample_rate = rate
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=target)
+    chunks = [f.to_ndarray()[0] for f in resampler.resample(frame)] + [f.to_ndarray()[0] for f in resampler.resample(None)]
+    return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+
+
+def wav_truncation(data: bytes) -> str | None:
+    """For RIFF/WAVE bytes: a description of the problem when the data chunk is shorter than its header says."""
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return None
+    offset = 12
+    while offset + 8 <= len(data):
+        chunk_id, size = data[offset : offset + 4], struct.unpack("<I", data[offset + 4 : offset + 8])[0]
+        if chunk_id == b"data":
+            available = len(data) - offset - 8
+            # 0xFFFFFFFF and 0 mark streamed WAVs whose size was never written; those are read as they are.
+            if size not in (0, 0xFFFFFFFF) and available < size:
+                return f"truncated WAV: the header announces {size} bytes of audio, the file holds {available}"
+            return None
+        offset += 8 + size + (size & 1)
+    return "truncated WAV: no data chunk"
+
+
+class AudioTokenizer(nn.Module):
+    """fbank ``[B, 1, M, T]`` -> ``[B, L, C]`` with L = ((M-k)//s+1) * ((T-k)//s+1), plus a learned position table."""
+
+    def __init__(self, width: int, num_mel_bins: int, target_length: int, kernel: int, stride: int):
+        super().__init__()
+        self.conv = nn.Conv2d(1, width, kernel_size=kernel, stride=stride)
+        num_tokens = ((num_mel_bins - kernel) // stride + 1) * ((target_length - kernel) // stride + 1)
+        self.positions = nn.Parameter(torch.randn(1, num_tokens, width) * 0.02)
+
+    def forward(self, fbank: torch.Tensor, encoder: nn.Module) -> torch.Tensor:
+        tokens = self.conv(fbank.to(self.conv.weight.dtype)).flatten(2).transpose(1, 2)
+        return tokens + self.positions
+
+
+@register_modality
+class AudioModality(Modality):
+    name = "audio"
+    order = 2
+    # target_length frames of 10 ms: 1024 (~10 s) in OneLLM; presets for CPU training use a few seconds.
+    defaults = {"num_mel_bins": 128, "target_length": 1024, "kernel": 16, "stride": 10, "max_seconds": 600.0}
+
+    def input_shape(self, **options: Any) -> tuple[int, ...]:
+        opts = self.options(**options)
+        return (1, opts["num_mel_bins"], opts["target_length"])
+
+    def decode(self, source: Source) -> tuple[np.ndarray, int]:
+        """Bytes/path -> (mono float32 waveform, sample rate)."""
+        data = self.read_bytes(source)
+        problem = wav_truncation(data)
+        if problem:
+            raise self.fail(source, problem)
+        try:
+            waveform, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
+            return waveform.mean(axis=1), int(rate)
+        except (soundfile.LibsndfileError, RuntimeError, TypeError):
+            pass  # not a libsndfile format (m4a, webm, ...): try FFmpeg
+        try:
+            with av.open(io.BytesIO(data)) as container:
+                if not container.streams.audio:
+                    raise self.fail(source, "no audio stream in the file")
+                resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+                chunks = [
+                    out.to_ndarray()[0] for frame in container.decode(audio=0) for out in resampler.resample(frame)
+                ]
+                chunks += [out.to_ndarray()[0] for out in resampler.resample(None)]
+        except (av.error.FFmpegError, ValueError) as exc:
+            raise self.fail(source, f"not a decodable audio file ({exc})") from None
+        if not chunks:
+            raise self.fail(source, "the audio stream has no samples")
+        return np.concatenate(chunks), SAMPLE_RATE
+
+    def preprocess(self, source: Source, extras: dict | None = None, **options: Any) -> torch.Tensor:
+        opts = self.options(**options)
+        if isinstance(source, (np.ndarray, torch.Tensor)):
+            waveform = self.load_array(source)
+            if waveform.ndim == 2:  # [samples, channels]
+                waveform = waveform.mean(axis=1)
+            if waveform.ndim != 1:
+                raise self.fail(source, f"expected a [samples] or [samples, channels] waveform, found {list(waveform.shape)}")
+            rate = int((extras or {}).get("sample_rate", SAMPLE_RATE))
+        else:
+            waveform, rate = self.decode(source)
+        self.check_finite(source, waveform)
+        if waveform.size < 400:  # one 25 ms Kaldi window at 16 kHz
+            raise self.fail(source, f"too short: {waveform.size} samples, need at least one 25 ms window")
+        if waveform.size / rate > opts["max_seconds"]:
+            raise self.fail(source, f"{waveform.size / rate:.1f} s is longer than the {opts['max_seconds']} s limit")
+        waveform = resample(waveform, rate)
+        extractor = fbank_extractor(opts["num_mel_bins"], opts["target_length"])
+        fbank = extractor(waveform.astype(np.float32), sampling_rate=SAMPLE_RATE, return_tensors="np")
+        fbank = fbank["input_values"][0]  # [T, M], zero-padded or cut to target_length
+        fbank = (fbank - FBANK_MEAN) / (FBANK_STD * 2)  # AST's normalisation
+        return torch.from_numpy(np.ascontiguousarray(fbank.T, np.float32)).unsqueeze(0)
+
+    def build_tokenizer(self, width: int, patch_size: int, **options: Any) -> nn.Module:
+        opts = self.options(**options)
+        return AudioTokenizer(width, opts["num_mel_bins"], opts["target_length"], opts["kernel"], opts["stride"])

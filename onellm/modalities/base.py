@@ -1,0 +1,138 @@
+"""The contract every modality file fulfils, and the helpers they share."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+# What a modality input may be: a file path, the file's bytes, or an already-decoded array.
+Source = str | os.PathLike | bytes | np.ndarray | torch.Tensor
+
+
+class MediaError(ValueError):
+    """A modality input could not be used. The message names the input and the problem."""
+
+    def __init__(self, modality: str, source: str, problem: str):
+        self.modality = modality
+        self.source = source
+        self.problem = problem
+        super().__init__(f"{modality} input {source}: {problem}")
+
+
+def describe_source(source: Source) -> str:
+    """A short name for an input, for error messages: the path, or the kind and size of the data."""
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)
+    if isinstance(source, (bytes, bytearray)):
+        return f"<{len(source)} bytes>"
+    if isinstance(source, (np.ndarray, torch.Tensor)):
+        return f"<array {tuple(source.shape)}>"
+    return f"<{type(source).__name__}>"
+
+
+class Modality:
+    """Base class. Subclasses set the class attributes and implement the three methods."""
+
+    name: ClassVar[str] = ""
+    # Curriculum order (image first); also the order of `modality_names()`.
+    order: ClassVar[int] = 100
+    # True when the tokenizer is the encoder's own (frozen) patch embedding.
+    image_like: ClassVar[bool] = False
+    # Preprocessing and tokenizer options with their defaults; presets override them per model.
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    @property
+    def marker(self) -> str:
+        """Text placeholder marking where an input goes in a prompt, e.g. ``<image>``."""
+        return f"<{self.name}>"
+
+    def options(self, **overrides: Any) -> dict[str, Any]:
+        """Defaults merged with ``overrides``; an unknown key is an error naming it."""
+        unknown = sorted(set(overrides) - set(self.defaults))
+        if unknown:
+            raise KeyError(
+                f"modality {self.name!r} has no option(s) {unknown}; known: {sorted(self.defaults)}"
+            )
+        return {**self.defaults, **overrides}
+
+    # --- the contract -------------------------------------------------------------------------
+    def preprocess(self, source: Source, extras: dict | None = None, **options: Any) -> torch.Tensor:
+        """Decode and normalise one input to a float32 tensor of shape ``input_shape(**options)``.
+
+        ``extras`` carries per-input facts from the record (e.g. an IMU array's ``sample_rate``).
+        """
+        raise NotImplementedError
+
+    def input_shape(self, **options: Any) -> tuple[int, ...]:
+        """Shape of one preprocessed input (no batch dimension)."""
+        raise NotImplementedError
+
+    def build_tokenizer(self, width: int, patch_size: int, **options: Any) -> nn.Module:
+        """Module mapping ``[B, *input_shape]`` (+ the encoder) to tokens ``[B', L, width]``.
+
+        ``patch_size`` is the encoder's; image-like modalities use the encoder's patch embedding.
+        """
+        raise NotImplementedError
+
+    def dummy_input(self, **options: Any) -> torch.Tensor:
+        """A preprocessed input of the right shape and a plausible range (profiling, vLLM dummies)."""
+        generator = torch.Generator().manual_seed(0)
+        return torch.randn(self.input_shape(**options), generator=generator)
+
+    def pool_encoded(self, encoded: torch.Tensor, batch: int, **options: Any) -> torch.Tensor:
+        """Fold encoder outputs ``[B', 1+L, C]`` back to one sequence per input ``[B, 1+L, C]``.
+
+        Identity except for modalities whose tokenizer emits several sequences per input (video frames).
+        """
+        return encoded
+
+    # --- helpers for subclasses ---------------------------------------------------------------
+    def fail(self, source: Source, problem: str) -> MediaError:
+        return MediaError(self.name, describe_source(source), problem)
+
+    def read_bytes(self, source: Source) -> bytes:
+        """The raw bytes of a path or bytes source; a clear error when the file is missing or empty."""
+        if isinstance(source, (bytes, bytearray)):
+            data = bytes(source)
+        elif isinstance(source, (str, os.PathLike)):
+            path = Path(source)
+            if not path.is_file():
+                raise self.fail(source, "file not found")
+            data = path.read_bytes()
+        else:
+            raise self.fail(source, f"expected a file path or bytes, got {type(source).__name__}")
+        if not data:
+            raise self.fail(source, "file is empty")
+        return data
+
+    def load_array(self, source: Source) -> np.ndarray:
+        """A numeric array from an array, a tensor, a ``.npy`` file/bytes, or a ``.csv`` file."""
+        if isinstance(source, torch.Tensor):
+            array = source.detach().cpu().numpy()
+        elif isinstance(source, np.ndarray):
+            array = source
+        else:
+            data = self.read_bytes(source)
+            is_csv = isinstance(source, (str, os.PathLike)) and str(source).lower().endswith(".csv")
+            try:
+                if is_csv:
+                    array = np.loadtxt(io.StringIO(data.decode("utf-8")), delimiter=",", ndmin=2)
+                else:
+                    array = np.load(io.BytesIO(data), allow_pickle=False)
+            except Exception as exc:  # numpy raises several types for malformed files
+                kind = "CSV" if is_csv else ".npy"
+                raise self.fail(source, f"not a readable {kind} array ({exc})") from None
+        if not np.issubdtype(array.dtype, np.number):
+            raise self.fail(source, f"expected a numeric array, found dtype {array.dtype}")
+        return array.astype(np.float32, copy=False)
+
+    def check_finite(self, source: Source, array: np.ndarray | torch.Tensor) -> None:
+        bad = ~np.isfinite(array) if isinstance(array, np.ndarray) else ~torch.isfinite(array)
+        if bad.any():
+            raise self.fail(source, f"contains {int(bad.sum())} NaN/inf value(s)")

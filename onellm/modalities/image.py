@@ -1,0 +1,96 @@
+"""Image: Pillow decode -> RGB -> resize + centre crop -> encoder mean/std. Tokenizer: the encoder's patch embedding."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import nn
+
+from onellm.modalities import register_modality
+from onellm.modalities.base import Modality, Source
+
+# CLIP's statistics; presets replace them with the encoder's own (DINOv2 uses ImageNet's).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# Refuse images whose pixel count could exhaust memory when decoded (decompression bombs): 64 MP.
+MAX_PIXELS = 64_000_000
+
+
+class PatchTokenizer(nn.Module):
+    """Image-like inputs ``[B, 3, H, W]`` -> patch tokens with positions ``[B, (H/p)*(W/p), C]``.
+
+    Holds no parameters: it is the (frozen) patch embedding and position table of the shared
+    encoder, so the whole path up to the projector is frozen and can be cached.
+    """
+
+    def forward(self, pixels: torch.Tensor, encoder: nn.Module) -> torch.Tensor:
+        return encoder.embed_image(pixels)
+
+
+def fit_square(image: Image.Image, size: int) -> Image.Image:
+    """Resize the shorter side to ``size`` (bicubic) and centre-crop to ``size`` x ``size``."""
+    width, height = image.size
+    scale = size / min(width, height)
+    resized = image.resize((max(size, round(width * scale)), max(size, round(height * scale))), Image.BICUBIC)
+    left = (resized.width - size) // 2
+    top = (resized.height - size) // 2
+    return resized.crop((left, top, left + size, top + size))
+
+
+def fit_square_array(array: np.ndarray, size: int) -> np.ndarray:
+    """Float ``[H, W, C]`` -> ``[size, size, C]`` like :func:`fit_square`, channel by channel at full precision."""
+    channels = [np.asarray(fit_square(Image.fromarray(array[..., c].astype(np.float32), mode="F"), size))
+                for c in range(array.shape[-1])]
+    return np.stack(channels, axis=-1)
+
+
+def normalise(array: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """``[H, W, 3]`` in [0, 1] -> ``[3, H, W]`` standardised with per-channel mean/std."""
+    tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).permute(2, 0, 1)
+    return (tensor - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+
+
+def open_image(modality: Modality, source: Source, data: bytes | None = None) -> Image.Image:
+    """Decode an image file/bytes with Pillow, refusing decompression bombs and truncated files."""
+    data = modality.read_bytes(source) if data is None else data
+    try:
+        image = Image.open(io.BytesIO(data))
+        if image.width * image.height > MAX_PIXELS:
+            raise modality.fail(source, f"{image.width}x{image.height} pixels exceeds the {MAX_PIXELS} pixel limit")
+        image.load()
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, SyntaxError) as exc:
+        raise modality.fail(source, f"not a decodable image ({exc})") from None
+    return image
+
+
+@register_modality
+class ImageModality(Modality):
+    name = "image"
+    order = 0
+    image_like = True
+    defaults = {"image_size": 224, "mean": CLIP_MEAN, "std": CLIP_STD}
+
+    def input_shape(self, **options: Any) -> tuple[int, ...]:
+        size = self.options(**options)["image_size"]
+        return (3, size, size)
+
+    def preprocess(self, source: Source, extras: dict | None = None, **options: Any) -> torch.Tensor:
+        opts = self.options(**options)
+        if isinstance(source, (np.ndarray, torch.Tensor)):
+            array = self.load_array(source)
+            if array.ndim != 3 or array.shape[-1] != 3:
+                raise self.fail(source, f"expected an [H, W, 3] RGB array, found shape {list(array.shape)}")
+            self.check_finite(source, array)
+            scale = 255.0 if array.max() > 1.0 else 1.0
+            image = Image.fromarray(np.clip(array / scale * 255.0, 0, 255).astype(np.uint8))
+        else:
+            image = open_image(self, source)
+        rgb = fit_square(image.convert("RGB"), opts["image_size"])
+        return normalise(np.asarray(rgb, dtype=np.float32) / 255.0, opts["mean"], opts["std"])
+
+    def build_tokenizer(self, width: int, patch_size: int, **options: Any) -> nn.Module:
+        return PatchTokenizer()

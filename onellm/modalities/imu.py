@@ -1,0 +1,71 @@
+"""IMU: .npy / .csv / array [T, 6] (accelerometer xyz m/s^2, gyroscope xyz rad/s) -> fixed rate and length.
+
+Tokenizer: Conv1d over the 6 channels with stride = kernel, plus a learned position table.
+OneLLM reads Ego4D IMU at 200 Hz for 10 s (2000 samples); presets choose smaller numbers for CPU runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from onellm.modalities import register_modality
+from onellm.modalities.base import Modality, Source
+
+GRAVITY = 9.80665  # accelerometer channels are divided by g so both sensor groups are O(1)
+
+
+class IMUTokenizer(nn.Module):
+    """``[B, 6, T]`` -> ``[B, T // kernel, C]``."""
+
+    def __init__(self, width: int, num_samples: int, kernel: int):
+        super().__init__()
+        self.conv = nn.Conv1d(6, width, kernel_size=kernel, stride=kernel)
+        self.positions = nn.Parameter(torch.randn(1, num_samples // kernel, width) * 0.02)
+
+    def forward(self, signal: torch.Tensor, encoder: nn.Module) -> torch.Tensor:
+        return self.conv(signal.to(self.conv.weight.dtype)).transpose(1, 2) + self.positions
+
+
+@register_modality
+class IMUModality(Modality):
+    name = "imu"
+    order = 6
+    defaults = {"sample_rate": 200, "num_samples": 2000, "kernel": 10}
+
+    def input_shape(self, **options: Any) -> tuple[int, ...]:
+        return (6, self.options(**options)["num_samples"])
+
+    def preprocess(self, source: Source, extras: dict | None = None, **options: Any) -> torch.Tensor:
+        opts = self.options(**options)
+        array = self.load_array(source)
+        rate = (extras or {}).get("sample_rate")
+        # A 7-column CSV/array carries timestamps (seconds) in its first column: derive the rate from them.
+        if array.ndim == 2 and array.shape[1] == 7:
+            times, array = array[:, 0], array[:, 1:]
+            if times.size > 1 and np.all(np.diff(times) > 0):
+                rate = (times.size - 1) / float(times[-1] - times[0])
+        if array.ndim != 2 or array.shape[1] != 6:
+            raise self.fail(source, f"expected [T, 6] (accelerometer xyz + gyroscope xyz), found shape {list(array.shape)}")
+        if array.shape[0] < 2:
+            raise self.fail(source, f"needs at least 2 samples, found {array.shape[0]}")
+        self.check_finite(source, array)
+        rate = float(rate or opts["sample_rate"])
+        if rate <= 0:
+            raise self.fail(source, f"sample_rate must be positive, got {rate}")
+        # Resample every channel linearly onto the model's clock, then pad with zeros / cut to num_samples.
+        duration = (array.shape[0] - 1) / rate
+        target_times = np.arange(0.0, duration + 1e-9, 1.0 / opts["sample_rate"])[: opts["num_samples"]]
+        source_times = np.arange(array.shape[0]) / rate
+        resampled = np.stack([np.interp(target_times, source_times, array[:, c]) for c in range(6)], axis=0)
+        resampled[:3] /= GRAVITY
+        signal = np.zeros((6, opts["num_samples"]), np.float32)
+        signal[:, : resampled.shape[1]] = resampled
+        return torch.from_numpy(signal)
+
+    def build_tokenizer(self, width: int, patch_size: int, **options: Any) -> nn.Module:
+        opts = self.options(**options)
+        return IMUTokenizer(width, opts["num_samples"], opts["kernel"])

@@ -1,0 +1,43 @@
+"""Surface-normal map: RGB PNG encoding (n+1)/2*255, or .npy [H, W, 3] in [-1, 1] -> the image path."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from onellm.modalities import register_modality
+from onellm.modalities.base import Modality, Source
+from onellm.modalities.depth import load_map
+from onellm.modalities.image import CLIP_MEAN, CLIP_STD, PatchTokenizer, fit_square_array, normalise
+
+
+@register_modality
+class NormalModality(Modality):
+    name = "normal"
+    order = 5
+    image_like = True
+    defaults = {"image_size": 224, "mean": CLIP_MEAN, "std": CLIP_STD}
+
+    def input_shape(self, **options: Any) -> tuple[int, ...]:
+        size = self.options(**options)["image_size"]
+        return (3, size, size)
+
+    def preprocess(self, source: Source, extras: dict | None = None, **options: Any) -> torch.Tensor:
+        opts = self.options(**options)
+        normals = load_map(self, source)
+        if normals.ndim != 3 or normals.shape[-1] not in (3, 4):
+            raise self.fail(source, f"expected an [H, W, 3] normal map, found shape {list(normals.shape)}")
+        normals = normals[..., :3]
+        self.check_finite(source, normals)
+        if normals.min() < 0:  # unit vectors in [-1, 1] (a .npy map)
+            unit = (normals + 1.0) / 2.0
+        else:  # an 8- or 16-bit encoded PNG
+            unit = normals / (65535.0 if normals.max() > 255 else 255.0)
+        square = fit_square_array(unit, opts["image_size"])
+        return normalise(np.clip(square, 0.0, 1.0), opts["mean"], opts["std"])
+
+    def build_tokenizer(self, width: int, patch_size: int, **options: Any) -> nn.Module:
+        return PatchTokenizer()

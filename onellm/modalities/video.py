@@ -1,0 +1,95 @@
+"""Video: PyAV decode, T frames sampled uniformly, each through the image path; encoder outputs averaged over frames.
+
+Averaging the frames' encoder outputs token-wise is OneLLM's choice; `temporal_pool` leaves room for others.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import av
+import numpy as np
+import torch
+from torch import nn
+
+from onellm.modalities import register_modality
+from onellm.modalities.base import Modality, Source
+from onellm.modalities.image import CLIP_MEAN, CLIP_STD, PatchTokenizer, fit_square, normalise
+from PIL import Image
+
+# Cap on decoded frames before sampling: about 10 minutes at 30 fps; longer videos are refused, not truncated.
+MAX_DECODED_FRAMES = 18_000
+
+
+class FrameTokenizer(nn.Module):
+    """``[B, T, 3, H, W]`` -> per-frame patch tokens ``[B*T, L, C]`` (the encoder's frozen patch embedding)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patches = PatchTokenizer()
+
+    def forward(self, frames: torch.Tensor, encoder: nn.Module) -> torch.Tensor:
+        return self.patches(frames.flatten(0, 1), encoder)
+
+
+def uniform_indices(total: int, count: int) -> np.ndarray:
+    """``count`` frame indices spread evenly over ``total`` frames (centre of each segment)."""
+    return np.minimum(((np.arange(count) + 0.5) * total / count).astype(np.int64), total - 1)
+
+
+@register_modality
+class VideoModality(Modality):
+    name = "video"
+    order = 1
+    image_like = True
+    defaults = {"image_size": 224, "mean": CLIP_MEAN, "std": CLIP_STD, "num_frames": 8, "temporal_pool": "mean"}
+
+    def input_shape(self, **options: Any) -> tuple[int, ...]:
+        opts = self.options(**options)
+        return (opts["num_frames"], 3, opts["image_size"], opts["image_size"])
+
+    def decode(self, source: Source) -> list[Image.Image]:
+        data = self.read_bytes(source)
+        frames: list[Image.Image] = []
+        try:
+            with av.open(io.BytesIO(data)) as container:
+                if not container.streams.video:
+                    raise self.fail(source, "no video stream in the file")
+                for frame in container.decode(video=0):
+                    frames.append(frame.to_image())
+                    if len(frames) > MAX_DECODED_FRAMES:
+                        raise self.fail(source, f"longer than {MAX_DECODED_FRAMES} frames")
+        except (av.error.FFmpegError, ValueError) as exc:
+            raise self.fail(source, f"not a decodable video ({exc})") from None
+        if not frames:
+            raise self.fail(source, "the video has no decodable frames")
+        return frames
+
+    def preprocess(self, source: Source, extras: dict | None = None, **options: Any) -> torch.Tensor:
+        opts = self.options(**options)
+        if isinstance(source, (np.ndarray, torch.Tensor)):
+            array = self.load_array(source)  # [T, H, W, 3] in [0, 1] or [0, 255]
+            if array.ndim != 4 or array.shape[-1] != 3:
+                raise self.fail(source, f"expected a [T, H, W, 3] frame array, found shape {list(array.shape)}")
+            self.check_finite(source, array)
+            scale = 255.0 if array.max() > 1.0 else 1.0
+            frames = [Image.fromarray(np.clip(f / scale * 255.0, 0, 255).astype(np.uint8)) for f in array]
+        else:
+            frames = self.decode(source)
+        picked = [frames[i] for i in uniform_indices(len(frames), opts["num_frames"])]
+        size = opts["image_size"]
+        return torch.stack(
+            [normalise(np.asarray(fit_square(f.convert("RGB"), size), np.float32) / 255.0, opts["mean"], opts["std"])
+             for f in picked]
+        )
+
+    def build_tokenizer(self, width: int, patch_size: int, **options: Any) -> nn.Module:
+        return FrameTokenizer()
+
+    def pool_encoded(self, encoded: torch.Tensor, batch: int, **options: Any) -> torch.Tensor:
+        """``[B*T, 1+L, C]`` -> ``[B, 1+L, C]``: token-wise mean over frames."""
+        opts = self.options(**options)
+        if opts["temporal_pool"] != "mean":
+            raise ValueError(f"video option temporal_pool={opts['temporal_pool']!r} is not supported (supported: 'mean')")
+        return encoded.unflatten(0, (batch, -1)).mean(dim=1)

