@@ -11,8 +11,8 @@ Supported families register an adapter under their ``config.model_type``; adding
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn

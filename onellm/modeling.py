@@ -71,6 +71,17 @@ class OneLLMForConditionalGeneration(OneLLMPreTrainedModel, GenerationMixin):
         self.generation_config = GenerationConfig.from_model_config(config.text_config)
 
     # --- HF plumbing --------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, *args: Any, **kwargs: Any):
+        model = super().from_pretrained(*args, **kwargs)
+        # Loaded tensors can be views into one buffer at odd offsets (safetensors); SIMD kernels then sum in a
+        # different order than for the saved model (1e-7 drift), and views of a file must not outlive an
+        # overwrite of that file by a later save. Own every tensor: identical logits, safe re-saves.
+        with torch.no_grad():
+            for tensor in list(model.parameters()) + list(model.buffers()):
+                tensor.data = tensor.data.clone()
+        return model
+
     def get_input_embeddings(self) -> nn.Module:
         return self.language_model.get_input_embeddings()
 

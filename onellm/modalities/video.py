@@ -11,12 +11,12 @@ from typing import Any
 import av
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 from onellm.modalities import register_modality
 from onellm.modalities.base import Modality, Source
 from onellm.modalities.image import CLIP_MEAN, CLIP_STD, PatchTokenizer, fit_square, normalise
-from PIL import Image
 
 # Cap on decoded frames before sampling: about 10 minutes at 30 fps; longer videos are refused, not truncated.
 MAX_DECODED_FRAMES = 18_000

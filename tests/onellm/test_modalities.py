@@ -1,0 +1,201 @@
+"""Each modality: preprocessing from path / bytes / array to a fixed shape, and clear errors on bad input."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+from media_factory import npy_bytes, png_bytes, wav_bytes
+
+from onellm.modalities import MediaError, get_modality, marker, modality_names
+from onellm.modalities.point import farthest_point_sample
+from onellm.modalities.video import uniform_indices
+from onellm.presets import TINY_MODALITIES
+
+ALL = ["image", "video", "audio", "point", "depth", "normal", "imu", "fmri"]
+
+
+def test_registry_has_eight_modalities_in_curriculum_order():
+    assert modality_names() == ALL
+    assert marker("audio") == "<audio>"
+    with pytest.raises(KeyError, match="unknown modality 'smell'"):
+        get_modality("smell")
+
+
+def test_unknown_option_is_named():
+    with pytest.raises(KeyError, match="no option.*'image_sise'"):
+        get_modality("image").options(image_sise=3)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_preprocess_path_and_bytes_give_the_fixed_shape(name, media_paths):
+    modality, options = get_modality(name), TINY_MODALITIES[name]
+    from_path = modality.preprocess(media_paths[name], **options)
+    from_bytes = modality.preprocess(media_paths[name].read_bytes(), **options)
+    assert tuple(from_path.shape) == modality.input_shape(**options)
+    assert from_path.dtype == torch.float32 and torch.isfinite(from_path).all()
+    assert torch.equal(from_path, from_bytes)
+    assert tuple(modality.dummy_input(**options).shape) == modality.input_shape(**options)
+
+
+def test_image_resize_and_centre_crop_keeps_the_middle():
+    rgb = np.zeros((20, 60, 3), np.uint8)
+    rgb[:, 25:35] = 255  # a white band in the middle; the crop keeps columns 20..40
+    buffer = io.BytesIO()
+    from PIL import Image
+
+    Image.fromarray(rgb).save(buffer, format="PNG")
+    out = get_modality("image").preprocess(buffer.getvalue(), image_size=20, mean=(0, 0, 0), std=(1, 1, 1))
+    assert out.shape == (3, 20, 20)
+    assert out[:, :, 6:14].min() > 0.95  # the band, centred
+    assert out[:, :, :4].max() < 0.05 and out[:, :, 16:].max() < 0.05  # black on both sides
+
+
+def test_image_array_input_matches_png():
+    rgb = (np.random.default_rng(0).random((32, 32, 3)) * 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    from PIL import Image
+
+    Image.fromarray(rgb).save(buffer, format="PNG")
+    image = get_modality("image")
+    assert torch.allclose(image.preprocess(rgb, image_size=32), image.preprocess(buffer.getvalue(), image_size=32))
+
+
+def test_audio_resamples_other_rates_to_16k():
+    audio = get_modality("audio")
+    tone16 = audio.preprocess(wav_bytes(rate=16_000, freq=1000.0), target_length=128)
+    tone8 = audio.preprocess(wav_bytes(rate=8_000, freq=1000.0), target_length=128)
+    # The same tone at two rates: fbanks agree closely in the band below 4 kHz (8 kHz audio has nothing above).
+    low = slice(0, 64)
+    assert torch.corrcoef(torch.stack([tone16[0, low, 10:100].flatten(), tone8[0, low, 10:100].flatten()]))[0, 1] > 0.9
+
+
+def test_audio_pads_short_and_cuts_long_clips():
+    audio = get_modality("audio")
+    short = audio.preprocess(wav_bytes(seconds=0.5), target_length=128)  # 0.5 s = 48 frames, rest zero padding
+    assert short.shape == (1, 128, 128)
+    assert torch.allclose(short[0, :, 60:], torch.full_like(short[0, :, 60:], short[0, 0, 127]))
+    long = audio.preprocess(wav_bytes(seconds=3.0), target_length=128)
+    assert long.shape == (1, 128, 128)
+
+
+def test_audio_array_with_sample_rate_extra():
+    audio = get_modality("audio")
+    wave, rate = soundfile.read(io.BytesIO(wav_bytes(rate=8000)), dtype="float32")
+    from_array = audio.preprocess(wave, extras={"sample_rate": rate}, target_length=128)
+    from_file = audio.preprocess(wav_bytes(rate=8000), target_length=128)
+    assert torch.allclose(from_array, from_file, atol=1e-5)
+
+
+def test_video_samples_frames_uniformly():
+    assert uniform_indices(10, 2).tolist() == [2, 7]
+    assert uniform_indices(3, 6).tolist() == [0, 0, 1, 1, 2, 2]
+
+
+def test_video_frames_follow_the_content(media_paths):
+    frames = get_modality("video").preprocess(media_paths["video"], image_size=32, num_frames=2, mean=(0, 0, 0), std=(1, 1, 1))
+    # The red band grows from left to right over time: later frames are redder.
+    assert frames[1, 0].mean() > frames[0, 0].mean() + 0.1
+
+
+def test_point_cloud_is_centred_and_scaled():
+    cloud = np.random.default_rng(0).random((1000, 3)).astype(np.float32) * 50 + 100
+    out = get_modality("point").preprocess(cloud, num_points=256)
+    assert out.shape == (256, 6)
+    assert out[:, :3].norm(dim=1).max() <= 1.0 + 1e-5
+    assert out[:, :3].mean(0).abs().max() < 0.1
+    assert torch.allclose(out[:, 3:], torch.full((256, 3), 0.5))  # no colour given: neutral grey
+
+
+def test_point_ply_ascii(tmp_path):
+    ply = "ply\nformat ascii 1.0\nelement vertex 4\nproperty float x\nproperty float y\nproperty float z\nend_header\n"
+    ply += "0 0 0\n1 0 0\n0 1 0\n0 0 1\n"
+    (tmp_path / "tetra.ply").write_text(ply)
+    out = get_modality("point").preprocess(tmp_path / "tetra.ply", num_points=8)
+    assert out.shape == (8, 6)
+
+
+def test_farthest_point_sampling_spreads_out():
+    xyz = torch.tensor([[[0.0, 0, 0], [0.1, 0, 0], [1, 0, 0], [0.9, 0, 0], [0.5, 0, 0]]])
+    assert farthest_point_sample(xyz, 3)[0].tolist() == [0, 2, 4]
+
+
+def test_imu_resamples_to_the_model_rate():
+    ramp = np.tile(np.arange(100, dtype=np.float32)[:, None], (1, 6))  # 100 samples at 100 Hz = 0.99 s
+    out = get_modality("imu").preprocess(ramp, extras={"sample_rate": 100}, sample_rate=50, num_samples=80)
+    assert out.shape == (6, 80)
+    gyro = out[3]
+    assert torch.allclose(gyro[:50], torch.arange(50, dtype=torch.float32) * 2)  # every other sample at 50 Hz
+    assert torch.all(gyro[50:] == 0)  # zero padding after the 1 s signal
+
+
+def test_imu_csv_with_timestamps(tmp_path):
+    times = np.arange(40) / 20.0  # 20 Hz
+    rows = np.column_stack([times, np.ones((40, 6))])
+    np.savetxt(tmp_path / "imu.csv", rows, delimiter=",")
+    out = get_modality("imu").preprocess(tmp_path / "imu.csv", sample_rate=10, num_samples=30)
+    assert out.shape == (6, 30)
+    assert int((out[4] != 0).sum()) == 20  # 1.95 s at 10 Hz -> 20 samples
+
+
+def test_depth_and_normal_maps_from_arrays():
+    ramp = np.linspace(1, 2, 64 * 64, dtype=np.float32).reshape(64, 64)
+    depth = get_modality("depth").preprocess(ramp, image_size=32, mean=(0, 0, 0), std=(1, 1, 1))
+    assert depth.shape == (3, 32, 32) and torch.equal(depth[0], depth[1])
+    assert depth.min() >= 0 and depth.max() <= 1 and depth[0, -1].mean() > depth[0, 0].mean() + 0.9
+    normal = np.zeros((16, 16, 3), np.float32)
+    normal[..., 0] = -1.0
+    out = get_modality("normal").preprocess(normal, image_size=32, mean=(0, 0, 0), std=(1, 1, 1))
+    assert torch.allclose(out[0], torch.zeros(32, 32), atol=1e-5) and torch.allclose(out[1], torch.full((32, 32), 0.5))
+
+
+# --- bad input: each error names the input and the problem ---------------------------------------
+def _corrupt_png() -> bytes:
+    data = png_bytes()
+    return data[:40] + b"\x00" * 30 + data[70:100]
+
+
+def _truncated_wav() -> bytes:
+    data = wav_bytes(seconds=1.0)
+    return data[: len(data) // 2]
+
+
+BAD_INPUTS = [
+    ("image", "bad.png", _corrupt_png, "not a decodable image"),
+    ("image", "empty.png", lambda: b"", "file is empty"),
+    ("audio", "cut.wav", _truncated_wav, "truncated WAV"),
+    ("audio", "noise.wav", lambda: b"RIFX" + b"\x01" * 200, "not a decodable audio"),
+    ("video", "bad.mp4", lambda: b"\x00\x00\x00\x18ftypmp42" + b"\x07" * 100, "not a decodable video"),
+    ("point", "four.npy", lambda: npy_bytes(np.zeros((100, 4), np.float32)), r"\[P, 3\].*\[P, 6\].*found shape \[100, 4\]"),
+    ("imu", "nan.npy", lambda: npy_bytes(np.full((50, 6), np.nan, np.float32)), "NaN"),
+    ("imu", "five.npy", lambda: npy_bytes(np.zeros((50, 5), np.float32)), r"\[T, 6\]"),
+    ("fmri", "short.npy", lambda: npy_bytes(np.zeros(2000, np.float32)), "expected 2048 voxels, found 2000"),
+    ("fmri", "text.npy", lambda: b"not numpy at all", "not a readable .npy"),
+    ("depth", "blank.npy", lambda: npy_bytes(np.zeros((8, 8), np.float32)), "no valid"),
+]
+
+
+@pytest.mark.parametrize(("name", "filename", "make", "problem"), BAD_INPUTS, ids=[b[1] for b in BAD_INPUTS])
+def test_bad_input_error_names_file_and_problem(tmp_path, name, filename, make, problem):
+    path = tmp_path / filename
+    path.write_bytes(make())
+    with pytest.raises(MediaError, match=problem) as info:
+        get_modality(name).preprocess(path, **TINY_MODALITIES[name])
+    assert str(path) in str(info.value) and info.value.modality == name
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(MediaError, match="nowhere.png: file not found"):
+        get_modality("image").preprocess(tmp_path / "nowhere.png")
+
+
+def test_decompression_bomb_is_refused(tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "bomb.png"
+    Image.new("1", (9000, 9000)).save(path)  # 81 MP of 1-bit pixels: tiny file, huge decode
+    with pytest.raises(MediaError, match="pixel limit"):
+        get_modality("image").preprocess(path)

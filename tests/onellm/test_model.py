@@ -1,0 +1,156 @@
+"""The tiny model end to end: forward/backward per modality, generate, save/load, placeholder counting."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
+
+from onellm import OneLLMForConditionalGeneration
+from onellm.train.groups import parameter_groups, set_trainable
+
+ALL = ["image", "video", "audio", "point", "depth", "normal", "imu", "fmri"]
+IMAGE_LIKE = {"image", "video", "depth", "normal"}
+
+
+def caption_batch(processor, modality, path, answer="a red circle"):
+    """A one-turn caption example: prompt + answer, labels on the answer tokens only."""
+    prompt = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": modality}, {"type": "text", "text": "Describe it."}]}]
+    )
+    full = prompt + answer + "<|im_end|>\n"
+    batch = processor(text=full, **{modality: [path]})
+    labels = batch["input_ids"].clone()
+    prompt_len = len(processor(text=prompt, **{modality: [path]})["input_ids"][0])
+    labels[:, :prompt_len] = -100
+    return batch, labels
+
+
+@pytest.mark.parametrize("modality", ALL)
+def test_backward_reaches_only_what_trains(tiny, media_paths, modality):
+    model, processor = tiny
+    # The alignment-stage policy: LLM and encoder frozen; this modality's tokenizer and the projector train.
+    patterns = ["projector.*"] + ([] if modality in IMAGE_LIKE else [f"tokenizer.{modality}"])
+    counts = set_trainable(model, patterns)
+    assert "llm" not in counts and "encoder" not in counts
+    model.zero_grad(set_to_none=True)
+    batch, labels = caption_batch(processor, modality, media_paths[modality])
+    out = model(**batch, labels=labels)
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    groups = parameter_groups(model)
+    params = dict(model.named_parameters())
+
+    def has_grad(group):
+        return any(params[n].grad is not None and params[n].grad.abs().sum() > 0 for n in groups.get(group, []))
+
+    assert has_grad(f"projector.{modality}") and has_grad("projector.experts")
+    if modality not in IMAGE_LIKE:
+        assert has_grad(f"tokenizer.{modality}")
+    for frozen in ("llm", "encoder"):
+        assert all(params[n].grad is None for n in groups[frozen]), f"{frozen} received gradients"
+    others = [m for m in ALL if m != modality]
+    assert not any(has_grad(f"projector.{m}") or has_grad(f"tokenizer.{m}") for m in others)
+    set_trainable(model, ["*"])
+
+
+@pytest.mark.parametrize("modality", ALL)
+def test_generate_every_modality(tiny, media_paths, modality):
+    model, processor = tiny
+    prompt = processor.apply_chat_template([{"role": "user", "content": [{"type": modality}, {"type": "text", "text": "?"}]}])
+    batch = processor(text=prompt, **{modality: [media_paths[modality]]})
+    out = model.generate(**batch, max_new_tokens=5, do_sample=False)
+    assert out.shape == (1, batch["input_ids"].shape[1] + 5)
+
+
+def test_generate_with_cache_matches_full_recompute(tiny, media_paths):
+    model, processor = tiny
+    prompt = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "?"}]}])
+    batch = processor(text=prompt, image=[media_paths["image"]])
+    cached = model.generate(**batch, max_new_tokens=6, do_sample=False, use_cache=True)
+    uncached = model.generate(**batch, max_new_tokens=6, do_sample=False, use_cache=False)
+    assert torch.equal(cached, uncached)
+
+
+def test_two_inputs_in_one_prompt_each_reach_their_positions(tiny, media_paths):
+    model, processor = tiny
+    content = [{"type": "image"}, {"type": "audio"}, {"type": "text", "text": "Compare."}]
+    prompt = processor.apply_chat_template([{"role": "user", "content": content}])
+    batch = processor(text=prompt, image=[media_paths["image"]], audio=[media_paths["audio"]])
+    ids = batch["input_ids"][0]
+    n = processor.num_placeholder_tokens
+    assert int((ids == processor.token_id("image")).sum()) == n and int((ids == processor.token_id("audio")).sum()) == n
+    generated = model.generate(**batch, max_new_tokens=4, do_sample=False)
+    assert generated.shape[1] == ids.shape[0] + 4
+    # Changing only the audio changes the logits at text positions after it: the audio really is used.
+    other = dict(batch["mm_inputs"], audio=torch.zeros_like(batch["mm_inputs"]["audio"]))
+    with torch.no_grad():
+        a = model(input_ids=batch["input_ids"], mm_inputs=batch["mm_inputs"]).logits[0, -1]
+        b = model(input_ids=batch["input_ids"], mm_inputs=other).logits[0, -1]
+    assert not torch.allclose(a, b)
+
+
+def test_batch_of_two_prompts_with_left_padding(tiny, media_paths):
+    model, processor = tiny
+    prompts = [
+        processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": t}]}])
+        for t in ("Short?", "A much longer question about the picture?")
+    ]
+    batch = processor(text=prompts, image=[media_paths["image"]] * 2, padding_side="left")
+    out = model.generate(**batch, max_new_tokens=3, do_sample=False)
+    single = processor(text=prompts[0], image=[media_paths["image"]])
+    alone = model.generate(**single, max_new_tokens=3, do_sample=False)
+    assert torch.equal(out[0, -3:], alone[0, -3:])
+
+
+def test_save_and_reload_through_auto_classes_gives_identical_logits(tiny, media_paths, tmp_path):
+    model, processor = tiny
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja", "processor_config.json"):
+        assert (tmp_path / name).is_file(), name
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "model.safetensors", "pt") as f:
+        keys = set(f.keys())
+    assert any(k.startswith("encoder.model.") for k in keys)  # every weight, the frozen encoder included
+    reloaded_processor = AutoProcessor.from_pretrained(tmp_path)
+    prompt = reloaded_processor.apply_chat_template([{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": "?"}]}])
+    batch = reloaded_processor(text=prompt, audio=[media_paths["audio"]])
+    for auto in (AutoModelForImageTextToText, AutoModelForCausalLM):
+        reloaded = auto.from_pretrained(tmp_path)
+        assert isinstance(reloaded, OneLLMForConditionalGeneration)
+        with torch.no_grad():
+            assert torch.equal(model(**batch).logits, reloaded(**batch).logits)
+
+
+def test_placeholder_count_mismatch_names_both_counts(tiny, media_paths):
+    model, processor = tiny
+    prompt = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "?"}]}])
+    batch = processor(text=prompt, image=[media_paths["image"]])
+    image_id = processor.token_id("image")
+    ids = batch["input_ids"].clone()
+    first = int((ids[0] == image_id).nonzero()[0])
+    ids[0, first] = processor.tokenizer.pad_token_id  # one placeholder fewer
+    n = processor.num_placeholder_tokens
+    with pytest.raises(ValueError, match=rf"holds {n - 1} placeholder tokens but 1 input\(s\) x {n} embeddings = {n}"):
+        model(input_ids=ids, mm_inputs=batch["mm_inputs"])
+    with pytest.raises(ValueError, match=rf"holds {n} placeholder tokens but 0 inputs"):
+        model(input_ids=batch["input_ids"])
+
+
+def test_processor_marker_count_mismatch(tiny, media_paths):
+    _, processor = tiny
+    with pytest.raises(ValueError, match="1 <image> marker.*but 2 image input"):
+        processor(text="<image> what?", image=[media_paths["image"]] * 2)
+    with pytest.raises(ValueError, match="0 <audio> marker.*but 1 audio input"):
+        processor(text="what?", audio=[media_paths["audio"]])
+
+
+def test_labels_never_train_placeholders(tiny, media_paths):
+    model, processor = tiny
+    batch, _ = caption_batch(processor, "image", media_paths["image"])
+    labels = batch["input_ids"].clone()  # naive labels that include the placeholder ids
+    masked = labels.masked_fill(labels == processor.token_id("image"), -100)
+    with torch.no_grad():
+        assert torch.allclose(model(**batch, labels=labels).loss, model(**batch, labels=masked).loss)
