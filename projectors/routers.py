@@ -9,7 +9,7 @@ Weights are a softmax over experts, so they sum to 1: K identical experts reprod
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

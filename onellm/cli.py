@@ -1,0 +1,63 @@
+"""The `onellm` command. Each part of the stack contributes its sub-commands; only installed parts appear.
+
+    onellm build PRESET --out DIR        save a preset as an HF checkpoint folder
+    onellm data synth|convert|validate|stats ...
+    onellm train STAGE.yaml | --curriculum CURRICULUM.yaml
+    onellm serve CHECKPOINT
+    onellm eval --model CHECKPOINT | --api URL --tasks a,b
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+# (module, function adding the sub-command(s)); a part whose module is absent contributes nothing.
+_COMMANDS = [
+    ("onellm.instruct_data.cli", "add_data_commands"),
+    ("onellm.train.cli", "add_train_command"),
+    ("onellm.serving.cli", "add_serve_command"),
+    ("onellm.eval.cli", "add_eval_command"),
+    ("onellm.ui", "add_ui_command"),
+]
+
+
+def _build(args: argparse.Namespace) -> int:
+    from onellm.presets import build_preset
+
+    model, processor = build_preset(args.preset, **({"seed": args.seed} if args.preset == "tiny" else {}))
+    out = Path(args.out)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    print(f"saved the {args.preset} preset to {out}")
+    return 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="onellm", description="Align every modality with a language model.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    build = sub.add_parser("build", help="save a preset (tiny, small) as an HF checkpoint folder")
+    build.add_argument("preset", choices=["tiny", "small"])
+    build.add_argument("--out", required=True, help="output folder")
+    build.add_argument("--seed", type=int, default=0, help="tiny only: the random seed")
+    build.set_defaults(func=_build)
+    for module_name, function in _COMMANDS:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                continue
+            raise
+        getattr(module, function)(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
