@@ -1,0 +1,128 @@
+"""``onellm data ...`` commands: ``synth`` (the synthetic corpus) and ``convert FORMAT`` (public formats).
+
+``onellm/cli.py`` calls :func:`add_data_commands` with its top-level sub-command group, which adds ``data`` and
+its sub-commands. Every command sets ``func`` (``args -> exit code``). Without the ``onellm data`` prefix, for
+testing: ``python -m onellm.instruct_data.cli synth ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import re
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from onellm.instruct_data.converters import converter_names, get_converter
+from onellm.instruct_data.synth import generator_names, synthesize
+
+
+def _run_synth(args: argparse.Namespace) -> int:
+    modalities = [m.strip() for m in args.modalities.split(",") if m.strip()] if args.modalities else None
+    report = synthesize(
+        args.out,
+        per_modality=args.per_modality,
+        seed=args.seed,
+        modalities=modalities,
+        fmri_voxels=args.fmri_voxels,
+        workers=args.workers,
+    )
+    print(report.summary())
+    return 0
+
+
+def _add_synth(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "synth",
+        help="write the synthetic 8-modality corpus (media + train/val/test.jsonl + synth_info.json)",
+        description="Write the synthetic corpus: media under OUT/media/<modality>/, OUT/{train,val,test}.jsonl "
+        "(80/10/10, disjoint by content) and OUT/synth_info.json. Same seed = same corpus.",
+    )
+    parser.add_argument("--out", required=True, help="output folder (created if missing)")
+    parser.add_argument("--per-modality", type=int, required=True, help="items per modality (each = 1 caption + 3 QA)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument(
+        "--modalities", default=None, help=f"comma-separated subset of {','.join(generator_names())} (default: all)"
+    )
+    parser.add_argument("--fmri-voxels", type=int, default=2048, help="length of the fMRI voxel vector (default 2048)")
+    parser.add_argument("--workers", type=int, default=None, help="render processes (default: CPU count for >= 200)")
+    parser.set_defaults(func=_run_synth)
+
+
+# --- convert: arguments generated from each converter's signature ---------------------------------------------------
+
+
+def _param_help(fn: Any) -> dict[str, str]:
+    """``name: text`` lines of the converter docstring's ``Args:`` section."""
+    doc = inspect.getdoc(fn) or ""
+    section = doc.split("Args:", 1)[1] if "Args:" in doc else ""
+    return dict(re.findall(r"^\s*(\w+): (.+)$", section, flags=re.MULTILINE))
+
+
+def _add_convert(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "convert",
+        help="convert a public dataset format to a onellm JSONL manifest",
+        description="Convert a public dataset to the onellm record schema. Rejected entries are listed, never dropped.",
+    )
+    formats = parser.add_subparsers(dest="format", required=True, metavar="FORMAT")
+    for name in converter_names():
+        fn = get_converter(name)
+        helps = _param_help(fn)
+        summary = (inspect.getdoc(fn) or name).splitlines()[0]
+        sub = formats.add_parser(name, help=summary, description=summary)
+        for param in inspect.signature(fn).parameters.values():
+            text = helps.get(param.name, "")
+            if param.name == "out_manifest":
+                sub.add_argument("--out", dest="out_manifest", required=True, help="output JSONL manifest")
+            elif param.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD:
+                sub.add_argument(param.name, help=text)
+            elif param.default is inspect.Parameter.empty:
+                sub.add_argument(f"--{param.name.replace('_', '-')}", dest=param.name, required=True, help=text)
+            elif isinstance(param.default, bool):
+                sub.add_argument(f"--{param.name.replace('_', '-')}", dest=param.name, action="store_true", help=text)
+            else:
+                sub.add_argument(
+                    f"--{param.name.replace('_', '-')}",
+                    dest=param.name,
+                    type=type(param.default),
+                    default=param.default,
+                    help=f"{text} (default: {param.default!r})",
+                )
+        sub.set_defaults(func=_run_convert)
+
+
+def _run_convert(args: argparse.Namespace) -> int:
+    fn = get_converter(args.format)
+    kwargs = {name: getattr(args, name) for name in inspect.signature(fn).parameters}
+    report = fn(**kwargs)
+    print(report.summary())
+    return 0
+
+
+def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse._SubParsersAction:
+    """Add ``data`` to the top-level sub-command group (``onellm data ...``); returns the ``data`` group."""
+    data = subparsers.add_parser("data", help="build and check instruction data (synth, convert)")
+    group = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
+    add_data_subcommands(group)
+    return group
+
+
+def add_data_subcommands(group: argparse._SubParsersAction) -> None:
+    """Register ``synth`` and ``convert FORMAT`` on the ``data`` group (each sets ``func``: args -> exit code)."""
+    _add_synth(group)
+    _add_convert(group)
+    # --- validate / stats: the lead adds them here (schema.check_manifest gives the per-line problems) ---
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m onellm.instruct_data.cli`` (the same commands without the ``onellm data`` prefix)."""
+    parser = argparse.ArgumentParser(prog="python -m onellm.instruct_data.cli", description=__doc__.splitlines()[0])
+    add_data_subcommands(parser.add_subparsers(dest="data_command", required=True, metavar="COMMAND"))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

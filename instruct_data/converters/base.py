@@ -1,0 +1,215 @@
+"""Shared parts of the converters: the registry, the report, and the collector that validates and writes records."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import posixpath
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from onellm.instruct_data.schema import ModalityInput, Record, Turn, caption_prompt, record_problems, write_manifest
+
+ConverterFn = Callable[..., "ConvertReport"]
+_REGISTRY: dict[str, ConverterFn] = {}
+
+
+def register_converter(name: str) -> Callable[[ConverterFn], ConverterFn]:
+    """Decorator: register ``convert`` under ``name`` (the CLI's ``onellm data convert NAME``)."""
+
+    def decorate(fn: ConverterFn) -> ConverterFn:
+        if name in _REGISTRY and _REGISTRY[name] is not fn:
+            raise ValueError(f"converter {name!r} is registered twice ({_REGISTRY[name].__module__}, {fn.__module__})")
+        _REGISTRY[name] = fn
+        return fn
+
+    return decorate
+
+
+def get_converter(name: str) -> ConverterFn:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown converter {name!r}; known: {', '.join(converter_names())}") from None
+
+
+def converter_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+@dataclass
+class ConvertReport:
+    """What a conversion kept and rejected. ``rejected`` holds ``(where, reason)``: ``captions.csv:17`` or
+    ``questions.json questions[3] (id 42)``; ``skipped`` counts entries left out on purpose (e.g. another split)."""
+
+    format: str
+    out_manifest: Path
+    kept: int = 0
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def summary(self, limit: int = 10) -> str:
+        """``coco_captions: kept 4, rejected 1 -> out.jsonl`` then up to ``limit`` rejected entries."""
+        lines = [f"{self.format}: kept {self.kept}, rejected {len(self.rejected)} -> {self.out_manifest}"]
+        lines += [f"  skipped {count}: {reason}" for reason, count in self.skipped.items()]
+        lines += [f"  rejected {where}: {reason}" for where, reason in self.rejected[:limit]]
+        if len(self.rejected) > limit:
+            lines.append(f"  ... and {len(self.rejected) - limit} more rejected")
+        return "\n".join(lines)
+
+
+class Rejected(Exception):
+    """Raised inside a converter for one entry that cannot be converted; the message is the reason."""
+
+
+class Collector:
+    """Collects converted records: validates each against the schema, refuses duplicate ids, writes the manifest."""
+
+    def __init__(self, format_name: str):
+        self.format = format_name
+        self.records: list[Record] = []
+        self.rejected: list[tuple[str, str]] = []
+        self.skipped: dict[str, int] = {}
+        self._ids: dict[str, str] = {}
+        self._occurrences: dict[str, int] = {}
+
+    def reject(self, where: str, reason: str) -> None:
+        self.rejected.append((where, reason))
+
+    def skip(self, reason: str) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+
+    def unique_id(self, base: str) -> str:
+        """``base`` the first time, then ``base-1``, ``base-2``... (sources where one object has several entries)."""
+        count = self._occurrences.get(base, 0)
+        self._occurrences[base] = count + 1
+        return base if count == 0 else f"{base}-{count}"
+
+    def add(self, record: Record, where: str) -> None:
+        problems = record_problems(record.to_dict())
+        if record.id in self._ids:
+            problems.append(f"duplicate id {record.id!r} (first at {self._ids[record.id]})")
+        if problems:
+            self.reject(where, "; ".join(problems))
+            return
+        self._ids[record.id] = where
+        self.records.append(record)
+
+    def write(self, out_manifest: str | os.PathLike) -> ConvertReport:
+        path = Path(out_manifest)
+        kept = write_manifest(path, self.records)
+        return ConvertReport(self.format, path, kept, list(self.rejected), dict(self.skipped))
+
+
+# --- reading sources -----------------------------------------------------------------------------------------------
+
+
+def load_json(path: str | os.PathLike) -> Any:
+    """A JSON file (or JSONL: a list of its lines); errors name the file and the position."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"source file {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix == ".jsonl":
+            return [json.loads(line) for line in text.splitlines() if line.strip()]
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
+
+
+def require_keys(data: Any, keys: tuple[str, ...], path: str | os.PathLike, layout: str) -> None:
+    """Fail on a whole file that is not the expected layout (e.g. the questions file given as the annotations)."""
+    if not isinstance(data, dict) or any(key not in data for key in keys):
+        found = sorted(data) if isinstance(data, dict) else type(data).__name__
+        raise ValueError(f"{path}: expected {layout} with keys {list(keys)}, found {found}")
+
+
+def require_list(data: Any, path: str | os.PathLike, layout: str) -> list[Any]:
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected {layout} (a JSON list), found {type(data).__name__}")
+    return data
+
+
+def read_csv(path: str | os.PathLike, required: tuple[str, ...]) -> Iterator[tuple[str, dict[str, str]]]:
+    """Rows of a CSV with a header as ``(where, row)``; ``where`` is ``file.csv:LINE``. Missing columns fail early."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"source file {path} does not exist")
+    with path.open(newline="", encoding="utf-8-sig") as handle:  # -sig: tolerate a BOM from spreadsheet exports
+        reader = csv.DictReader(handle)
+        missing = [column for column in required if column not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {missing}; found {reader.fieldnames}")
+        for row in reader:
+            yield f"{path.name}:{reader.line_num}", {key: (value or "").strip() for key, value in row.items() if key}
+
+
+def media_path(prefix: str, name: str) -> str:
+    """``prefix/name`` with forward slashes (manifests are portable); ``name`` alone when there is no prefix."""
+    return posixpath.join(prefix.replace(os.sep, "/"), name) if prefix else name
+
+
+def describe_entry(path: str | os.PathLike, field_name: str, index: int, entry_id: Any = None) -> str:
+    """``questions.json questions[3] (id 42)``: where a JSON entry is, for rejection lists."""
+    where = f"{Path(path).name} {field_name}[{index}]"
+    return f"{where} (id {entry_id})" if entry_id is not None else where
+
+
+# LLaVA-style conversations: [{"from": "human" | "gpt", "value": "..."}]. OneLLM also writes "assistant".
+SOURCE_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+
+
+def source_turns(conversations: Any) -> list[Turn]:
+    """LLaVA-style ``conversations`` -> turns; :class:`Rejected` names the first malformed turn."""
+    if not isinstance(conversations, list) or not conversations:
+        raise Rejected("'conversations' must be a non-empty list")
+    turns = []
+    for index, turn in enumerate(conversations):
+        if not isinstance(turn, dict) or not isinstance(turn.get("value"), str):
+            raise Rejected(f"conversations[{index}] needs 'from' and a string 'value'")
+        role = SOURCE_ROLES.get(str(turn.get("from", "")).lower())
+        if role is None:
+            raise Rejected(f"conversations[{index}].from {turn.get('from')!r} is not one of {sorted(SOURCE_ROLES)}")
+        turns.append(Turn(role, turn["value"]))
+    return turns
+
+
+def replace_placeholder(turns: list[Turn], source_token: str, marker: str) -> int:
+    """Replace ``source_token`` by ``marker`` in user turns; returns how many were found there."""
+    found = 0
+    for turn in turns:
+        if turn.role == "user" and source_token in turn.content:
+            found += turn.content.count(source_token)
+            turn.content = turn.content.replace(source_token, marker)
+    return found
+
+
+def caption_records(
+    collector: Collector,
+    base_id: str,
+    path: str,
+    captions: list[str],
+    where: str,
+    meta: dict[str, Any],
+    modality: str = "image",
+    each_caption: bool = False,
+) -> None:
+    """One caption record (answer = first caption, references = all) or, with ``each_caption``, one per caption
+    (ids ``base-c0``, ``base-c1``...; every record keeps all captions as references). Shared by caption sources."""
+    targets = list(enumerate(captions)) if each_caption else [(0, captions[0])]
+    for number, caption in targets:
+        collector.add(
+            Record(
+                id=f"{base_id}-c{number}" if each_caption else base_id,
+                inputs=[ModalityInput(modality, path=path)],
+                conversation=[Turn("user", caption_prompt(modality)), Turn("assistant", caption)],
+                task="caption",
+                references=list(captions),
+                meta=meta,
+            ),
+            where,
+        )

@@ -1,0 +1,73 @@
+"""PointLLM instruction data (``PointLLM_brief_description_660K*.json``, ``PointLLM_complex_instruction_70K.json``).
+
+Layout: ``[{"object_id": "<objaverse uid>", "conversation_type": "simple_description" | "detailed_description" |
+"single_round" | "multi_round", "conversations": [{"from": "human", "value": "<point>\\nWhat is this?"},
+{"from": "gpt", "value": "..."}]}]``; point clouds are ``8192_npy/<object_id>_8192.npy`` ([8192, 6] xyz + rgb).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from onellm.instruct_data.converters.base import (
+    Collector,
+    ConvertReport,
+    Rejected,
+    describe_entry,
+    load_json,
+    media_path,
+    register_converter,
+    replace_placeholder,
+    require_list,
+    source_turns,
+)
+from onellm.instruct_data.schema import ModalityInput, Record
+from onellm.modalities import marker
+
+POINT_TOKEN = "<point>"  # PointLLM's point_indicator
+
+
+@register_converter("pointllm")
+def convert(
+    conversation_json: str | os.PathLike,
+    out_manifest: str | os.PathLike,
+    *,
+    media_prefix: str = "",
+    file_pattern: str = "{object_id}_8192.npy",
+) -> ConvertReport:
+    """PointLLM conversation json -> point records (brief descriptions as captions, the rest as chat).
+
+    Args:
+        conversation_json: PointLLM_brief_description_660K_filtered.json or PointLLM_complex_instruction_70K.json.
+        media_prefix: folder of the point files under the media root, e.g. pointllm/8192_npy.
+        file_pattern: point file name; field {object_id}.
+    """
+    entries = require_list(load_json(conversation_json), conversation_json, "a PointLLM list of conversations")
+    name = Path(conversation_json).name
+    collector = Collector("pointllm")
+    for index, entry in enumerate(entries):
+        object_id = entry.get("object_id") if isinstance(entry, dict) else None
+        where = describe_entry(name, "entries", index, object_id)
+        try:
+            if not object_id:
+                raise Rejected("entry needs an 'object_id'")
+            turns = source_turns(entry.get("conversations"))
+            found = replace_placeholder(turns, POINT_TOKEN, marker("point"))
+            if found != 1:
+                raise Rejected(f"human turns hold {found} {POINT_TOKEN} token(s), expected 1")
+        except Rejected as exc:
+            collector.reject(where, str(exc))
+            continue
+        kind = entry.get("conversation_type", "simple_description")  # PointLLM's own default
+        brief = kind == "simple_description" and len(turns) == 2
+        record = Record(
+            id=collector.unique_id(f"pointllm-{object_id}"),  # one object has several conversations
+            inputs=[ModalityInput("point", path=media_path(media_prefix, file_pattern.format(object_id=object_id)))],
+            conversation=turns,
+            task="caption" if brief else "chat",
+            references=[turns[-1].content] if brief else None,
+            meta={"source": "pointllm", "object_id": object_id, "conversation_type": kind},
+        )
+        collector.add(record, where)
+    return collector.write(out_manifest)

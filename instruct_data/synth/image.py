@@ -1,0 +1,141 @@
+"""Synthetic images: 1-3 coloured shapes of two sizes at five positions on a plain background (PNG RGB 128x128)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from onellm.instruct_data.synth.base import (
+    BACKGROUNDS,
+    COLOURS,
+    PNG_COMPRESSION,
+    QA,
+    SHAPES_2D,
+    Description,
+    Generator,
+    article,
+    count_word,
+    draw_shape,
+    join_phrases,
+    pick_paraphrases,
+    register_generator,
+)
+
+SIZE = 128
+# Anchor centres 40 px from the middle: two large shapes (radius 17 + 3 px jitter) at neighbouring anchors never
+# overlap (24 + 3 + 17 = 44 = 64 - 3 - 17), so every shape stays fully visible and countable.
+POSITIONS: dict[str, tuple[int, int]] = {
+    "left": (24, 64),
+    "right": (104, 64),
+    "top": (64, 24),
+    "bottom": (64, 104),
+    "center": (64, 64),
+}
+POSITION_PHRASES = {
+    "left": "on the left",
+    "right": "on the right",
+    "top": "at the top",
+    "bottom": "at the bottom",
+    "center": "in the center",
+}
+RADII = {"small": 9, "large": 17}
+JITTER = (-3, 0, 3)  # pixels; part of the content key (different jitter = different picture)
+MAX_OBJECTS = 3
+
+
+def object_phrase(obj: dict[str, Any], with_position: bool = True) -> str:
+    """{"shape": "circle", "colour": "red", "size": "large", "position": "left"} -> "a large red circle on the left"."""
+    text = f"{article(obj['size'])} {obj['size']} {obj['colour']} {obj['shape']}"
+    return f"{text} {POSITION_PHRASES[obj['position']]}" if with_position else text
+
+
+@register_generator
+class ImageGenerator(Generator):
+    modality = "image"
+
+    def vocabulary(self) -> dict[str, Any]:
+        return {
+            "shapes": list(SHAPES_2D),
+            "colors": list(COLOURS),
+            "sizes": list(RADII),
+            "positions": list(POSITIONS),
+            "backgrounds": list(BACKGROUNDS),
+            "objects_per_image": [1, MAX_OBJECTS],
+            "resolution": [SIZE, SIZE],
+        }
+
+    def sample(self, rng: np.random.Generator) -> dict[str, Any]:
+        count = int(rng.integers(1, MAX_OBJECTS + 1))
+        positions = rng.choice(list(POSITIONS), size=count, replace=False)  # one shape per position: unambiguous QA
+        objects = [
+            {
+                "shape": str(rng.choice(SHAPES_2D)),
+                "colour": str(rng.choice(list(COLOURS))),
+                "size": str(rng.choice(list(RADII))),
+                "position": str(position),
+                "dx": int(rng.choice(JITTER)),
+                "dy": int(rng.choice(JITTER)),
+            }
+            for position in positions
+        ]
+        return {"background": str(rng.choice(list(BACKGROUNDS))), "objects": objects}
+
+    def render(self, attrs: dict[str, Any], rng: np.random.Generator, root: Path, stem: str) -> dict[str, Any]:
+        image = Image.new("RGB", (SIZE, SIZE), BACKGROUNDS[attrs["background"]])
+        draw = ImageDraw.Draw(image)
+        for obj in attrs["objects"]:
+            cx, cy = POSITIONS[obj["position"]]
+            draw_shape(draw, obj["shape"], cx + obj["dx"], cy + obj["dy"], RADII[obj["size"]], COLOURS[obj["colour"]])
+        path = Path(root) / f"{stem}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image.save(path, format="PNG", compress_level=PNG_COMPRESSION)
+        return {"modality": self.modality, "path": f"{stem}.png"}
+
+    def describe(self, attrs: dict[str, Any], rng: np.random.Generator) -> Description:
+        objects, background = attrs["objects"], attrs["background"]
+        caption = join_phrases([object_phrase(obj) for obj in objects])
+        n = len(objects)
+        shapes_word = "shape" if n == 1 else "shapes"
+        position_first = join_phrases(
+            [f"{POSITION_PHRASES[obj['position']]} {object_phrase(obj, with_position=False)}" for obj in objects]
+        )
+        paraphrases = [
+            f"an image of {caption}",
+            f"{'there is' if n == 1 else 'there are'} {caption}",
+            f"{article(background)} {background} background with {caption}",
+            f"{count_word(n)} {shapes_word} on a plain background: {caption}",
+            position_first,
+        ]
+        return Description(caption, pick_paraphrases(rng, paraphrases, caption), self._questions(attrs, rng))
+
+    def _questions(self, attrs: dict[str, Any], rng: np.random.Generator) -> list[QA]:
+        objects = attrs["objects"]
+        shape_counts = {s: sum(o["shape"] == s for o in objects) for s in SHAPES_2D}
+        questions = [
+            QA("count", "How many shapes are there?", str(len(objects))),
+            QA("background", "What color is the background?", attrs["background"]),
+        ]
+        for obj in objects:
+            where = POSITION_PHRASES[obj["position"]]
+            # Name the shape by its type when it is the only one of that type, otherwise by its (unique) position.
+            subject = f"the {obj['shape']}" if shape_counts[obj["shape"]] == 1 else f"the shape {where}"
+            questions += [
+                QA("color", f"What color is {subject}?", obj["colour"]),
+                QA("shape", f"What shape is {where}?", obj["shape"]),
+                QA("size", f"Is {subject} small or large?", obj["size"]),
+            ]
+            same_look = sum(o["shape"] == obj["shape"] and o["colour"] == obj["colour"] for o in objects)
+            if same_look == 1:
+                questions.append(QA("position", f"Where is the {obj['colour']} {obj['shape']}?", obj["position"]))
+        present = {(o["colour"], o["shape"]) for o in objects}
+        if rng.random() < 0.5:
+            colour, shape = sorted(present)[int(rng.integers(len(present)))]
+            questions.append(QA("presence", f"Is there {article(colour)} {colour} {shape}?", "yes"))
+        else:
+            absent = [(c, s) for c in COLOURS for s in SHAPES_2D if (c, s) not in present]
+            colour, shape = absent[int(rng.integers(len(absent)))]
+            questions.append(QA("presence", f"Is there {article(colour)} {colour} {shape}?", "no"))
+        return questions
