@@ -9,11 +9,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from onellm.modalities import register_modality
 from onellm.modalities.base import Modality, Source
-from onellm.modalities.image import CLIP_MEAN, CLIP_STD, PatchTokenizer, fit_square_array, normalise, open_image
+from onellm.modalities.image import ImageLikeModality, fit_square_array, normalise, open_image
 
 
 def load_map(modality: Modality, source: Source) -> np.ndarray:
@@ -27,15 +26,9 @@ def load_map(modality: Modality, source: Source) -> np.ndarray:
 
 
 @register_modality
-class DepthModality(Modality):
+class DepthModality(ImageLikeModality):
     name = "depth"
     order = 4
-    image_like = True
-    defaults = {"image_size": 224, "mean": CLIP_MEAN, "std": CLIP_STD}
-
-    def input_shape(self, **options: Any) -> tuple[int, ...]:
-        size = self.options(**options)["image_size"]
-        return (3, size, size)
 
     def preprocess(self, source: Source, extras: dict | None = None, **options: Any) -> torch.Tensor:
         opts = self.options(**options)
@@ -52,6 +45,3 @@ class DepthModality(Modality):
         scaled = np.where(valid, (depth - low) / max(high - low, 1e-6), 0.0).astype(np.float32)
         square = fit_square_array(scaled[..., None], opts["image_size"])
         return normalise(np.repeat(np.clip(square, 0.0, 1.0), 3, axis=-1), opts["mean"], opts["std"])
-
-    def build_tokenizer(self, width: int, patch_size: int, **options: Any) -> nn.Module:
-        return PatchTokenizer()

@@ -67,16 +67,24 @@ def open_image(modality: Modality, source: Source, data: bytes | None = None) ->
     return image
 
 
-@register_modality
-class ImageModality(Modality):
-    name = "image"
-    order = 0
+class ImageLikeModality(Modality):
+    """A modality that becomes a square 3-channel image and uses the encoder's own patch embedding."""
+
     image_like = True
     defaults = {"image_size": 224, "mean": CLIP_MEAN, "std": CLIP_STD}
 
     def input_shape(self, **options: Any) -> tuple[int, ...]:
         size = self.options(**options)["image_size"]
         return (3, size, size)
+
+    def build_tokenizer(self, width: int, patch_size: int, **options: Any) -> nn.Module:
+        return PatchTokenizer()
+
+
+@register_modality
+class ImageModality(ImageLikeModality):
+    name = "image"
+    order = 0
 
     def preprocess(self, source: Source, extras: dict | None = None, **options: Any) -> torch.Tensor:
         opts = self.options(**options)
@@ -91,6 +99,3 @@ class ImageModality(Modality):
             image = open_image(self, source)
         rgb = fit_square(image.convert("RGB"), opts["image_size"])
         return normalise(np.asarray(rgb, dtype=np.float32) / 255.0, opts["mean"], opts["std"])
-
-    def build_tokenizer(self, width: int, patch_size: int, **options: Any) -> nn.Module:
-        return PatchTokenizer()

@@ -6,24 +6,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from onellm.modalities import register_modality
-from onellm.modalities.base import Modality, Source
+from onellm.modalities.base import Source
 from onellm.modalities.depth import load_map
-from onellm.modalities.image import CLIP_MEAN, CLIP_STD, PatchTokenizer, fit_square_array, normalise
+from onellm.modalities.image import ImageLikeModality, fit_square_array, normalise
 
 
 @register_modality
-class NormalModality(Modality):
+class NormalModality(ImageLikeModality):
     name = "normal"
     order = 5
-    image_like = True
-    defaults = {"image_size": 224, "mean": CLIP_MEAN, "std": CLIP_STD}
-
-    def input_shape(self, **options: Any) -> tuple[int, ...]:
-        size = self.options(**options)["image_size"]
-        return (3, size, size)
 
     def preprocess(self, source: Source, extras: dict | None = None, **options: Any) -> torch.Tensor:
         opts = self.options(**options)
@@ -38,6 +31,3 @@ class NormalModality(Modality):
             unit = normals / (65535.0 if normals.max() > 255 else 255.0)
         square = fit_square_array(unit, opts["image_size"])
         return normalise(np.clip(square, 0.0, 1.0), opts["mean"], opts["std"])
-
-    def build_tokenizer(self, width: int, patch_size: int, **options: Any) -> nn.Module:
-        return PatchTokenizer()
