@@ -103,7 +103,7 @@ def _run_convert(args: argparse.Namespace) -> int:
 
 def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse._SubParsersAction:
     """Add ``data`` to the top-level sub-command group (``onellm data ...``); returns the ``data`` group."""
-    data = subparsers.add_parser("data", help="build and check instruction data (synth, convert)")
+    data = subparsers.add_parser("data", help="build and check instruction data (synth, convert, validate, stats)")
     group = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
     add_data_subcommands(group)
     return group
@@ -113,7 +113,78 @@ def add_data_subcommands(group: argparse._SubParsersAction) -> None:
     """Register ``synth`` and ``convert FORMAT`` on the ``data`` group (each sets ``func``: args -> exit code)."""
     _add_synth(group)
     _add_convert(group)
-    # --- validate / stats: the lead adds them here (schema.check_manifest gives the per-line problems) ---
+    _add_validate(group)
+    _add_stats(group)
+
+
+# --- validate / stats: decode every input the way the model will, or count what a manifest holds -------------------
+
+
+def _model_options(parser: argparse.ArgumentParser) -> None:
+    choice = parser.add_mutually_exclusive_group()
+    choice.add_argument("--model", help="a onellm checkpoint folder: check against its processor (token counts too)")
+    choice.add_argument(
+        "--preset", default="small", help="check against a preset's modality options (default: small, the demo's)"
+    )
+
+
+def _processor_or_options(args: argparse.Namespace) -> Any:
+    if args.model:
+        from transformers import AutoProcessor
+
+        import onellm  # noqa: F401  (registers the processor class)
+
+        return AutoProcessor.from_pretrained(args.model)
+    from onellm.presets import preset_modality_options
+
+    return preset_modality_options(args.preset)
+
+
+def _run_validate(args: argparse.Namespace) -> int:
+    from onellm.instruct_data.loader import validate_manifest
+
+    checker = _processor_or_options(args)
+    print(f"checking against {'the processor of ' + args.model if args.model else 'the ' + args.preset + ' preset'}")
+    rejected = 0
+    for manifest in args.manifests:
+        report = validate_manifest(manifest, args.media_root, checker, on_error="skip", max_length=args.max_length)
+        print(report.summary(limit=args.show))
+        rejected += len(report.rejected)
+    return 1 if rejected else 0
+
+
+def _add_validate(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "validate",
+        help="decode every input of a manifest and report kept / rejected records (exit 1 if any is rejected)",
+        description="Decode every input with the model's preprocessing; list each rejected record with its file, "
+        "modality and reason (missing file, undecodable, wrong shape, NaN, too long, empty answer, placeholder "
+        "count). Exit code 1 when anything was rejected.",
+    )
+    parser.add_argument("manifests", nargs="+", metavar="MANIFEST", help="JSONL manifest(s)")
+    parser.add_argument("--media-root", default=None, help="folder relative paths start from (default: each manifest's)")
+    parser.add_argument("--max-length", type=int, default=None, help="reject records longer than this (needs --model)")
+    parser.add_argument("--show", type=int, default=None, help="list at most this many rejections per manifest")
+    _model_options(parser)
+    parser.set_defaults(func=_run_validate)
+
+
+def _run_stats(args: argparse.Namespace) -> int:
+    from onellm.instruct_data.loader import manifest_stats
+
+    processor = _processor_or_options(args) if args.model else None
+    for manifest in args.manifests:
+        print(manifest_stats(manifest, processor).summary())
+    return 0
+
+
+def _add_stats(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "stats", help="counts per modality and task, answer lengths and vocabulary, token lengths (with --model)"
+    )
+    parser.add_argument("manifests", nargs="+", metavar="MANIFEST", help="JSONL manifest(s)")
+    parser.add_argument("--model", help="a onellm checkpoint folder: also count tokens after placeholder expansion")
+    parser.set_defaults(func=_run_stats)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

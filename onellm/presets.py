@@ -57,6 +57,14 @@ def build_preset(name: str, **kwargs) -> tuple[OneLLMForConditionalGeneration, O
     return _PRESETS[name](**kwargs)
 
 
+def preset_modality_options(name: str) -> dict[str, dict]:
+    """The per-modality options a preset builds with (no model is built): what data must match."""
+    tables = {"tiny": TINY_MODALITIES, "small": SMALL_MODALITIES, "7b": {m: {} for m in modality_names()}}
+    if name not in tables:
+        raise KeyError(f"unknown preset {name!r}; known: {list(tables)}")
+    return {m: get_modality(m).options(**options) for m, options in tables[name].items()}
+
+
 # --- shared assembly ----------------------------------------------------------------------------
 def add_marker_tokens(tokenizer: PreTrainedTokenizerFast, modalities: list[str]) -> dict[str, int]:
     """Add one special token per modality marker (``<image>``, ...) and return their ids."""

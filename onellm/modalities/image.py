@@ -62,7 +62,9 @@ def open_image(modality: Modality, source: Source, data: bytes | None = None) ->
         if image.width * image.height > MAX_PIXELS:
             raise modality.fail(source, f"{image.width}x{image.height} pixels exceeds the {MAX_PIXELS} pixel limit")
         image.load()
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, SyntaxError) as exc:
+    except UnidentifiedImageError:
+        raise modality.fail(source, "not a decodable image (unknown or corrupt image format)") from None
+    except (OSError, Image.DecompressionBombError, SyntaxError) as exc:
         raise modality.fail(source, f"not a decodable image ({exc})") from None
     return image
 
