@@ -1,0 +1,146 @@
+"""``report.md`` (a table of every task's metrics) and ``report.png`` (each task's primary metric) from results.json.
+
+Scores are fractions in results.json and printed ×100 here (CIDEr-D 1.05 -> 105.00, accuracy 0.62 -> 62.00), as
+papers print them. A value that is not comparable to published numbers of the same name carries ``*``; a metric
+that could not be computed reads ``n/a†``; the notes explaining both are listed under the table, so a number is
+never shown without the caveat that comes with it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+NOT_COMPARABLE = "*"
+UNAVAILABLE = "n/a†"
+SCALE = 100.0
+
+
+def metric_columns(results: dict[str, Any]) -> list[str]:
+    """Metric names in order of first appearance over the tasks."""
+    columns: list[str] = []
+    for status in results["metric_status"].values():
+        columns += [name for name in status if name not in columns]
+    return columns
+
+
+def cell(results: dict[str, Any], task: str, metric: str) -> str:
+    status = results["metric_status"][task].get(metric)
+    if status is None:
+        return ""
+    if not status["available"]:
+        return UNAVAILABLE
+    value = results["results"][task][f"{metric},none"]
+    text = f"{value * SCALE:.2f}"
+    return text + (NOT_COMPARABLE if not status["comparable"] else "")
+
+
+def notes(results: dict[str, Any]) -> list[str]:
+    """One line per distinct caveat, naming every task/metric it applies to."""
+    grouped: dict[tuple[str, str], list[str]] = {}
+    for task, status in results["metric_status"].items():
+        for metric, flags in status.items():
+            if not flags["available"]:
+                key = (UNAVAILABLE, flags["note"] or "not computed")
+            elif not flags["comparable"]:
+                key = (NOT_COMPARABLE, flags["note"] or "not comparable to published numbers")
+            else:
+                continue
+            grouped.setdefault(key, []).append(f"{task}/{metric}")
+    lines = []
+    for (mark, note), where in grouped.items():
+        label = "unavailable" if mark == UNAVAILABLE else "not comparable to published numbers"
+        lines.append(f"- `{mark}` {label} — {', '.join(where)}: {note}")
+    return lines
+
+
+def markdown(results: dict[str, Any], chart: str | None = None) -> str:
+    config = results.get("config", {})
+    tasks = list(results["results"])
+    columns = metric_columns(results)
+    header = ["task", "n", *columns]
+    rows = []
+    for task in tasks:
+        n = results["n-samples"][task]["effective"]
+        rows.append([task, str(n), *(cell(results, task, metric) for metric in columns)])
+    what = config.get("model") or config.get("api") or "?"
+    lines = [
+        f"# onellm eval: {what}",
+        "",
+        f"backend `{config.get('backend', '?')}` · model `{config.get('model', '?')}` · "
+        f"limit {config.get('limit')} · batch size {config.get('batch_size')} · "
+        f"git {results.get('git_hash') or 'unknown'} · {results.get('date_iso', '')} · "
+        f"{float(results.get('total_evaluation_time_seconds', 0)):.1f} s",
+        "",
+        f"Scores ×{SCALE:g}. `{NOT_COMPARABLE}` = not comparable to published numbers, `{UNAVAILABLE}` = not computed "
+        "(see the notes below the table).",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(["---", "---:"] + ["---:"] * len(columns)) + "|",
+        *("| " + " | ".join(row) + " |" for row in rows),
+        "",
+    ]
+    caveats = notes(results)
+    if caveats:
+        lines += ["Notes:", "", *caveats, ""]
+    lines += [
+        "| task | version | primary metric | samples (of) | empty answers | generate s | samples/s |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for task in tasks:
+        timing, count = results["timings"][task], results["n-samples"][task]
+        lines.append(
+            f"| {task} | {results['versions'][task]} | {results['primary_metric'][task]} | "
+            f"{count['effective']} ({count['original']}) | {count['empty_predictions']} | "
+            f"{timing['generate_s']:.2f} | {timing['samples_per_s']} |"
+        )
+    lines.append("")
+    if chart:
+        lines += [f"![primary metric per task]({chart})", ""]
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    """Bar chart of each task's primary metric (×100); hatched when not comparable, labelled n/a when missing."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(results["results"])
+    heights, labels, hatches = [], [], []
+    for task in tasks:
+        metric = results["primary_metric"][task]
+        flags = results["metric_status"][task][metric]
+        value = results["results"][task][f"{metric},none"] if flags["available"] else None
+        heights.append(0.0 if value is None else value * SCALE)
+        labels.append(
+            UNAVAILABLE if value is None else f"{value * SCALE:.1f}" + ("*" if not flags["comparable"] else "")
+        )
+        hatches.append("//" if not flags["comparable"] else "")
+    figure, axes = plt.subplots(figsize=(max(5.5, 0.9 * len(tasks) + 1.5), 4.0))
+    bars = axes.bar(range(len(tasks)), heights, color="#4C72B0", edgecolor="black", linewidth=0.6)
+    for bar, hatch, label in zip(bars, hatches, labels, strict=True):
+        bar.set_hatch(hatch)
+        axes.annotate(
+            label, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=8
+        )
+    axes.set_xticks(range(len(tasks)))
+    axes.set_xticklabels(
+        [f"{task}\n({results['primary_metric'][task]})" for task in tasks], rotation=30, ha="right", fontsize=8
+    )
+    axes.set_ylabel(f"score ×{SCALE:g}")
+    axes.set_ylim(0, max([*heights, 1.0]) * 1.15)
+    axes.set_title("primary metric per task\n(hatched, * = not comparable to published numbers)", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def write_report(results: dict[str, Any], output_dir: str | Path) -> Path:
+    """Write ``report.png`` and ``report.md`` into ``output_dir``; returns the markdown path."""
+    out = Path(output_dir)
+    plot(results, out / "report.png")
+    path = out / "report.md"
+    path.write_text(markdown(results, chart="report.png"), encoding="utf-8")
+    return path
