@@ -44,7 +44,9 @@ class FMRIModality(Modality):
     def preprocess(self, source: Source, extras: dict | None = None, **options: Any) -> torch.Tensor:
         opts = self.options(**options)
         voxels = self.load_array(source)
-        if voxels.ndim == 2 and 1 in voxels.shape:
+        if voxels.ndim == 2 and voxels.shape[1] == opts["num_voxels"]:
+            voxels = voxels.mean(axis=0)  # [R, V]: repeated trials of one stimulus are averaged (as OneLLM does for NSD)
+        elif voxels.ndim == 2 and 1 in voxels.shape:
             voxels = voxels.reshape(-1)
         if voxels.ndim != 1:
             raise self.fail(source, f"expected a voxel vector [V], found shape {list(voxels.shape)}")

@@ -33,8 +33,8 @@ def _dicts(path: Path) -> list[dict]:
 
 def test_every_format_is_registered():
     assert converter_names() == [
-        "audiocaps", "cap3d", "clotho", "clotho_aqa", "coco_captions", "coco_karpathy",
-        "llava_instruct", "msvd_qa", "onellm_instruct", "pointllm", "vqav2",
+        "audiocaps", "cap3d", "clotho", "clotho_aqa", "coco_captions", "coco_karpathy", "ego4d_imu", "gqa",
+        "llava_instruct", "msvd_qa", "nsd_fmri", "okvqa", "onellm_instruct", "pointllm", "textvqa", "vqav2",
     ]  # fmt: skip
     with pytest.raises(KeyError, match="unknown converter 'coco'; known: audiocaps"):
         get_converter("coco")

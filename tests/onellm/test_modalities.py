@@ -152,6 +152,12 @@ def test_depth_and_normal_maps_from_arrays():
     assert torch.allclose(out[0], torch.zeros(32, 32), atol=1e-5) and torch.allclose(out[1], torch.full((32, 32), 0.5))
 
 
+def test_fmri_repeated_trials_are_averaged():
+    trials = np.random.default_rng(0).normal(size=(3, 2048)).astype(np.float32)
+    fmri = get_modality("fmri")
+    assert torch.allclose(fmri.preprocess(trials, num_voxels=2048), fmri.preprocess(trials.mean(0), num_voxels=2048))
+
+
 # --- bad input: each error names the input and the problem ---------------------------------------
 def _corrupt_png() -> bytes:
     data = png_bytes()
