@@ -1,1 +1,6 @@
-"""Serving: vLLM plugin and OpenAI-compatible server."""
+"""Serving: the vLLM plugin (model + processor classes), the OpenAI-compatible server, and its engines (vllm, hf).
+
+- :mod:`onellm.serving.plugin` — vLLM ``general_plugins`` entry point (registers the architecture).
+- :mod:`onellm.serving.vllm_model` — the vLLM model, processing info, dummy inputs, data parser, processor.
+- :mod:`onellm.serving.cli` — ``onellm serve`` (FastAPI app in :mod:`.app`, engines in :mod:`.engines`).
+"""

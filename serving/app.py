@@ -1,0 +1,443 @@
+"""The OpenAI-compatible HTTP server: ``POST /v1/chat/completions``, ``GET /v1/models``, ``/health``, ``/metrics``.
+
+Request path: API key -> body-size cap -> JSON + field validation -> model/adapter name -> admission (429 when
+``max_queue`` requests are in flight) -> every media input fetched and preprocessed once (:mod:`.chat`) -> engine
+(streamed as server-sent events, or collected) under the per-request timeout. A client that disconnects cancels
+the request, which aborts it in the engine. Every error has OpenAI's shape (:mod:`.errors`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import aclosing, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from onellm.processing import OneLLMProcessor
+from onellm.serving.chat import ParsedChat, parse_chat
+from onellm.serving.engines import Delta, Engine, GenerationRequest, SamplingSettings
+from onellm.serving.errors import APIError, bad_request, error_body
+from onellm.serving.media import MediaFetcher, MediaPolicy
+from onellm.serving.metrics import Metrics
+
+logger = logging.getLogger("onellm.serve")
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    served_model_name: str
+    adapters: tuple[str, ...] = ()  # LoRA adapter names, selectable through the request's "model"
+    api_key: str | None = None
+    max_body_bytes: int = 64 * MiB  # base64 media inflate by 4/3; this admits a few 10 MB inputs
+    max_inputs_per_request: int = 8
+    max_queue: int = 64  # requests admitted at once (preprocessing, waiting or generating); the next gets 429
+    request_timeout: float = 600.0
+    max_n: int = 8
+    media: MediaPolicy = field(default_factory=MediaPolicy)
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    """The fields we read; OpenAI fields we do not implement are ignored, as OpenAI-compatible servers do."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    messages: list[Any]
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: int = Field(default=1, ge=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    return_token_ids: bool = False  # extension (as in vLLM): each choice also carries its generated token ids
+    min_tokens: int = Field(default=0, ge=0)  # extension (as in vLLM): no end-of-sequence before this many tokens
+
+
+_ROUTES = {"/v1/chat/completions", "/v1/models", "/health", "/metrics"}
+
+
+class _BodyLimit:
+    """ASGI middleware: 413 for bodies over ``limit`` bytes (declared or streamed), and response counting."""
+
+    def __init__(self, app: Any, limit: int, metrics: Metrics):
+        self.app, self.limit, self.metrics = app, limit, metrics
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"] if scope["path"] in _ROUTES else "other"  # bounded label values
+
+        async def counting_send(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                self.metrics.response(path, message["status"])
+            await send(message)
+
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await _send_json(
+                counting_send,
+                413,
+                error_body(413, f"request body is {int(declared)} bytes, above the {self.limit}-byte limit"),
+            )
+            return
+        seen = 0
+
+        async def limited_receive() -> dict:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise APIError(413, f"request body exceeds the {self.limit}-byte limit")
+            return message
+
+        await self.app(scope, limited_receive, counting_send)
+
+
+async def _send_json(send: Any, status: int, body: dict) -> None:
+    payload = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": payload})
+
+
+def build_app(engine: Engine, processor: OneLLMProcessor, settings: ServerSettings) -> FastAPI:
+    """The FastAPI app around a (not yet started) engine; the app's lifespan starts and stops it."""
+    metrics = Metrics(engine.name, engine.num_unfinished)
+    fetcher = MediaFetcher(settings.media)
+    state = {"ready": False}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        started = time.monotonic()
+        await engine.start()
+        state["ready"] = True
+        logger.info("engine %s ready in %.1f s", engine.name, time.monotonic() - started)
+        try:
+            yield
+        finally:
+            state["ready"] = False
+            await engine.stop()
+
+    app = FastAPI(title="onellm", lifespan=lifespan)
+    app.add_middleware(_BodyLimit, limit=settings.max_body_bytes, metrics=metrics)
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+        headers = {"Retry-After": "1"} if exc.status == 429 else None
+        return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+
+    def check_key(request: Request) -> None:
+        if settings.api_key is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise APIError(401, "missing API key: send 'Authorization: Bearer <key>'", code="invalid_api_key")
+        if not hmac.compare_digest(token.strip().encode(), settings.api_key.encode()):
+            raise APIError(401, "incorrect API key", code="invalid_api_key")
+
+    @app.get("/health")
+    async def health() -> Response:
+        if not state["ready"]:
+            return JSONResponse({"status": "starting", "engine": engine.name}, status_code=503)
+        return JSONResponse({"status": "ok", "engine": engine.name})
+
+    @app.get("/metrics")
+    async def get_metrics() -> Response:
+        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> Response:
+        check_key(request)
+        created = int(time.time())
+        base = {"id": settings.served_model_name, "object": "model", "created": created, "owned_by": "onellm"}
+        adapters = [
+            {
+                "id": name,
+                "object": "model",
+                "created": created,
+                "owned_by": "onellm",
+                "parent": settings.served_model_name,
+            }
+            for name in settings.adapters
+        ]
+        return JSONResponse({"object": "list", "data": [base, *adapters]})
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        check_key(request)
+        body = parse_body(await request.body())
+        adapter = resolve_model(body.model)
+        if not state["ready"]:
+            raise APIError(503, "the engine is still starting")
+        if metrics.in_flight >= settings.max_queue:
+            raise APIError(
+                429, f"server busy: {metrics.in_flight} requests in flight (limit {settings.max_queue}); retry later"
+            )
+        metrics.in_flight += 1
+        admitted = time.monotonic()
+        release = True
+        try:
+            chat = await parse_chat(body.messages, processor, fetcher, settings.max_inputs_per_request)
+            generation = GenerationRequest(
+                request_id=f"chatcmpl-{uuid.uuid4().hex}", chat=chat, sampling=sampling_of(body, chat), adapter=adapter
+            )
+            if body.stream:
+                response = await stream_response(request, body, generation, admitted)
+                release = False  # the stream releases its slot when it ends
+                return response
+            try:
+                return await until_disconnected(request, complete(body, generation, admitted))
+            except ClientGone:
+                return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
+        finally:
+            if release:
+                metrics.in_flight -= 1
+
+    # --- request parsing -------------------------------------------------------------------------------
+    def parse_body(raw: bytes) -> ChatCompletionRequest:
+        try:
+            data = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise bad_request(f"request body is not valid JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise bad_request("request body must be a JSON object")
+        try:
+            body = ChatCompletionRequest.model_validate(data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise bad_request(f"{where}: {first['msg']}", where) from None
+        if body.n > settings.max_n:
+            raise bad_request(f"n: at most {settings.max_n} choices per request, got {body.n}", "n")
+        stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+        if len(stops) > 4 or any(not s for s in stops):
+            raise bad_request("stop: up to 4 non-empty strings", "stop")
+        return body
+
+    def resolve_model(name: str) -> str | None:
+        if name == settings.served_model_name:
+            return None
+        if name in settings.adapters:
+            return name
+        known = [settings.served_model_name, *settings.adapters]
+        raise APIError(
+            404, f"the model {name!r} does not exist; this server serves {known}", "model", "model_not_found"
+        )
+
+    def sampling_of(body: ChatCompletionRequest, chat: ParsedChat) -> SamplingSettings:
+        room = engine.max_model_len - chat.prompt_tokens
+        if room < 1:
+            raise bad_request(
+                f"messages: the prompt is {chat.prompt_tokens} tokens (media placeholders included); this model's "
+                f"context is {engine.max_model_len} tokens",
+                "messages",
+            )
+        asked = body.max_completion_tokens or body.max_tokens
+        if asked is not None and asked > room:
+            raise bad_request(
+                f"max_tokens: {asked} + {chat.prompt_tokens} prompt tokens exceeds the {engine.max_model_len}-token "
+                f"context; at most {room} fit",
+                "max_tokens",
+            )
+        stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+        if body.min_tokens > (asked or room):
+            raise bad_request(f"min_tokens: {body.min_tokens} is more than max_tokens {asked or room}", "min_tokens")
+        return SamplingSettings(
+            max_tokens=asked or room,
+            min_tokens=body.min_tokens,
+            temperature=body.temperature,
+            top_p=body.top_p,
+            stop=tuple(stops),
+            seed=body.seed,
+            n=body.n,
+        )
+
+    # --- responses -----------------------------------------------------------------------------------
+    async def complete(body: ChatCompletionRequest, generation: GenerationRequest, admitted: float) -> Response:
+        n = generation.sampling.n
+        texts, ids = [""] * n, [[] for _ in range(n)]
+        finish: list[str | None] = [None] * n
+        first_token: float | None = None
+        try:
+            async with asyncio.timeout(settings.request_timeout):
+                async with aclosing(engine.generate(generation)) as stream:
+                    async for deltas in stream:
+                        first_token = first_token or time.monotonic()
+                        for d in deltas:
+                            texts[d.index] += d.text
+                            ids[d.index] += d.token_ids
+                            finish[d.index] = d.finish_reason or finish[d.index]
+        except TimeoutError:
+            raise APIError(
+                504, f"the request did not finish within {settings.request_timeout:g} s", code="timeout"
+            ) from None
+        except ValueError as exc:  # the engine refused the input (vLLM validation)
+            raise bad_request(str(exc)) from None
+        completion_tokens = sum(len(i) for i in ids)
+        metrics.finished(
+            generation.chat.prompt_tokens,
+            completion_tokens,
+            None if first_token is None else first_token - admitted,
+            time.monotonic() - admitted,
+        )
+        choices = []
+        for i in range(n):
+            choice: dict[str, Any] = {
+                "index": i,
+                "message": {"role": "assistant", "content": texts[i]},
+                "finish_reason": finish[i] or "stop",
+                "logprobs": None,
+            }
+            if body.return_token_ids:
+                choice["token_ids"] = ids[i]
+            choices.append(choice)
+        return JSONResponse(
+            {
+                "id": generation.request_id,
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body.model,
+                "choices": choices,
+                "usage": usage(generation.chat.prompt_tokens, completion_tokens),
+            }
+        )
+
+    async def stream_response(
+        request: Request, body: ChatCompletionRequest, generation: GenerationRequest, admitted: float
+    ) -> Response:
+        """Starts generation before answering, so errors before the first token still get their HTTP status."""
+        deadline = asyncio.get_running_loop().time() + settings.request_timeout
+        stream = engine.generate(generation)
+        try:
+            async with asyncio.timeout_at(deadline):
+                first = await until_disconnected(request, anext(stream, None))
+        except ClientGone:
+            await stream.aclose()
+            return Response(status_code=499)
+        except TimeoutError:
+            await stream.aclose()
+            raise APIError(
+                504, f"the request did not finish within {settings.request_timeout:g} s", code="timeout"
+            ) from None
+        except ValueError as exc:
+            await stream.aclose()
+            raise bad_request(str(exc)) from None
+        except BaseException:
+            await stream.aclose()
+            raise
+        first_token = time.monotonic()
+
+        def chunk(choices: list[dict], usage_: dict | None = None) -> str:
+            payload = {
+                "id": generation.request_id,
+                "object": "chat.completion.chunk",
+                "created": int(time.time()),
+                "model": body.model,
+                "choices": choices,
+            }
+            if usage_ is not None:
+                payload["usage"] = usage_
+            return f"data: {json.dumps(payload)}\n\n"
+
+        def delta_choice(d: Delta) -> dict:
+            choice: dict[str, Any] = {
+                "index": d.index,
+                "delta": {"content": d.text},
+                "finish_reason": d.finish_reason,
+                "logprobs": None,
+            }
+            if body.return_token_ids:
+                choice["token_ids"] = d.token_ids
+            return choice
+
+        async def events() -> AsyncIterator[str]:
+            completion_tokens = 0
+            try:
+                yield chunk(
+                    [
+                        {"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+                        for i in range(generation.sampling.n)
+                    ]
+                )
+                async with aclosing(stream):
+                    async with asyncio.timeout_at(deadline):
+                        batch = first
+                        while batch is not None:
+                            completion_tokens += sum(len(d.token_ids) for d in batch)
+                            yield chunk([delta_choice(d) for d in batch])
+                            batch = await anext(stream, None)
+                if body.stream_options and body.stream_options.include_usage:
+                    yield chunk([], usage(generation.chat.prompt_tokens, completion_tokens))
+                yield "data: [DONE]\n\n"
+                metrics.finished(
+                    generation.chat.prompt_tokens,
+                    completion_tokens,
+                    first_token - admitted,
+                    time.monotonic() - admitted,
+                )
+            except TimeoutError:
+                message = f"the request did not finish within {settings.request_timeout:g} s"
+                yield f"data: {json.dumps(error_body(504, message, code='timeout'))}\n\n"
+                yield "data: [DONE]\n\n"
+            except Exception as exc:  # the response has started: report in the stream, then end it
+                logger.exception("generation failed mid-stream")
+                yield f"data: {json.dumps(error_body(500, f'generation failed: {type(exc).__name__}: {exc}'))}\n\n"
+                yield "data: [DONE]\n\n"
+            finally:
+                metrics.in_flight -= 1
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    return app
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+class ClientGone(Exception):
+    """The client closed the connection while its request was being served."""
+
+
+async def until_disconnected(request: Request, work: Any, poll: float = 0.25) -> Any:
+    """Await ``work``; cancel it (which aborts generation) and raise :class:`ClientGone` if the client leaves."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=poll)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                task.cancel()
+                logger.info("client disconnected; request cancelled")
+                raise ClientGone()
+    finally:
+        if not task.done():
+            task.cancel()
+
+
+__all__ = ["ChatCompletionRequest", "ServerSettings", "build_app", "usage"]

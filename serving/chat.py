@@ -1,0 +1,220 @@
+"""OpenAI chat messages -> one prompt (token ids, one marker per input) + each input preprocessed once.
+
+Content parts, by ``type`` (docs/api.md has the JSON of each):
+
+| part type           | modality | payload                                                      |
+|---------------------|----------|--------------------------------------------------------------|
+| text                | -        | ``{"text": str}``                                            |
+| image_url           | image    | ``{"url": data:/http(s):/file: URL}``                        |
+| input_audio         | audio    | ``{"data": base64, "format": "wav"|"mp3"|...}``              |
+| audio_url           | audio    | ``{"url": ...}``                                             |
+| video_url           | video    | ``{"url": ...}``                                             |
+| input_point_cloud   | point    | ``{"data": base64 .npy/.ply}`` or ``{"url": ...}``           |
+| input_depth         | depth    | ``{"data": base64 .png/.npy}`` or ``{"url": ...}``           |
+| input_normal        | normal   | ``{"data": base64 .png/.npy}`` or ``{"url": ...}``           |
+| input_imu           | imu      | ``{"data": base64 .npy/.csv, "format", "sample_rate"}``      |
+| input_fmri          | fmri     | ``{"data": base64 .npy}`` or ``{"url": ...}``                |
+
+Every input is fetched/decoded and preprocessed exactly once, here, by ``OneLLMProcessor.preprocess``; the engines
+receive the tensors. Errors are 4xx :class:`APIError` naming the field (``messages[0].content[1].image_url``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from onellm.modalities import MediaError, get_modality
+from onellm.processing import OneLLMProcessor
+from onellm.serving.errors import APIError, bad_request
+from onellm.serving.media import MediaFetcher, MediaPolicy, check_audio_seconds, check_image_pixels, decode_base64
+
+# Part type -> modality. Adding a modality's extension part = one line here (+ docs/api.md).
+PART_TYPES: dict[str, str] = {
+    "image_url": "image",
+    "input_audio": "audio",
+    "audio_url": "audio",
+    "video_url": "video",
+    "input_point_cloud": "point",
+    "input_depth": "depth",
+    "input_normal": "normal",
+    "input_imu": "imu",
+    "input_fmri": "fmri",
+}
+
+# Checks on the raw bytes before anything is decoded, by modality.
+_PRE_CHECKS: dict[str, Callable[[bytes, MediaPolicy, str], None]] = {
+    "image": lambda data, policy, param: check_image_pixels(data, policy.max_image_pixels, param),
+    "depth": lambda data, policy, param: check_image_pixels(data, policy.max_image_pixels, param),
+    "normal": lambda data, policy, param: check_image_pixels(data, policy.max_image_pixels, param),
+    "audio": lambda data, policy, param: check_audio_seconds(data, policy.max_audio_seconds, param),
+}
+
+ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+
+
+@dataclass
+class ParsedChat:
+    """A request's prompt and its inputs, in prompt order."""
+
+    prompt_ids: list[int]  # one marker token per input (vLLM's processor expands them itself)
+    expanded_ids: list[int]  # each marker expanded to N+2 placeholder positions (what the LLM sees)
+    inputs: list[tuple[str, torch.Tensor]]  # (modality, preprocessed tensor [*input_shape])
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.expanded_ids)
+
+    def mm_inputs(self) -> dict[str, torch.Tensor]:
+        """``{modality: [n_m, *input_shape]}`` in prompt order, as ``OneLLMForConditionalGeneration`` takes it."""
+        grouped: dict[str, list[torch.Tensor]] = {}
+        for modality, tensor in self.inputs:
+            grouped.setdefault(modality, []).append(tensor)
+        return {m: torch.stack(ts) for m, ts in grouped.items()}
+
+
+@dataclass
+class _PendingInput:
+    modality: str
+    param: str
+    payload: dict[str, Any]
+
+
+def _payload(part: dict, part_type: str, param: str) -> dict[str, Any]:
+    payload = part.get(part_type)
+    if isinstance(payload, str) and part_type.endswith("_url"):
+        payload = {"url": payload}  # some clients send image_url as a bare string
+    if not isinstance(payload, dict):
+        raise bad_request(f"{param}: expected an object with 'url' or 'data'", param)
+    if ("url" in payload) == ("data" in payload):
+        raise bad_request(f"{param}: give exactly one of 'url' or 'data'", param)
+    return payload
+
+
+async def _load(pending: _PendingInput, fetcher: MediaFetcher, processor: OneLLMProcessor) -> torch.Tensor:
+    payload, param, modality = pending.payload, pending.param, pending.modality
+    policy = fetcher.policy
+    if "url" in payload:
+        data = await fetcher.fetch(payload["url"], f"{param}.url")
+    else:
+        if not isinstance(payload["data"], str):
+            raise bad_request(f"{param}.data: expected a base64 string", f"{param}.data")
+        data = decode_base64(payload["data"], f"{param}.data", policy.max_bytes)
+    if modality in _PRE_CHECKS:
+        _PRE_CHECKS[modality](data, policy, param)
+    source: Any = data
+    extras = {}
+    if "sample_rate" in payload:
+        rate = payload["sample_rate"]
+        if not isinstance(rate, (int, float)) or isinstance(rate, bool) or rate <= 0:
+            raise bad_request(f"{param}.sample_rate: expected a positive number, got {rate!r}", f"{param}.sample_rate")
+        extras["sample_rate"] = float(rate)
+    if str(payload.get("format", "")).lower() == "csv":
+        try:
+            source = np.loadtxt(io.StringIO(data.decode("utf-8")), delimiter=",", ndmin=2)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise bad_request(f"{param}.data: not a numeric CSV table ({exc})", f"{param}.data") from None
+
+    def preprocess() -> torch.Tensor:
+        return processor.preprocess(modality, source, extras or None)
+
+    try:
+        return await asyncio.to_thread(preprocess)
+    except MediaError as exc:
+        raise bad_request(f"{param}: {exc.problem}", param) from None
+    except (ValueError, TypeError) as exc:
+        raise bad_request(f"{param}: unusable {modality} input ({exc})", param) from None
+
+
+async def parse_chat(
+    messages: list[dict[str, Any]],
+    processor: OneLLMProcessor,
+    fetcher: MediaFetcher,
+    max_inputs: int,
+) -> ParsedChat:
+    """Validate ``messages``, load and preprocess every media input once, render and tokenise the prompt."""
+    if not isinstance(messages, list) or not messages:
+        raise bad_request("messages: expected a non-empty list", "messages")
+    markers = {get_modality(m).marker: m for m in processor.modalities}
+    rendered: list[dict[str, Any]] = []
+    pending: list[_PendingInput] = []
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise bad_request(f"{where}: expected an object with 'role' and 'content'", where)
+        role = message.get("role")
+        if role not in ROLES:
+            raise bad_request(f"{where}.role: unsupported role {role!r}; supported: {sorted(ROLES)}", f"{where}.role")
+        content = message.get("content")
+        if content is None:
+            content = ""
+        if isinstance(content, str):
+            _check_text(content, markers, f"{where}.content")
+            rendered.append({"role": ROLES[role], "content": content})
+            continue
+        if not isinstance(content, list):
+            raise bad_request(f"{where}.content: expected a string or a list of parts", f"{where}.content")
+        parts = []
+        for j, part in enumerate(content):
+            param = f"{where}.content[{j}]"
+            part_type = part.get("type") if isinstance(part, dict) else None
+            if part_type == "text":
+                text = part.get("text")
+                if not isinstance(text, str):
+                    raise bad_request(f"{param}.text: expected a string", f"{param}.text")
+                _check_text(text, markers, f"{param}.text")
+                parts.append({"type": "text", "text": text})
+                continue
+            if part_type not in PART_TYPES:
+                raise bad_request(
+                    f"{param}.type: unknown content part type {part_type!r}; supported: {['text', *PART_TYPES]}",
+                    f"{param}.type",
+                )
+            modality = PART_TYPES[part_type]
+            if modality not in processor.modalities:
+                raise bad_request(
+                    f"{param}: this model does not take {modality} inputs ({part_type}); it takes: {processor.modalities}",
+                    param,
+                )
+            pending.append(
+                _PendingInput(modality, f"{param}.{part_type}", _payload(part, part_type, f"{param}.{part_type}"))
+            )
+            parts.append({"type": modality})
+        rendered.append({"role": ROLES[role], "content": parts})
+    if len(pending) > max_inputs:
+        raise bad_request(
+            f"messages: {len(pending)} media inputs, the server accepts at most {max_inputs} per request", "messages"
+        )
+    # Fetch and preprocess concurrently; the first failure (in part order) is the one reported.
+    results = await asyncio.gather(*(_load(p, fetcher, processor) for p in pending), return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    prompt = processor.apply_chat_template(rendered)
+    prompt_ids = processor.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    counts = processor.count_markers(prompt_ids)
+    for modality in processor.modalities:
+        given = sum(1 for p in pending if p.modality == modality)
+        if counts[modality] != given:  # the template must place exactly one marker per input
+            raise APIError(500, f"prompt holds {counts[modality]} {modality} marker(s) for {given} input(s)")
+    return ParsedChat(
+        prompt_ids=list(prompt_ids),
+        expanded_ids=processor.expand_placeholders(prompt_ids),
+        inputs=[(p.modality, t) for p, t in zip(pending, results, strict=True)],
+    )
+
+
+def _check_text(text: str, markers: dict[str, str], param: str) -> None:
+    for marker in markers:
+        if marker in text:
+            raise bad_request(
+                f"{param}: text contains {marker!r}, which is reserved for {markers[marker]} inputs; "
+                f"send media as content parts",
+                param,
+            )

@@ -1,0 +1,144 @@
+"""``onellm serve CHECKPOINT``: the OpenAI-compatible server (mounted by ``onellm.cli`` via :func:`add_serve_command`).
+
+Also runnable alone: ``python -m onellm.serving serve CHECKPOINT [...]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+from onellm.serving.engines import default_engine, engine_names
+from onellm.serving.media import MediaPolicy, MiB
+
+
+def _lora(value: str) -> tuple[str, Path]:
+    name, sep, path = value.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"--lora expects NAME=PATH, got {value!r}")
+    if not Path(path).is_dir():
+        raise argparse.ArgumentTypeError(f"--lora {name}: {path!r} is not a folder")
+    return name, Path(path)
+
+
+def add_serve_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``serve`` sub-command to an ``argparse`` sub-parser group; it runs :func:`serve`."""
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve a checkpoint over an OpenAI-compatible HTTP API",
+        description="Serve a onellm checkpoint: POST /v1/chat/completions, GET /v1/models, /health, /metrics.",
+    )
+    parser.add_argument("checkpoint", type=Path, help="a onellm checkpoint folder (save_pretrained output)")
+    parser.add_argument("--engine", choices=engine_names(), default=None, help="default: vllm when installed, else hf")
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--served-model-name", default=None, help="the 'model' clients send (default: folder name)")
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("ONELLM_API_KEY"),
+        help="require 'Authorization: Bearer KEY' (env ONELLM_API_KEY)",
+    )
+    parser.add_argument(
+        "--lora",
+        type=_lora,
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="a PEFT LoRA adapter, selected by model=NAME (repeatable)",
+    )
+    parser.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
+    parser.add_argument("--max-model-len", type=int, default=None, help="context length (default: the LLM's)")
+    parser.add_argument("--seed", type=int, default=0)
+    media = parser.add_argument_group("media")
+    media.add_argument(
+        "--allowed-media-domains",
+        nargs="*",
+        default=[],
+        metavar="HOST",
+        help="hosts http(s) media may come from (default: none, data: URLs only)",
+    )
+    media.add_argument(
+        "--allowed-local-media-path", type=Path, default=None, help="folder file: URLs may read from (default: none)"
+    )
+    media.add_argument(
+        "--allow-private-media-addresses",
+        action="store_true",
+        help="let allowlisted hosts resolve to private addresses (internal networks)",
+    )
+    media.add_argument("--media-fetch-timeout", type=float, default=10.0, help="seconds per http(s) download")
+    media.add_argument("--max-media-mb", type=float, default=20.0, help="size cap of one input, MiB")
+    media.add_argument("--max-image-pixels", type=int, default=16_000_000)
+    media.add_argument("--max-audio-seconds", type=float, default=120.0)
+    limits = parser.add_argument_group("limits")
+    limits.add_argument("--max-body-mb", type=float, default=64.0, help="request body cap, MiB")
+    limits.add_argument("--max-inputs-per-request", type=int, default=8, help="media inputs in one request")
+    limits.add_argument("--max-queue", type=int, default=64, help="requests admitted at once; more get HTTP 429")
+    limits.add_argument("--request-timeout", type=float, default=600.0, help="seconds per request")
+    parser.add_argument("--log-level", default="info")
+    parser.set_defaults(func=serve)
+    return parser
+
+
+def serve(args: argparse.Namespace) -> None:
+    """Build the engine and the app from parsed arguments and run uvicorn until interrupted."""
+    import uvicorn
+    from transformers import AutoProcessor
+
+    import onellm  # noqa: F401  (Auto-class registration)
+    from onellm.serving.app import ServerSettings, build_app
+    from onellm.serving.engines import EngineSettings, build_engine
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    checkpoint = args.checkpoint.resolve()
+    if not (checkpoint / "config.json").is_file():
+        raise SystemExit(f"onellm serve: {checkpoint} is not a checkpoint folder (no config.json)")
+    adapters = dict(args.lora)
+    served = args.served_model_name or checkpoint.name
+    if served in adapters:
+        raise SystemExit(f"onellm serve: adapter name {served!r} equals the served model name")
+    engine = build_engine(
+        args.engine or default_engine(),
+        EngineSettings(
+            checkpoint=checkpoint,
+            adapters=adapters,
+            dtype=args.dtype,
+            max_model_len=args.max_model_len,
+            max_inputs_per_request=args.max_inputs_per_request,
+            seed=args.seed,
+        ),
+    )
+    policy = MediaPolicy(
+        max_bytes=int(args.max_media_mb * MiB),
+        max_image_pixels=args.max_image_pixels,
+        max_audio_seconds=args.max_audio_seconds,
+        fetch_timeout=args.media_fetch_timeout,
+        allowed_domains=frozenset(h.lower() for h in args.allowed_media_domains),
+        allowed_local_path=args.allowed_local_media_path.resolve() if args.allowed_local_media_path else None,
+        allow_private_addresses=args.allow_private_media_addresses,
+    )
+    settings = ServerSettings(
+        served_model_name=served,
+        adapters=tuple(adapters),
+        api_key=args.api_key or None,
+        max_body_bytes=int(args.max_body_mb * MiB),
+        max_inputs_per_request=args.max_inputs_per_request,
+        max_queue=args.max_queue,
+        request_timeout=args.request_timeout,
+        media=policy,
+    )
+    app = build_app(engine, AutoProcessor.from_pretrained(str(checkpoint)), settings)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower(), timeout_graceful_shutdown=5)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m onellm.serving")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    add_serve_command(subparsers)
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":  # vLLM spawns worker processes: starting an engine must be guarded
+    main()

@@ -1,0 +1,114 @@
+"""The ``vllm`` engine: vLLM's ``AsyncLLM`` with the onellm plugin model (continuous batching, LoRA).
+
+The server has already preprocessed every input; they reach the plugin's processor as
+:class:`~onellm.serving.vllm_model.Preprocessed` tensors, which it passes through (no second decode).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import Any
+
+from onellm.serving.engines import Delta, EngineSettings, GenerationRequest, adapter_rank
+
+# vLLM sizes its LoRA buffers by max_lora_rank, which must be one of these.
+_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+
+
+class VLLMEngine:
+    name = "vllm"
+
+    def __init__(self, settings: EngineSettings):
+        self.settings = settings
+        self.llm: Any = None
+        self.lora_requests: dict[str, Any] = {}
+
+    @property
+    def max_model_len(self) -> int:
+        return int(self.llm.model_config.max_model_len)
+
+    def engine_args(self) -> Any:
+        from transformers import AutoConfig
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.platforms import current_platform
+
+        # The onellm plugin (entry point) registers the model when the engine arguments are built, in every process.
+        settings = self.settings
+        config = AutoConfig.from_pretrained(str(settings.checkpoint))
+        kwargs: dict[str, Any] = {
+            "model": str(settings.checkpoint),
+            "dtype": settings.dtype,
+            "seed": settings.seed,
+            "max_model_len": settings.max_model_len,
+            "limit_mm_per_prompt": {m: settings.max_inputs_per_request for m in config.modalities},
+            "disable_log_stats": True,
+        }
+        if current_platform.is_cpu():
+            # One process fewer (the worker runs inside the engine core; ~20 s less start-up on 2 cores), and no
+            # torch.compile: its CPU compilation costs minutes at start for little gain on small models.
+            kwargs.update(distributed_executor_backend="uni", enforce_eager=True)
+        if settings.adapters:
+            rank = max(adapter_rank(path) for path in settings.adapters.values())
+            # max_loras >= adapters + 1: with max_loras=1 the CPU backend applies an adapter to base-model requests
+            # that share its batch (see ENVIRONMENT.md).
+            kwargs.update(
+                enable_lora=True,
+                max_loras=len(settings.adapters) + 1,
+                max_lora_rank=next(r for r in _LORA_RANKS if r >= rank),
+            )
+        return AsyncEngineArgs(**kwargs)
+
+    async def start(self) -> None:
+        from vllm.lora.request import LoRARequest
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        self.llm = AsyncLLM.from_engine_args(self.engine_args())
+        self.lora_requests = {
+            name: LoRARequest(lora_name=name, lora_int_id=i + 1, lora_path=str(path))
+            for i, (name, path) in enumerate(self.settings.adapters.items())
+        }
+
+    async def stop(self) -> None:
+        if self.llm is not None:
+            self.llm.shutdown()
+            self.llm = None
+
+    def num_unfinished(self) -> int:
+        return 0 if self.llm is None else int(self.llm.get_num_unfinished_requests())
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[list[Delta]]:
+        from vllm import SamplingParams
+        from vllm.renderers.inputs.preprocess import parse_model_prompt
+        from vllm.sampling_params import RequestOutputKind
+
+        from onellm.serving.vllm_model import Preprocessed
+
+        sampling = request.sampling
+        params = SamplingParams(
+            n=sampling.n,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_tokens=sampling.max_tokens,
+            min_tokens=sampling.min_tokens,
+            stop=list(sampling.stop) or None,
+            seed=sampling.seed,
+            output_kind=RequestOutputKind.DELTA,
+        )
+        media: dict[str, list[Preprocessed]] = {}
+        for modality, tensor in request.chat.inputs:
+            media.setdefault(modality, []).append(Preprocessed(tensor))
+        prompt: dict[str, Any] = {"prompt_token_ids": list(request.chat.prompt_ids)}
+        if media:
+            prompt["multi_modal_data"] = media
+        (engine_input,) = await self.llm.renderer.render_cmpl_async([parse_model_prompt(self.llm.model_config, prompt)])
+        lora = self.lora_requests[request.adapter] if request.adapter else None
+        request_id = f"{request.request_id}-{uuid.uuid4().hex[:8]}"
+        # Closing this generator (client gone, timeout) closes vLLM's, which aborts the request in the engine.
+        async with aclosing(self.llm.generate(engine_input, params, request_id, lora_request=lora)) as outputs:
+            async for output in outputs:
+                yield [
+                    Delta(c.index, c.text, list(c.token_ids), c.finish_reason if c.finish_reason != "abort" else None)
+                    for c in output.outputs
+                ]

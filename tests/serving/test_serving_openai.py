@@ -1,0 +1,351 @@
+"""``onellm serve`` through the official openai client, once per engine (hf; vllm is marked slow).
+
+Each engine's server starts once (session fixtures in conftest.py) and is shared with the parity tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import time
+
+import httpx
+import pytest
+from media_factory import depth_png_bytes, mp4_bytes, normal_png_bytes
+from openai import OpenAI
+
+ENGINES = ["hf", pytest.param("vllm", marks=pytest.mark.slow)]
+
+
+API_KEY = "test-key-123"  # conftest.API_KEY (a sub-folder's conftest is not importable)
+LORA_NAME = "tiny-lora"  # conftest.LORA_NAME
+BARE_LORA_NAME = "tiny-lora-bare"  # conftest.BARE_LORA_NAME
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def server(request, kit):
+    assert (kit.API_KEY, kit.LORA_NAME, kit.BARE_LORA_NAME) == (API_KEY, LORA_NAME, BARE_LORA_NAME)
+    return request.getfixturevalue(f"{request.param}_server")
+
+
+@pytest.fixture(scope="module")
+def client(server) -> OpenAI:
+    return OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def processor(checkpoint):
+    from transformers import AutoProcessor
+
+    import onellm  # noqa: F401
+
+    return AutoProcessor.from_pretrained(checkpoint)
+
+
+def greedy(client: OpenAI, messages: list, model: str = "tiny", max_tokens: int = 10, **kwargs):
+    response = client.chat.completions.create(
+        model=model,
+        messages=messages,
+        max_tokens=max_tokens,
+        temperature=0,
+        extra_body={"return_token_ids": True},
+        **kwargs,
+    )
+    return response, response.choices[0].model_extra["token_ids"]
+
+
+def expected_prompt_tokens(processor, messages: list, **media) -> int:
+    """The prompt length by the processor's own count (each marker expanded to N+2 placeholders)."""
+    content = [
+        {"type": {"image_url": "image", "input_audio": "audio"}.get(p["type"], p["type"])} if p["type"] != "text" else p
+        for p in messages[0]["content"]
+    ]
+    prompt = processor.apply_chat_template([{"role": "user", "content": content}])
+    return processor(text=prompt, **media)["input_ids"].shape[1]
+
+
+def test_models_lists_the_base_model_and_the_adapter(client):
+    assert [m.id for m in client.models.list().data] == ["tiny", LORA_NAME, BARE_LORA_NAME]
+
+
+def test_image_chat(client, processor, media, parts):
+    messages = parts.user(parts.image(media["png"]))
+    response, ids = greedy(client, messages, max_tokens=8)
+    choice = response.choices[0]
+    assert response.object == "chat.completion" and response.model == "tiny"
+    assert choice.message.role == "assistant" and choice.finish_reason == "length"
+    assert len(ids) == 8 and response.usage.completion_tokens == 8
+    # the text is the ids decoded; a trailing incomplete UTF-8 sequence is dropped (as vLLM does)
+    assert processor.decode(ids, skip_special_tokens=True).rstrip("\ufffd") == choice.message.content
+    assert response.usage.prompt_tokens == expected_prompt_tokens(processor, messages, image=[media["png"]])
+
+
+def test_audio_chat(client, processor, media, parts):
+    messages = parts.user(parts.audio(media["wav"]))
+    response, ids = greedy(client, messages, max_tokens=8)
+    assert len(ids) == 8
+    assert response.usage.prompt_tokens == expected_prompt_tokens(processor, messages, audio=[media["wav"]])
+
+
+def test_every_input_reaches_the_model(client, media, parts):
+    """Greedy continuations differ when an image changes or an audio input is added (the tiny LLM is input-sensitive)."""
+    _, one = greedy(client, parts.user(parts.image(media["png"])))
+    _, other = greedy(client, parts.user(parts.image(media["png2"])))
+    response, both = greedy(client, parts.user(parts.image(media["png"]), parts.audio(media["wav"])))
+    assert len({tuple(one), tuple(other), tuple(both)}) == 3
+    _, again = greedy(client, parts.user(parts.image(media["png"])))
+    assert again == one  # greedy is deterministic
+    single, _ = greedy(client, parts.user(parts.image(media["png"])))
+    assert response.usage.prompt_tokens == single.usage.prompt_tokens + 6 + 1  # N+2 = 6 placeholders + "\n"
+
+
+def test_streaming_matches_non_streaming(client, media, parts):
+    messages = parts.user(parts.image(media["png"]), parts.audio(media["wav"]))
+    reference, ids = greedy(client, messages, max_tokens=12)
+    stream = client.chat.completions.create(
+        model="tiny",
+        messages=messages,
+        max_tokens=12,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"return_token_ids": True},
+    )
+    text, streamed_ids, finish, usage, roles = "", [], None, None, []
+    for chunk in stream:
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for choice in chunk.choices:
+            roles.append(choice.delta.role)
+            text += choice.delta.content or ""
+            streamed_ids += (choice.model_extra or {}).get("token_ids") or []
+            finish = choice.finish_reason or finish
+    assert roles[0] == "assistant"
+    assert text == reference.choices[0].message.content and streamed_ids == ids
+    assert finish == "length" and usage.completion_tokens == 12
+    assert usage.prompt_tokens == reference.usage.prompt_tokens
+
+
+def test_lora_adapter_by_model_name(client, media, parts):
+    messages = parts.user(parts.image(media["png"]))
+    _, base = greedy(client, messages)
+    response, adapted = greedy(client, messages, model=LORA_NAME)
+    assert response.model == LORA_NAME and adapted != base
+    # the same weights saved as a bare-LLM adapter (no "language_model." in the names) act the same
+    assert greedy(client, messages, model=BARE_LORA_NAME)[1] == adapted
+    # Base and adapter requests in flight together keep their own outputs (vLLM CPU: max_loras >= adapters + 1).
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:  # the servers admit 3 requests at once
+        futures = [pool.submit(greedy, client, messages, model) for model in ["tiny", LORA_NAME, "tiny"]]
+        outputs = [f.result()[1] for f in futures]
+    assert outputs == [base, adapted, base]
+
+
+def test_seeded_sampling_n_and_stop(client, media, parts):
+    messages = parts.user(parts.image(media["png"]))
+    kwargs = {"model": "tiny", "messages": messages, "max_tokens": 10, "temperature": 1.0, "top_p": 0.9}
+    first = client.chat.completions.create(n=2, seed=7, **kwargs)
+    second = client.chat.completions.create(n=2, seed=7, **kwargs)
+    assert [c.index for c in first.choices] == [0, 1]
+    assert [c.message.content for c in first.choices] == [c.message.content for c in second.choices]
+    assert 0 < first.usage.completion_tokens <= 20
+    # stop: the greedy text is cut before the first occurrence of the stop string, which is not returned
+    full = greedy(client, messages, max_tokens=16)[0].choices[0].message.content
+    stop = next(
+        full[i : i + 2] for i in range(3, len(full) - 2) if "\ufffd" not in full[i : i + 2] and full[i : i + 2].strip()
+    )
+    cut = client.chat.completions.create(model="tiny", messages=messages, max_tokens=16, temperature=0, stop=[stop])
+    assert cut.choices[0].message.content == full[: full.index(stop)]
+    assert cut.choices[0].finish_reason == "stop"
+
+
+def test_extension_modalities(client, media, parts):
+    b64 = parts.b64
+    cases = {
+        "video": {"type": "video_url", "video_url": {"url": parts.data_url(mp4_bytes(), "video/mp4")}},
+        "point": {"type": "input_point_cloud", "input_point_cloud": {"data": b64(media["point"]), "format": "npy"}},
+        "depth": {"type": "input_depth", "input_depth": {"data": b64(depth_png_bytes()), "format": "png"}},
+        "normal": {"type": "input_normal", "input_normal": {"data": b64(normal_png_bytes()), "format": "png"}},
+        "imu": {"type": "input_imu", "input_imu": {"data": b64(media["imu"]), "format": "npy", "sample_rate": 50}},
+        "imu_csv": {"type": "input_imu", "input_imu": {"data": b64(b"0.1,0.2,9.8,0,0,0\n" * 60), "format": "csv"}},
+        "fmri": {"type": "input_fmri", "input_fmri": {"data": b64(media["fmri"]), "format": "npy"}},
+    }
+    outputs, prompt_tokens = {}, set()
+    for name, part in cases.items():
+        response, ids = greedy(client, parts.user(part), max_tokens=6)
+        assert len(ids) == 6 or (ids and ids[-1] == 2 and response.choices[0].finish_reason == "stop"), name
+        outputs[name] = tuple(ids)
+        prompt_tokens.add(response.usage.prompt_tokens)
+    assert len(prompt_tokens) == 1  # every modality occupies the same N+2 placeholder positions
+    assert len(set(outputs.values())) >= 5  # different modalities drive the LLM differently
+    # several extension inputs in one message
+    response, ids = greedy(client, parts.user(cases["point"], cases["imu"], cases["fmri"]), max_tokens=6)
+    assert len(ids) == 6
+
+
+def test_file_url_inside_the_allowed_folder(client, media, parts, media_folder):
+    url = (media_folder / "cat.png").as_uri()
+    _, from_file = greedy(client, parts.user({"type": "image_url", "image_url": {"url": url}}))
+    _, inline = greedy(client, parts.user(parts.image(media["png"])))
+    assert from_file == inline
+
+
+# --- bad inputs: every one a 4xx in OpenAI's error shape, and the server stays up -------------------------
+def _chat(content, **extra) -> dict:
+    return {"model": "tiny", "messages": [{"role": "user", "content": content}], "max_tokens": 4, **extra}
+
+
+def _url_part(url: str) -> list:
+    return [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "?"}]
+
+
+def _bad_requests(server, media, parts) -> list[tuple[str, dict | bytes, int, str, dict | None]]:
+    """(case, JSON body or raw bytes, expected status, a word the message must contain, headers or None=auth)."""
+    port = server.url.rsplit(":", 1)[1]
+    wav = media["wav"]
+    return [
+        ("malformed base64", _chat(_url_part("data:image/png;base64,@@not*base64@@")), 400, "base64", None),
+        (
+            "non-image bytes",
+            _chat(_url_part(parts.data_url(b"just some text, no image", "image/png"))),
+            400,
+            "image",
+            None,
+        ),
+        (
+            "truncated wav",
+            _chat([{"type": "input_audio", "input_audio": {"data": parts.b64(wav[: len(wav) // 2]), "format": "wav"}}]),
+            400,
+            "truncated",
+            None,
+        ),
+        ("decompression bomb png", _chat(_url_part(parts.data_url(parts.bomb_png(), "image/png"))), 400, "pixel", None),
+        ("ssrf to 127.0.0.1", _chat(_url_part(f"http://127.0.0.1:{port}/health")), 400, "non-public", None),
+        (
+            "ssrf to cloud metadata",
+            _chat(_url_part("http://169.254.169.254/latest/meta-data/")),
+            400,
+            "non-public",
+            None,
+        ),
+        (
+            "ssrf via a name for loopback",
+            _chat(_url_part(f"http://localhost:{port}/v1/models")),
+            400,
+            "non-public",
+            None,
+        ),
+        ("host not allowlisted", _chat(_url_part("https://example.com/cat.png")), 400, "allowed-media-domains", None),
+        ("file outside the folder", _chat(_url_part("file:///etc/passwd")), 400, "outside", None),
+        (
+            "unknown part type",
+            _chat([{"type": "input_smell", "input_smell": {"data": "AAAA"}}]),
+            400,
+            "unknown content part type",
+            None,
+        ),
+        ("marker in text", _chat("look: <image>"), 400, "reserved", None),
+        ("too many inputs", _chat([parts.image(media["png"])] * 5), 400, "at most 4", None),
+        ("unsupported role", {"model": "tiny", "messages": [{"role": "tool", "content": "x"}]}, 400, "role", None),
+        ("temperature out of range", _chat("hi", temperature=3.5), 400, "temperature", None),
+        ("max_tokens beyond context", _chat("hi", max_tokens=5000), 400, "max_tokens", None),
+        ("unknown model", {**_chat("hi"), "model": "gpt-7"}, 404, "does not exist", None),
+        ("invalid json", b"{not json", 400, "JSON", None),
+        ("oversized body", _chat("x" * (3 * 1024 * 1024)), 413, "limit", None),
+        ("missing api key", _chat("hi"), 401, "API key", {}),
+        ("wrong api key", _chat("hi"), 401, "API key", {"Authorization": "Bearer nope"}),
+    ]
+
+
+def test_bad_inputs_get_4xx_and_the_server_stays_up(server, media, parts):
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    failures = []
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        for case, body, status, word, headers in _bad_requests(server, media, parts):
+            kwargs = {"content": body} if isinstance(body, bytes) else {"json": body}
+            response = http.post("/v1/chat/completions", headers=auth if headers is None else headers, **kwargs)
+            error = (
+                response.json().get("error", {})
+                if response.headers.get("content-type", "").startswith("application/json")
+                else {}
+            )
+            if (
+                response.status_code != status
+                or word.lower() not in str(error.get("message", "")).lower()
+                or "type" not in error
+            ):
+                failures.append(f"{case}: HTTP {response.status_code} {response.text[:300]}")
+        assert not failures, "\n".join(failures)
+        assert server.alive() and http.get("/health").status_code == 200
+        ok = http.post("/v1/chat/completions", headers=auth, json=_chat([parts.image(media["png"])]))
+        assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 4
+
+
+def _metric(server, name: str) -> float:
+    for line in httpx.get(f"{server.url}/metrics", timeout=10).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"metric {name} not exported")
+
+
+def test_queue_limit_and_client_disconnect_aborts(server, media, parts):
+    """--max-queue 3: three long streams are admitted, the fourth request gets 429. Closing the three clients
+    aborts their generation: the engine holds no request well before the tokens left would have taken at the rate
+    observed so far (self-calibrating, so a loaded machine does not make it flaky)."""
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    tokens_each = 980
+    long_stream = _chat(
+        [parts.image(media["png"])], max_tokens=tokens_each, min_tokens=tokens_each, temperature=0, stream=True
+    )
+    received: list[float] = []  # arrival time of every streamed chunk (about one token each)
+
+    async def hold_stream(http: httpx.AsyncClient) -> None:
+        async with http.stream("POST", "/v1/chat/completions", headers=auth, json=long_stream) as response:
+            assert response.status_code == 200
+            async for line in response.aiter_lines():
+                if line.startswith("data: {"):
+                    received.append(time.monotonic())
+
+    async def scenario() -> None:
+        async with httpx.AsyncClient(base_url=server.url, timeout=120) as http:
+            holders = [asyncio.create_task(hold_stream(http)) for _ in range(3)]
+            deadline = time.monotonic() + 30
+            while _metric(server, "onellm_requests_in_flight") < 3:
+                assert time.monotonic() < deadline, "the three streams were not admitted"
+                await asyncio.sleep(0.2)
+            busy = await http.post("/v1/chat/completions", headers=auth, json=_chat("hi"))
+            assert busy.status_code == 429 and busy.json()["error"]["type"] == "rate_limit_error", busy.text
+            assert busy.headers.get("retry-after")
+            while len(received) < 50:  # let tokens flow, to measure the rate
+                assert time.monotonic() < deadline, f"only {len(received)} chunks streamed"
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(0.5)
+            assert all(not h.done() for h in holders), (
+                f"a stream ended early: {[h.exception() for h in holders if h.done()]}"
+            )
+            rate = len(received) / max(time.monotonic() - received[0], 1e-3)
+            left_s = (3 * tokens_each - len(received)) / rate
+            for holder in holders:
+                holder.cancel()  # closes the connections mid-stream
+            await asyncio.gather(*holders, return_exceptions=True)
+        closed = time.monotonic()
+        while _metric(server, "onellm_engine_unfinished_requests") or _metric(server, "onellm_requests_in_flight"):
+            waited = time.monotonic() - closed
+            assert waited < max(1.0, left_s / 3), (
+                f"engine still busy {waited:.1f} s after disconnect ({left_s:.1f} s of work left)"
+            )
+            await asyncio.sleep(0.1)
+
+    asyncio.run(scenario())
+    # and the server serves again
+    response = httpx.post(f"{server.url}/v1/chat/completions", headers=auth, json=_chat("hi"), timeout=60)
+    assert response.status_code == 200
+
+
+def test_health_and_metrics(server):
+    health = httpx.get(f"{server.url}/health", timeout=10).json()
+    assert health["status"] == "ok"
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    assert f'onellm_engine_info{{engine="{health["engine"]}"}} 1' in text
+    assert _metric(server, "onellm_completion_tokens_total") > 0
+    assert 'onellm_http_responses_total{path="/v1/chat/completions",status="429"}' in text
+    assert _metric(server, "onellm_time_to_first_token_seconds_count") > 0
