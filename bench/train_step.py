@@ -1,0 +1,232 @@
+"""Seconds per optimizer step and samples/s of the training recipes, beside transformers' LLaVA at matched size.
+
+    .venv/bin/python bench/train_step.py [--presets tiny small] [--steps 5] [--warmup 2] [--json out.json]
+
+For each preset and each of two stages, on image records of a small synthetic corpus:
+
+- ``align_image``: ours = the recipe's model (one-expert UPM; LLM and encoder frozen) through ``Trainer.step``,
+  with the frozen-feature cache on (steady state: every image already cached, as from the second epoch on) and off;
+  LLaVA = ``LlavaForConditionalGeneration`` with the same LLM and vision weights, its 2-layer MLP projector trains.
+- ``instruct``: ours = LoRA (the stage's r and targets) on the LLM + the K-expert UPM trainable; LLaVA = the same
+  LoRA on its LLM + its projector trainable.
+
+Both sides see the same samples, batch size, precision (fp32) and optimizer (AdamW). The difference in work: our
+UPM hands the LLM N+2 tokens per image (tiny: 6, small: 10), LLaVA hands it one token per patch (tiny: 16,
+small: 64). Data loading is outside the timed region for both (batches are built beforehand). Timings are medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from onellm.instruct_data.collator import Collator
+from onellm.train.common import add_lora, build_data, freeze, load_start, make_accelerator
+from onellm.train.config import load_stage
+from onellm.train.loop import Trainer
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def timed(step, batches, warmup: int, steps: int) -> float:
+    """Median seconds of ``step(batch)`` over ``steps`` calls after ``warmup`` untimed ones."""
+    times = []
+    for i in range(warmup + steps):
+        tick = time.perf_counter()
+        step(batches[i % len(batches)])
+        if i >= warmup:
+            times.append(time.perf_counter() - tick)
+    return statistics.median(times)
+
+
+def stage_config(preset: str, name: str, corpus: Path, out: Path, cache: bool):
+    overrides = {
+        "data.root": str(corpus),
+        "output_dir": str(out),
+        "train.cache_features": cache,
+        # image records only: the LLaVA side takes images and nothing else
+        "data.sources": [{"modalities": ["image"]}],
+        "data.replay": {"modalities": [], "fraction": 0.0},
+    }
+    if name == "instruct":  # start from the preset (K experts) instead of a finished align_rest
+        overrides.update({"init_from.stage": None, "init_from.preset": preset})
+    return load_stage(REPO / "configs" / preset / f"{name}.yaml", overrides)
+
+
+def ours(stage, accelerator, warmup: int, steps: int) -> tuple[float, int, Trainer]:
+    """The recipe's own model, freezing and Trainer.step; returns (seconds per step, batch size, trainer)."""
+    model, processor = load_start(stage)
+    wrapped = add_lora(model, stage.lora, stage.seed) if stage.lora else model
+    _, groups = freeze(wrapped, stage.trainable)
+    data = build_data(stage, processor, accelerator)
+    trainer = Trainer(
+        accelerator=accelerator,
+        model=wrapped,
+        core=model,
+        collator=Collator(processor, stage.data.max_length),
+        train_set=data.train,
+        val_set=None,
+        mixture=data.mixture,
+        groups=groups,
+        train=stage.train,
+        data=stage.data,
+        stage_dir=stage.stage_dir,
+        seed=stage.seed,
+        feature_cache_dir=None,
+        config_snapshot={},
+        log=lambda *_: None,
+    )
+    trainer._train_mode()
+    size = stage.train.batch_size
+    batches = [trainer.collator([data.train[(i * size + j) % len(data.train)] for j in range(size)]) for i in range(3)]
+    # warm the cache with every batch first: the timed steps are the steady state (all hits)
+    seconds = timed(lambda b: trainer.step([b]), batches, max(warmup, len(batches)), steps)
+    return seconds, size, trainer
+
+
+def llava(stage, trainer: Trainer, warmup: int, steps: int) -> float:
+    """LLaVA with our LLM and vision weights, fed the same samples (each image = one token per patch)."""
+    from transformers import LlavaConfig, LlavaForConditionalGeneration
+
+    core = trainer.core
+    processor = trainer.collator.processor
+    image_id = processor.token_id("image")
+    size = processor.options("image")["image_size"]
+    patches = (size // core.encoder.patch_size) ** 2
+    config = LlavaConfig(
+        vision_config=core.config.vision_config.to_dict(),
+        text_config=core.config.text_config.to_dict(),
+        image_token_id=image_id,
+        image_seq_length=patches,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",  # patch tokens only (the class token dropped)
+        projector_hidden_act="gelu",
+    )
+    model = LlavaForConditionalGeneration(config)
+
+    def plain(module):  # our LLM's weights without LoRA layers (the instruct side wraps them)
+        return {k.replace(".base_layer.", "."): v for k, v in module.state_dict().items() if "lora_" not in k}
+
+    model.model.language_model.load_state_dict(plain(core.language_model.model))
+    model.lm_head.load_state_dict(plain(core.language_model.lm_head))
+    model.model.vision_tower.load_state_dict(core.encoder.model.state_dict())
+    model.requires_grad_(False)
+    if stage.lora is not None:
+        from peft import LoraConfig, get_peft_model
+
+        targets = rf"^model\.language_model\..*\.({'|'.join(stage.lora.target_modules)})$"
+        model = get_peft_model(model, LoraConfig(r=stage.lora.r, lora_alpha=stage.lora.alpha, target_modules=targets))
+    for p in (model.base_model.model if stage.lora else model).model.multi_modal_projector.parameters():
+        p.requires_grad_(True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    model.train()
+
+    def convert(batch):
+        """Our batch -> LLaVA's: each run of N+2 placeholder ids becomes `patches` image ids."""
+        rows, labels = [], []
+        n = processor.num_placeholder_tokens
+        for ids, lab, mask in zip(batch["input_ids"], batch["labels"], batch["attention_mask"], strict=True):
+            ids, lab = ids[mask.bool()].tolist(), lab[mask.bool()].tolist()
+            out_ids, out_lab, i = [], [], 0
+            while i < len(ids):
+                if ids[i] == image_id:
+                    out_ids += [image_id] * patches
+                    out_lab += [-100] * patches
+                    i += n
+                else:
+                    out_ids.append(ids[i])
+                    out_lab.append(lab[i])
+                    i += 1
+            rows.append(out_ids)
+            labels.append(out_lab)
+        width = max(map(len, rows))
+        pad = processor.tokenizer.pad_token_id
+        return {
+            "input_ids": torch.tensor([r + [pad] * (width - len(r)) for r in rows]),
+            "attention_mask": torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows]),
+            "labels": torch.tensor([r + [-100] * (width - len(r)) for r in labels]),
+            "pixel_values": batch["mm_inputs"]["image"],
+        }
+
+    size = stage.train.batch_size
+    batches = [
+        convert(trainer.collator([trainer.train_set[(i * size + j) % len(trainer.train_set)] for j in range(size)]))
+        for i in range(3)
+    ]
+
+    def step(batch):
+        model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return timed(step, batches, warmup, steps)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--presets", nargs="+", default=["tiny", "small"])
+    parser.add_argument("--stages", nargs="+", default=["align_image", "instruct"])
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--json", help="also write the rows to this file")
+    args = parser.parse_args()
+
+    from onellm.instruct_data.synth import synthesize
+
+    accelerator = make_accelerator()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = Path(tmp) / "corpus"
+        synthesize(corpus, per_modality=12, seed=0, modalities=["image"], workers=1)
+        for preset in args.presets:
+            for name in args.stages:
+                row = {"preset": preset, "stage": name}
+                for cache in (True, False):
+                    stage = stage_config(preset, name, corpus, Path(tmp) / f"{preset}-{name}-{cache}", cache)
+                    seconds, batch, trainer = ours(stage, accelerator, args.warmup, args.steps)
+                    row["cache_on" if cache else "cache_off"] = seconds
+                    row["batch"] = batch
+                row["llava"] = llava(stage, trainer, args.warmup, args.steps)
+                rows.append(row)
+                print(format_row(row), flush=True)
+                del trainer
+
+    print()
+    print(
+        f"# bench/train_step.py  {time.strftime('%Y-%m-%d')}  torch {torch.__version__}  {platform.machine()}  "
+        f"threads {torch.get_num_threads()}  cpus {os.cpu_count()}  load {os.getloadavg()[0]:.1f}"
+    )
+    print(header())
+    for row in rows:
+        print(format_row(row))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+
+
+def header() -> str:
+    return (
+        f"{'preset':<7}{'stage':<13}{'batch':>6}{'ours cache on':>16}{'ours cache off':>16}{'LLaVA':>14}"
+        f"{'samples/s (on/off/LLaVA)':>28}{'LLaVA/ours-on':>15}{'LLaVA/ours-off':>16}{'cache speedup':>15}"
+    )
+
+
+def format_row(row: dict) -> str:
+    b, on, off, ll = row["batch"], row["cache_on"], row["cache_off"], row["llava"]
+    rates = f"{b / on:.1f} / {b / off:.1f} / {b / ll:.1f}"
+    return (
+        f"{row['preset']:<7}{row['stage']:<13}{b:>6}{on:>14.3f} s{off:>14.3f} s{ll:>12.3f} s{rates:>28}"
+        f"{ll / on:>14.2f}x{ll / off:>15.2f}x{off / on:>14.2f}x"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""Conversations + decoded media -> padded training batches, with the loss on assistant turns only.
+
+One example (what :class:`onellm.instruct_data.loader.ManifestDataset` yields)::
+
+    {"id": "synth-image-000012",
+     "conversation": [{"role": "user", "content": "<image>\\nCaption it."}, {"role": "assistant", "content": "..."}],
+     "media": [("image", tensor [3, H, W]), ...],     # in marker order
+     "keys": ["<content hash>", ...]}                 # one per input, for the frozen-feature cache
+
+One batch (what :class:`Collator` returns)::
+
+    input_ids       [B, T]   markers expanded to placeholder_count(N) copies each; right-padded with the pad id
+    attention_mask  [B, T]
+    labels          [B, T]   token ids on assistant turns (answer + end-of-turn token), -100 elsewhere
+    mm_inputs       {modality: [n_m, *input_shape]}   inputs of the whole batch, sample by sample, marker order
+    mm_keys         {modality: [n_m content keys]}
+    ids             [B] record ids
+    num_label_tokens  int: positions that count in the loss after the causal shift
+
+Labels are built turn by turn, tokenising each chat-template segment separately: the prompt part of every turn
+is exactly what the processor tokenises at inference time (``apply_chat_template(..., add_generation_prompt=True)``),
+so training and serving see the same token boundaries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from onellm.modeling import IGNORE_INDEX
+from onellm.processing import OneLLMProcessor
+
+
+class CollateError(ValueError):
+    """An example cannot become a batch row (too long, marker/input mismatch). Names the record."""
+
+
+def _turns(conversation: Sequence[Any]) -> list[dict[str, str]]:
+    return [turn if isinstance(turn, dict) else turn.to_dict() for turn in conversation]
+
+
+def conversation_segments(processor: OneLLMProcessor, conversation: Sequence[Any]) -> list[tuple[str, bool]]:
+    """Split a rendered conversation into ``(text, is_target)`` pieces, in order.
+
+    A target piece is one assistant answer plus the end-of-turn token (``<|im_end|>``): what the model must
+    generate before stopping. Everything else (system/user turns, role headers, the newline after an end-of-turn)
+    is context. Prefixes are rendered by the processor's own chat template, so any template works as long as each
+    longer conversation renders to an extension of the shorter one.
+    """
+    turns = _turns(conversation)
+    eos = processor.tokenizer.eos_token or ""
+    pieces: list[tuple[str, bool]] = []
+    done = ""  # text already assigned to pieces
+    for index, turn in enumerate(turns):
+        if turn["role"] != "assistant":
+            continue
+        prompt = processor.apply_chat_template(turns[:index], add_generation_prompt=True)
+        full = processor.apply_chat_template(turns[: index + 1], add_generation_prompt=False)
+        if not prompt.startswith(done) or not full.startswith(prompt):
+            raise CollateError(
+                "the chat template does not render conversations prefix by prefix; labels cannot be assigned to turns"
+            )
+        answer = full[len(prompt) :]
+        cut = answer.find(eos) + len(eos) if eos and eos in answer else len(answer)
+        pieces.append((prompt[len(done) :], False))
+        pieces.append((answer[:cut], True))
+        done = prompt + answer[:cut]
+    final = processor.apply_chat_template(turns, add_generation_prompt=False)
+    if final[len(done) :]:
+        pieces.append((final[len(done) :], False))
+    return [(text, target) for text, target in pieces if text]
+
+
+def encode_conversation(processor: OneLLMProcessor, conversation: Sequence[Any]) -> tuple[list[int], list[int]]:
+    """``(input_ids, labels)`` of one conversation, markers expanded, labels ``-100`` outside assistant targets.
+
+    Each marker becomes ``processor.num_placeholder_tokens`` ids via :meth:`OneLLMProcessor.expand_placeholders`
+    (the shared counting function); markers only occur in user turns, whose labels are all ``-100``.
+    """
+    ids: list[int] = []
+    labels: list[int] = []
+    for text, target in conversation_segments(processor, conversation):
+        piece = processor.expand_placeholders(processor.tokenizer(text, add_special_tokens=False)["input_ids"])
+        ids.extend(piece)
+        labels.extend(piece if target else [IGNORE_INDEX] * len(piece))
+    return ids, labels
+
+
+class Collator:
+    """Pads a list of examples into one batch (see the module docstring for shapes).
+
+    Args:
+        processor: tokenizer, chat template and placeholder expansion of the model being trained.
+        max_length: longest allowed row in tokens (after expansion); a longer example is an error naming the record,
+            never truncated (validation rejects such records up front, see ``loader.validate_manifest``).
+    """
+
+    def __init__(self, processor: OneLLMProcessor, max_length: int | None = None):
+        self.processor = processor
+        self.max_length = max_length
+        self.pad_id = processor.tokenizer.pad_token_id
+        if self.pad_id is None:
+            self.pad_id = processor.tokenizer.eos_token_id
+
+    def encode(self, example: dict[str, Any]) -> tuple[list[int], list[int]]:
+        ids, labels = encode_conversation(self.processor, example["conversation"])
+        record = example.get("id", "?")
+        if self.max_length is not None and len(ids) > self.max_length:
+            raise CollateError(f"record {record}: {len(ids)} tokens exceed max_length {self.max_length}")
+        found = {m: n for m, n in self.processor.count_markers(ids).items() if n}
+        expected: dict[str, int] = {}
+        for modality, _ in example.get("media", []):
+            expected[modality] = expected.get(modality, 0) + 1
+        per_input = self.processor.num_placeholder_tokens
+        if {m: n // per_input for m, n in found.items()} != expected or any(n % per_input for n in found.values()):
+            raise CollateError(
+                f"record {record}: placeholder tokens {found} (x{per_input} per input) do not match inputs {expected}"
+            )
+        return ids, labels
+
+    def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        rows = [self.encode(example) for example in examples]
+        width = max(len(ids) for ids, _ in rows)
+        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for row, (ids, targets) in enumerate(rows):
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            labels[row, : len(ids)] = torch.tensor(targets)
+            attention_mask[row, : len(ids)] = 1
+        media: dict[str, list[torch.Tensor]] = {}
+        keys: dict[str, list[str]] = {}
+        for example in examples:
+            example_keys = example.get("keys") or [None] * len(example.get("media", []))
+            for (modality, tensor), key in zip(example.get("media", []), example_keys, strict=True):
+                media.setdefault(modality, []).append(tensor)
+                keys.setdefault(modality, []).append(key)
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": labels,
+            "mm_inputs": {m: torch.stack(tensors) for m, tensors in media.items()},
+            "mm_keys": keys,
+            "ids": [example.get("id") for example in examples],
+            # The loss shifts labels by one: position t predicts token t+1, so the first token never counts.
+            "num_label_tokens": int((labels[:, 1:] != IGNORE_INDEX).sum()),
+        }
+
+
+__all__ = ["CollateError", "Collator", "conversation_segments", "encode_conversation"]

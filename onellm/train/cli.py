@@ -1,0 +1,88 @@
+"""``onellm train``: one stage YAML, or a curriculum (``--curriculum``, or a YAML with a ``stages:`` list).
+
+    onellm train configs/tiny/align_image.yaml
+    onellm train --curriculum configs/tiny/curriculum.yaml --set data.root=data/synth-tiny
+    torchrun --nproc_per_node 2 -m onellm.train configs/tiny/curriculum.yaml          # DDP (gloo on CPU)
+    accelerate launch --config_file configs/accelerate/fsdp.yaml -m onellm.train ...  # GPU clusters
+
+Running the same command again skips finished stages and resumes an interrupted one from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_train_command(subparsers) -> argparse.ArgumentParser:
+    """Mount ``train`` on an argparse subparsers object (``onellm train ...``)."""
+    parser = subparsers.add_parser(
+        "train",
+        help="train one stage or a whole curriculum from YAML",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(parser)
+    parser.set_defaults(func=run)
+    return parser
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", nargs="?", help="a stage YAML, or a curriculum YAML (one with `stages:`)")
+    parser.add_argument("--curriculum", metavar="YAML", help="a curriculum YAML: run its stages in order")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a stage key for every stage, e.g. --set train.steps=20 --set output_dir=runs/x (repeatable)",
+    )
+    parser.add_argument("--check", action="store_true", help="validate the config(s), print the plan and exit")
+
+
+def run(args: argparse.Namespace) -> int:
+    from onellm.train.config import ConfigError, is_curriculum, load_curriculum, load_stage, parse_overrides
+
+    if bool(args.config) == bool(args.curriculum):
+        print("onellm train: give a stage YAML or --curriculum YAML (exactly one)", file=sys.stderr)
+        return 2
+    try:
+        overrides = parse_overrides(args.overrides)
+        path = args.curriculum or args.config
+        if args.curriculum or is_curriculum(path):
+            curriculum = load_curriculum(path, overrides)
+            stages = curriculum.stages
+        else:
+            stages, curriculum = [load_stage(path, overrides)], None
+    except (ConfigError, FileNotFoundError) as exc:
+        print(f"onellm train: {exc}", file=sys.stderr)
+        return 2
+    if args.check:
+        for stage in stages:
+            print(f"{stage.name:<14} {stage.recipe:<15} {', '.join(stage.modalities) or '-':<40} -> {stage.stage_dir}")
+        return 0
+
+    from onellm.train.common import make_accelerator
+    from onellm.train.curriculum import run_curriculum
+    from onellm.train.recipes import run_stage
+
+    accelerator = make_accelerator()
+    if curriculum is not None:
+        run_curriculum(curriculum, accelerator)
+    else:
+        run_stage(stages[0], accelerator)
+    accelerator.end_training()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m onellm.train`` (what ``onellm train`` runs; also usable under torchrun / accelerate launch)."""
+    parser = argparse.ArgumentParser(
+        prog="onellm train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+__all__ = ["add_train_command", "main", "run"]

@@ -1,0 +1,407 @@
+"""Stage and curriculum configs: YAML -> typed dataclasses, validated on load with errors that name the key.
+
+A stage YAML (see ``configs/tiny/*.yaml``)::
+
+    name: align_av3d                     # the stage folder under output_dir
+    recipe: align                        # align | expand_experts | instruct  (onellm.train.recipes)
+    output_dir: runs/tiny
+    init_from: {stage: build_upm}        # or {preset: tiny, num_experts: 1}, or {path: some/checkpoint}
+    data:
+      root: data/synth-tiny              # media root; manifests are relative to it
+      sources:                           # weighted mixture; a source = records whose inputs are all in `modalities`
+        - {modalities: [video], weight: 1.0, tasks: [caption]}
+      replay: {modalities: [image], fraction: 0.25}   # earlier modalities, balanced
+    trainable: {tokenizer.audio: 1.0e-3, projector.*: 1.0e-3}   # group pattern -> learning rate ({} = nothing)
+    train: {steps: 300, batch_size: 8, ...}
+
+Overrides use dotted keys (``train.steps=20``), as on the command line (``--set``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from onellm.modalities import modality_names
+
+
+class ConfigError(ValueError):
+    """A config value is missing, unknown or of the wrong type. The message starts with ``file: key``."""
+
+
+# --- the schema -----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SourceConfig:
+    """Records of ``manifest`` (relative to ``data.root``) whose inputs are all in ``modalities``."""
+
+    modalities: list[str]
+    weight: float = 1.0
+    manifest: str = "train.jsonl"
+    tasks: list[str] | None = None  # e.g. [caption]; None = every task
+    name: str | None = None  # default: the modalities joined by "+"
+
+    @property
+    def label(self) -> str:
+        return self.name or "+".join(self.modalities)
+
+
+@dataclass
+class ReplayConfig:
+    """Earlier modalities mixed back in: ``fraction`` of the samples, split equally among ``modalities``."""
+
+    modalities: list[str] = field(default_factory=list)
+    fraction: float = 0.0
+    manifest: str = "train.jsonl"
+    tasks: list[str] | None = None
+
+
+@dataclass
+class DataConfig:
+    root: str
+    sources: list[SourceConfig]
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+    val: str | None = "val.jsonl"  # validation manifest (filtered to the stage's modalities); null = none
+    batching: Literal["per_source", "mixed"] = "per_source"
+    max_length: int = 512  # tokens after placeholder expansion; longer records are rejected, never truncated
+    on_error: Literal["skip", "fail"] = "skip"
+    num_workers: int = 0  # DataLoader worker processes (0 = decode in the training process)
+
+
+@dataclass
+class TrainConfig:
+    steps: int
+    batch_size: int  # per process and micro step; global batch = batch_size x processes x grad_accum
+    grad_accum: int = 1
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    max_grad_norm: float | None = 1.0
+    precision: Literal["fp32", "bf16"] = "fp32"
+    eval_interval: int = 0  # optimizer steps between validation passes; 0 = only at the end
+    eval_samples: int = 64
+    save_interval: int = 0  # optimizer steps between resumable checkpoints; 0 = only the final checkpoint
+    save_limit: int = 2  # resumable checkpoints kept (oldest deleted first)
+    log_interval: int = 10
+    cache_features: bool = True  # frozen-feature cache for modalities whose path up to the UPM is frozen
+
+
+@dataclass
+class LoraSettings:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    qlora: bool = False  # load the LLM in 4-bit nf4 (bitsandbytes) and train LoRA on top
+
+
+@dataclass
+class InitFrom:
+    """Exactly one of ``preset`` (+ ``preset_args``), ``stage`` (a previous stage's final checkpoint in the same
+    output_dir) or ``path`` (any onellm checkpoint folder)."""
+
+    preset: str | None = None
+    preset_args: dict[str, Any] = field(default_factory=dict)
+    stage: str | None = None
+    path: str | None = None
+    num_experts: int | None = None  # replace the UPM by a fresh one with this many experts (stage 1: 1)
+
+
+@dataclass
+class ExpandConfig:
+    num_experts: int = 3
+
+
+@dataclass
+class StageConfig:
+    name: str
+    recipe: Literal["align", "expand_experts", "instruct"]
+    output_dir: str
+    init_from: InitFrom
+    seed: int = 0
+    data: DataConfig | None = None
+    trainable: dict[str, float] = field(default_factory=dict)
+    lora: LoraSettings | None = None
+    train: TrainConfig | None = None
+    expand: ExpandConfig | None = None
+    source: str = ""  # the YAML file this came from (set by the loader)
+
+    @property
+    def modalities(self) -> list[str]:
+        """Every modality this stage reads: its sources' and the replayed ones (first-seen order)."""
+        if self.data is None:
+            return []
+        names = [m for s in self.data.sources for m in s.modalities] + list(self.data.replay.modalities)
+        return list(dict.fromkeys(names))
+
+    @property
+    def stage_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data.pop("source")
+        return data
+
+
+@dataclass
+class CurriculumConfig:
+    stages: list[StageConfig]
+    source: str = ""
+
+
+# --- loading --------------------------------------------------------------------------------------------------------
+
+
+def _type_name(kind: Any) -> str:
+    return getattr(kind, "__name__", None) or str(kind).replace("typing.", "")
+
+
+def _convert(value: Any, kind: Any, key: str) -> Any:
+    """``value`` checked against the annotation ``kind``; errors name ``key``."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        errors = []
+        for option in options:
+            try:
+                return _convert(value, option, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(
+            errors[0]
+            if len(errors) == 1
+            else f"{key}: expected one of {[_type_name(o) for o in options]}, got {value!r}"
+        )
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: expected one of {list(args)}, got {value!r}")
+        return value
+    if value is None:
+        raise ConfigError(f"{key}: must be set (expected {_type_name(kind)})")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return {_convert(k, args[0], key): _convert(v, args[1], f"{key}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(kind):
+        return _build(kind, value, key)
+    if kind is Any:
+        return value
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind in (int, float) and isinstance(value, bool) or not isinstance(value, kind):
+        raise ConfigError(f"{key}: expected {_type_name(kind)}, got {value!r}")
+    return value
+
+
+def _build(cls: type, data: Any, key: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{key or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.name != "source"]
+    prefix = f"{key}." if key else ""
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown key; allowed here: {', '.join(names)}")
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{prefix}{f.name}: required key is missing")
+            continue
+        values[f.name] = _convert(data[f.name], hints[f.name], f"{prefix}{f.name}")
+    return cls(**values)
+
+
+def _check_stage(stage: StageConfig) -> None:
+    """Cross-field rules that types cannot express."""
+    known = modality_names()
+    init = stage.init_from
+    if sum(x is not None for x in (init.preset, init.stage, init.path)) != 1:
+        raise ConfigError("init_from: set exactly one of preset, stage, path")
+    if init.num_experts is not None and init.num_experts < 1:
+        raise ConfigError(f"init_from.num_experts: must be >= 1, got {init.num_experts}")
+    if stage.recipe == "expand_experts":
+        if stage.expand is None:
+            raise ConfigError("expand: required for recipe expand_experts (e.g. {num_experts: 3})")
+        if stage.expand.num_experts < 1:
+            raise ConfigError(f"expand.num_experts: must be >= 1, got {stage.expand.num_experts}")
+        for key in ("data", "train", "lora"):
+            if getattr(stage, key) is not None:
+                raise ConfigError(f"{key}: not used by recipe expand_experts (it trains nothing)")
+        if stage.trainable:
+            raise ConfigError("trainable: recipe expand_experts trains nothing; leave it empty")
+        return
+    for key in ("data", "train"):
+        if getattr(stage, key) is None:
+            raise ConfigError(f"{key}: required for recipe {stage.recipe}")
+    if stage.recipe == "instruct" and stage.lora is None:
+        raise ConfigError("lora: required for recipe instruct (e.g. {r: 16, alpha: 32})")
+    if stage.recipe != "instruct" and stage.lora is not None:
+        raise ConfigError(f"lora: only the instruct recipe wraps the LLM with LoRA (this stage is {stage.recipe})")
+    data, train = stage.data, stage.train
+    if not data.sources:
+        raise ConfigError("data.sources: at least one source is required")
+    for i, source in enumerate(data.sources):
+        if not source.modalities:
+            raise ConfigError(f"data.sources[{i}].modalities: at least one modality is required")
+        if not source.weight > 0:
+            raise ConfigError(f"data.sources[{i}].weight: must be > 0, got {source.weight}")
+    for where, names in [(f"data.sources[{i}].modalities", s.modalities) for i, s in enumerate(data.sources)] + [
+        ("data.replay.modalities", data.replay.modalities)
+    ]:
+        for name in names:
+            if name not in known:
+                raise ConfigError(f"{where}: unknown modality {name!r}; known: {', '.join(known)}")
+    labels = [s.label for s in data.sources]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"data.sources: names must be unique (set `name:`), got {labels}")
+    if not 0.0 <= data.replay.fraction < 1.0:
+        raise ConfigError(f"data.replay.fraction: must be in [0, 1), got {data.replay.fraction}")
+    if data.replay.fraction > 0 and not data.replay.modalities:
+        raise ConfigError("data.replay.modalities: a replay fraction needs modalities to replay")
+    for key in ("steps", "batch_size", "grad_accum", "log_interval", "save_limit"):
+        if getattr(train, key) < 1:
+            raise ConfigError(f"train.{key}: must be >= 1, got {getattr(train, key)}")
+    for key in ("warmup_steps", "eval_interval", "eval_samples", "save_interval"):
+        if getattr(train, key) < 0:
+            raise ConfigError(f"train.{key}: must be >= 0, got {getattr(train, key)}")
+    if train.warmup_steps >= train.steps:
+        raise ConfigError(f"train.warmup_steps: {train.warmup_steps} must be < train.steps ({train.steps})")
+    if data.max_length < 8:
+        raise ConfigError(f"data.max_length: must be >= 8, got {data.max_length}")
+    if not stage.trainable:
+        raise ConfigError(f"trainable: recipe {stage.recipe} needs at least one group to train (pattern: lr)")
+    for pattern, lr in stage.trainable.items():
+        if not lr > 0:
+            raise ConfigError(f"trainable.{pattern}: learning rate must be > 0, got {lr}")
+
+
+def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """``set_dotted(d, "train.steps", 5)``: d["train"]["steps"] = 5, creating mappings on the way."""
+    keys = dotted.split(".")
+    node = data
+    for key in keys[:-1]:
+        if not isinstance(node.get(key), dict):
+            node[key] = {}
+        node = node[key]
+    node[keys[-1]] = value
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """``["train.steps=5", "data.root=/tmp/x"]`` -> ``{"train.steps": 5, ...}`` (values parsed as YAML scalars)."""
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.steps=20")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _read_yaml(path: Path) -> Any:
+    if not path.is_file():
+        raise FileNotFoundError(f"config {path} does not exist")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+
+
+def stage_from_dict(
+    data: dict[str, Any], source: str = "<dict>", overrides: dict[str, Any] | None = None, shared: bool = False
+) -> StageConfig:
+    """Validate a stage mapping (after applying dotted ``overrides``).
+
+    ``shared``: the overrides are meant for every stage of a curriculum, so one that targets a section the stage
+    does not have (``train.steps`` on the expand_experts step) is left out for this stage instead of added.
+    """
+    data = yaml.safe_load(yaml.safe_dump(data))  # deep copy of plain data
+    for key, value in (overrides or {}).items():
+        section = key.split(".")[0]
+        if shared and "." in key and isinstance(data, dict) and section not in data:
+            continue
+        set_dotted(data, key, value)
+    try:
+        stage = _build(StageConfig, data, "")
+        _check_stage(stage)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    stage.source = source
+    return stage
+
+
+def load_stage(path: str | Path, overrides: dict[str, Any] | None = None, shared: bool = False) -> StageConfig:
+    """A stage YAML -> :class:`StageConfig`; any problem raises :class:`ConfigError` naming the file and key."""
+    path = Path(path)
+    return stage_from_dict(_read_yaml(path), str(path), overrides, shared)
+
+
+def is_curriculum(path: str | Path) -> bool:
+    data = _read_yaml(Path(path))
+    return isinstance(data, dict) and "stages" in data
+
+
+def load_curriculum(path: str | Path, overrides: dict[str, Any] | None = None) -> CurriculumConfig:
+    """A curriculum YAML: ``stages`` (stage YAML paths relative to this file, run in order) and ``set`` (dotted
+    overrides applied to every stage, e.g. ``output_dir``). Command-line overrides win over ``set``; an override
+    of a section a stage lacks (``train.*`` for expand_experts) skips that stage."""
+    path = Path(path)
+    data = _read_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping with `stages`")
+    unknown = sorted(set(data) - {"stages", "set"})
+    if unknown:
+        raise ConfigError(f"{path}: {unknown[0]}: unknown key; allowed here: stages, set")
+    stages = data.get("stages")
+    if not isinstance(stages, list) or not stages or not all(isinstance(s, str) for s in stages):
+        raise ConfigError(f"{path}: stages: expected a non-empty list of stage YAML paths")
+    shared = data.get("set") or {}
+    if not isinstance(shared, dict):
+        raise ConfigError(f"{path}: set: expected a mapping of dotted keys to values")
+    merged = {**shared, **(overrides or {})}
+    loaded = [load_stage(path.parent / stage, merged, shared=True) for stage in stages]
+    names = [s.name for s in loaded]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{path}: stages: stage names must be unique, got {names}")
+    for index, stage in enumerate(loaded):
+        if stage.init_from.stage is not None and stage.init_from.stage not in names[:index]:
+            raise ConfigError(
+                f"{stage.source}: init_from.stage: {stage.init_from.stage!r} is not an earlier stage of {path} "
+                f"(earlier: {names[:index]})"
+            )
+    return CurriculumConfig(stages=loaded, source=str(path))
+
+
+__all__ = [
+    "ConfigError",
+    "CurriculumConfig",
+    "DataConfig",
+    "ExpandConfig",
+    "InitFrom",
+    "LoraSettings",
+    "ReplayConfig",
+    "SourceConfig",
+    "StageConfig",
+    "TrainConfig",
+    "is_curriculum",
+    "load_curriculum",
+    "load_stage",
+    "parse_overrides",
+    "set_dotted",
+]

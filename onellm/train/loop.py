@@ -1,0 +1,467 @@
+"""The training loop shared by the recipes: optimizer steps over a data mixture, on accelerate.
+
+What it does, in order, for ``steps`` optimizer steps:
+
+1. the mixture yields one *global* batch of ``batch_size x processes x grad_accum`` dataset indices; this process
+   takes its ``grad_accum`` micro-batches (:func:`onellm.instruct_data.mixture.shard`);
+2. the loss is normalised by the number of label tokens in the whole global batch (all processes, all micro
+   steps), so 2 processes x batch b, 1 process x batch 2b and 1 process x batch b x 2 accumulation steps compute
+   the same gradient (up to float summation order);
+3. image-like inputs whose path up to the UPM is frozen go through the frozen-feature cache (:mod:`.features`);
+4. clip, step the optimizer and the schedule (cosine / linear / constant after a linear warmup);
+5. every ``log_interval`` steps: TensorBoard + ``metrics.jsonl``; every ``eval_interval``: validation loss per
+   modality; every ``save_interval`` (and at the last step): an atomic resumable checkpoint (:mod:`.checkpoint`).
+
+A restart finds the newest complete checkpoint and continues from its step: trainable weights, optimizer,
+scheduler, each process's RNG and the data position (the mixture replays its first ``step`` choices) are restored.
+The loop decides nothing about what trains: the recipe sets ``requires_grad`` and passes the learning rates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from transformers import (
+    get_constant_schedule_with_warmup,
+    get_cosine_schedule_with_warmup,
+    get_linear_schedule_with_warmup,
+)
+
+from onellm.instruct_data.collator import Collator
+from onellm.instruct_data.loader import ManifestDataset
+from onellm.instruct_data.mixture import Mixture, shard
+from onellm.modeling import IGNORE_INDEX
+from onellm.train import checkpoint as ckpt
+from onellm.train.config import DataConfig, TrainConfig
+from onellm.train.features import FeatureCache, cacheable_modalities
+
+SCHEDULES = {
+    "cosine": get_cosine_schedule_with_warmup,
+    "linear": get_linear_schedule_with_warmup,
+    "constant": lambda optimizer, warmup, total: get_constant_schedule_with_warmup(optimizer, warmup),
+}
+
+
+@dataclass
+class LoopResult:
+    steps: int
+    resumed_from: int
+    seconds: float  # wall time of this run of the loop (not counting earlier, interrupted runs)
+    samples: int  # samples seen over the whole stage, all processes
+    losses: list[tuple[int, float]] = field(default_factory=list)  # (step, mean token loss), whole stage
+    val: list[tuple[int, dict[str, float]]] = field(default_factory=list)  # (step, {modality|"all": loss})
+    cache_hits: int = 0
+    cache_misses: int = 0
+    step_seconds: float = 0.0  # median seconds per optimizer step in this run
+
+
+class _RankBatches:
+    """Batch sampler: this process's micro-batches for steps ``start..total-1`` (what the DataLoader iterates)."""
+
+    def __init__(self, mixture: Mixture, global_batch: int, rank: int, world: int, accum: int, start: int, total: int):
+        self.args = mixture, global_batch, rank, world, accum, start, total
+
+    def __iter__(self) -> Iterator[list[int]]:
+        mixture, global_batch, rank, world, accum, start, total = self.args
+        stream = mixture.batches(global_batch, start=start)
+        for _ in range(start, total):
+            _, indices = next(stream)
+            yield from shard(indices, rank, world, accum)
+
+    def __len__(self) -> int:
+        _, _, _, _, accum, start, total = self.args
+        return (total - start) * accum
+
+
+def split_decay(params: list[tuple[str, nn.Parameter]], weight_decay: float) -> list[dict]:
+    """AdamW groups: decay on matrices, none on biases, norms, tags and query vectors (1-d or size-1 leading)."""
+    decay = [p for _, p in params if p.ndim >= 2 and p.shape[0] > 1]
+    rest = [p for _, p in params if not (p.ndim >= 2 and p.shape[0] > 1)]
+    return [
+        g
+        for g in ({"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0})
+        if g["params"]
+    ]
+
+
+def label_loss_sum(model: nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
+    """Summed cross-entropy over the label tokens of one batch (``inputs`` as the collator + cache build them).
+
+    Logits are computed only at the positions whose next token is a label in some row (``logits_to_keep``): the
+    answers are a fraction of each row (a 15-token caption after a 35-token prompt), and the LM head (SmolLM2:
+    576 x 49152) is about a fifth of a step, so this saves most of that fifth. Same value as the model's own loss.
+    """
+    inputs = dict(inputs)
+    targets = inputs.pop("labels")[:, 1:]  # position t predicts token t+1
+    keep = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)
+    logits = model(**inputs, logits_to_keep=keep).logits.float()  # [B, len(keep), V]
+    return nn.functional.cross_entropy(
+        logits.flatten(0, 1), targets[:, keep].flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
+
+
+class Trainer:
+    """Runs a stage's optimizer steps. ``model`` may be PEFT-wrapped; ``core`` is the OneLLM model inside it.
+
+    Args:
+        groups: ``[(name, learning rate, [(param name, param)])]`` from the recipe (one per ``trainable`` pattern).
+        config_snapshot: the stage config as a dict, stored in checkpoints and compared on resume.
+    """
+
+    def __init__(
+        self,
+        *,
+        accelerator,
+        model: nn.Module,
+        core: nn.Module,
+        collator: Collator,
+        train_set: ManifestDataset,
+        val_set: ManifestDataset | None,
+        mixture: Mixture,
+        groups: list[tuple[str, float, list[tuple[str, nn.Parameter]]]],
+        train: TrainConfig,
+        data: DataConfig,
+        stage_dir: Path,
+        seed: int,
+        feature_cache_dir: Path | None,
+        config_snapshot: dict[str, Any],
+        log=print,
+    ):
+        self.acc = accelerator
+        self.model, self.core = model, core
+        self.collator = collator
+        self.train_set, self.val_set = train_set, val_set
+        self.mixture = mixture
+        self.cfg, self.data_cfg = train, data
+        self.stage_dir = stage_dir
+        self.checkpoints = stage_dir / "checkpoints"
+        self.seed = seed
+        self.snapshot = config_snapshot
+        self.log = log
+        self.rank, self.world = accelerator.process_index, accelerator.num_processes
+        self.global_batch = train.batch_size * self.world * train.grad_accum
+
+        optim_groups = []
+        for name, lr, params in groups:
+            for group in split_decay(params, train.weight_decay):
+                optim_groups.append({**group, "lr": lr, "name": name})
+        self.optimizer = torch.optim.AdamW(optim_groups)
+        self.scheduler = SCHEDULES[train.schedule](self.optimizer, train.warmup_steps, train.steps)
+
+        modalities = sorted({m for i in range(len(train_set)) for m in train_set.modalities(i)})
+        # Under FSDP the encoder's weights are sharded and only usable inside the wrapped forward: no cache there.
+        use_cache = train.cache_features and accelerator.distributed_type.name != "FSDP"
+        self.cached = cacheable_modalities(core, modalities) if use_cache else []
+        options = {m: collator.processor.options(m) for m in self.cached}
+        self.cache = FeatureCache(core, options, feature_cache_dir) if self.cached else None
+
+    # --- one optimizer step -----------------------------------------------------------------------------------------
+    def _forward_inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
+        device = self.acc.device
+        mm_inputs = {m: v.to(device) for m, v in batch["mm_inputs"].items()}
+        mm_features = {}
+        for m in list(mm_inputs):
+            if m in self.cached:
+                mm_features[m] = self.cache.features(self.core, m, mm_inputs.pop(m), batch["mm_keys"][m])
+        return {
+            "input_ids": batch["input_ids"].to(device),
+            "attention_mask": batch["attention_mask"].to(device),
+            "labels": batch["labels"].to(device),
+            "mm_inputs": mm_inputs,
+            "mm_features": mm_features,
+        }
+
+    def _autocast(self):
+        if self.cfg.precision == "bf16":
+            return torch.autocast(self.acc.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _sum(self, value: float) -> float:
+        if self.world == 1:
+            return value
+        tensor = torch.tensor([value], dtype=torch.float64, device=self.acc.device)
+        return float(self.acc.reduce(tensor, reduction="sum")[0])
+
+    def step(self, micro_batches: list[dict[str, Any]]) -> float:
+        """One optimizer step over this process's micro-batches; returns the global mean token loss."""
+        global_tokens = self._sum(sum(b["num_label_tokens"] for b in micro_batches))
+        normaliser = torch.tensor(max(global_tokens, 1.0), device=self.acc.device)
+        loss_sum = 0.0
+        for j, batch in enumerate(micro_batches):
+            last = j == len(micro_batches) - 1
+            with contextlib.nullcontext() if last else self.acc.no_sync(self.model):
+                inputs = self._forward_inputs(batch)
+                with self._autocast():
+                    # sum over this micro-batch's label tokens / all label tokens of the global batch
+                    loss = label_loss_sum(self.model, inputs) / normaliser
+                # DDP averages gradients over processes; undo that so the result is the global-batch mean.
+                self.acc.backward(loss * self.world)
+                loss_sum += float(loss.detach())
+        if self.cfg.max_grad_norm:
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            self.acc.clip_grad_norm_(params, self.cfg.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return self._sum(loss_sum)
+
+    # --- validation -------------------------------------------------------------------------------------------------
+    def val_indices(self) -> dict[str, list[int]]:
+        """A fixed validation subset: up to eval_samples split evenly over modalities, seeded order."""
+        if self.val_set is None or len(self.val_set) == 0 or self.cfg.eval_samples == 0:
+            return {}
+        by_modality: dict[str, list[int]] = {}
+        for i in range(len(self.val_set)):
+            by_modality.setdefault("+".join(self.val_set.modalities(i)) or "text", []).append(i)
+        per = max(1, self.cfg.eval_samples // len(by_modality))
+        rng = np.random.default_rng(self.seed)
+        return {m: sorted(rng.permutation(idx)[:per].tolist()) for m, idx in sorted(by_modality.items())}
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Mean token loss per modality and over all of them (``"all"``) on the fixed validation subset."""
+        self.model.eval()
+        # Plain / DDP: each process scores its share with the unwrapped model (no collective inside, so uneven
+        # shares cannot deadlock), then the sums are reduced. Sharded: every process runs the whole subset through
+        # the wrapped model (its forward gathers the shards in lockstep).
+        model = self.model if self.sharded else self.core
+        out: dict[str, float] = {}
+        total_loss = total_tokens = 0.0
+        for name, indices in self.val_indices().items():
+            mine = indices if self.sharded else indices[self.rank :: self.world]
+            loss_sum = tokens = 0.0
+            for start in range(0, len(mine), self.cfg.batch_size):
+                batch = self.collator([self.val_set[i] for i in mine[start : start + self.cfg.batch_size]])
+                with self._autocast():
+                    loss = label_loss_sum(model, self._forward_inputs(batch))
+                loss_sum += float(loss)
+                tokens += batch["num_label_tokens"]
+            if not self.sharded:
+                loss_sum, tokens = self._sum(loss_sum), self._sum(tokens)
+            out[name] = loss_sum / max(tokens, 1.0)
+            total_loss, total_tokens = total_loss + loss_sum, total_tokens + tokens
+        if out:
+            out["all"] = total_loss / max(total_tokens, 1.0)
+        self._train_mode()
+        return out
+
+    def _train_mode(self) -> None:
+        self.model.train()
+        self.core.encoder.eval()  # frozen: its outputs must not depend on the mode (and the cache assumes so)
+
+    # --- checkpoints ------------------------------------------------------------------------------------------------
+    def _state(self, step: int, samples: int, losses, val) -> dict[str, Any]:
+        return {
+            "step": step,
+            "samples": samples,
+            "losses": losses,
+            "val": val,
+            "world_size": self.world,
+            "config": self.snapshot,
+        }
+
+    @property
+    def sharded(self) -> bool:
+        """FSDP / DeepSpeed: parameters or optimizer states are split over processes; accelerate saves them."""
+        return self.acc.distributed_type.name in ("FSDP", "DEEPSPEED")
+
+    def save(self, step: int, samples: int, losses, val) -> None:
+        target = self.checkpoints / ckpt.step_dir_name(step)
+        tmp = self.checkpoints / f".tmp-{target.name}"
+        if self.acc.is_main_process:
+            ckpt.temp_dir(target)
+        self.acc.wait_for_everyone()
+        state = self._state(step, samples, losses, val)
+        if self.sharded:
+            # every process writes its shards; the scheduler is ours (not prepared), so it goes in separately
+            self.acc.save_state(str(tmp / "accelerate"))
+        else:
+            ckpt.save_rng(tmp, self.rank)
+        self.acc.wait_for_everyone()
+        if self.acc.is_main_process:
+            if self.sharded:
+                torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
+                (tmp / "state.json").write_text(json.dumps(state, indent=1) + "\n", encoding="utf-8")
+            else:
+                ckpt.save_training_state(tmp, self.core_for_state, self.optimizer, self.scheduler, state)
+            ckpt.commit(tmp, target)
+            ckpt.prune(self.checkpoints, self.cfg.save_limit)
+        self.acc.wait_for_everyone()
+
+    @property
+    def core_for_state(self) -> nn.Module:
+        """The module whose parameter names the checkpoint uses (the PEFT wrapper when there is one)."""
+        return self.acc.unwrap_model(self.model)
+
+    def latest(self) -> tuple[int, Path] | None:
+        """The newest complete checkpoint, after deleting what an interrupted writer left behind."""
+        if self.acc.is_main_process:
+            for path in ckpt.remove_partial(self.checkpoints):
+                self.log(f"removed incomplete checkpoint {path.name} (left by an interrupted run)")
+        self.acc.wait_for_everyone()
+        found = ckpt.list_checkpoints(self.checkpoints)
+        return found[-1] if found else None
+
+    def resume(self, found: tuple[int, Path]) -> dict[str, Any]:
+        """Restore the checkpoint ``found``: before ``prepare`` for plain/DDP runs, after it for sharded ones."""
+        step, path = found
+        if self.sharded:
+            self.acc.load_state(str(path / "accelerate"))
+            self.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
+            state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+        else:
+            state = ckpt.load_training_state(path, self.core_for_state, self.optimizer, self.scheduler)
+            ckpt.load_rng(path, self.rank)
+        changed = _changed_keys(state.get("config", {}), self.snapshot)
+        if changed:
+            raise RuntimeError(
+                f"{path}: the stage config changed since this checkpoint was written ({', '.join(changed[:8])}); "
+                f"restore it, or delete {self.stage_dir} to train the stage from scratch"
+            )
+        if state.get("world_size", self.world) != self.world:
+            self.log(f"note: checkpoint written by {state['world_size']} process(es), resuming with {self.world}")
+        self.log(f"resumed from {path} (step {step})")
+        return state
+
+    # --- the loop ---------------------------------------------------------------------------------------------------
+    def fit(self) -> LoopResult:
+        from torch.utils.tensorboard import SummaryWriter
+        from tqdm.auto import tqdm
+
+        found = self.latest()
+        torch.manual_seed(self.seed * 1000 + self.rank)  # per-process randomness (dropout); a resume restores it
+        state = self.resume(found) if found and not self.sharded else None
+        if self.acc.distributed_type.name == "DEEPSPEED":  # no DataLoader goes through prepare(): say the batch
+            self.acc.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = self.cfg.batch_size
+        self.model, self.optimizer = self.acc.prepare(self.model, self.optimizer)
+        if found and self.sharded:
+            state = self.resume(found)
+        start = state["step"] if state else 0
+        samples = state["samples"] if state else 0
+        losses = [tuple(x) for x in state["losses"]] if state else []
+        val = [tuple(x) for x in state["val"]] if state else []
+        self._train_mode()
+        main = self.acc.is_main_process
+        writer = SummaryWriter(str(self.stage_dir / "tensorboard")) if main else None
+        metrics_path = self.stage_dir / "metrics.jsonl"
+        if main:
+            _truncate_metrics(metrics_path, start)
+
+        loader = DataLoader(
+            self.train_set,
+            batch_sampler=_RankBatches(
+                self.mixture, self.global_batch, self.rank, self.world, self.cfg.grad_accum, start, self.cfg.steps
+            ),
+            collate_fn=self.collator,
+            num_workers=self.data_cfg.num_workers,
+        )
+        batches = iter(loader)
+        bar = tqdm(total=self.cfg.steps, initial=start, desc=self.stage_dir.name, disable=not main, dynamic_ncols=True)
+        started = time.perf_counter()
+        durations = []
+        for step in range(start + 1, self.cfg.steps + 1):
+            tick = time.perf_counter()
+            micro = [next(batches) for _ in range(self.cfg.grad_accum)]
+            loss = self.step(micro)
+            durations.append(time.perf_counter() - tick)
+            if not math.isfinite(loss):
+                raise FloatingPointError(
+                    f"{self.stage_dir.name}: loss is {loss} at step {step}; lower the learning rate"
+                )
+            samples += self.global_batch
+            losses.append((step, loss))
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}")
+            if main and (step % self.cfg.log_interval == 0 or step == self.cfg.steps):
+                self._log_metrics(writer, metrics_path, step, loss, samples, durations)
+            if (self.cfg.eval_interval and step % self.cfg.eval_interval == 0) or step == self.cfg.steps:
+                result = self.evaluate()
+                if result:
+                    val.append((step, result))
+                    if main:
+                        for name, value in result.items():
+                            writer.add_scalar(f"val/{name}", value, step)
+                        bar.write(
+                            f"[{self.stage_dir.name}] step {step}: val loss "
+                            + ", ".join(f"{k} {v:.3f}" for k, v in result.items())
+                        )
+            if (self.cfg.save_interval and step % self.cfg.save_interval == 0) or step == self.cfg.steps:
+                self.save(step, samples, losses, val)
+        bar.close()
+        if writer is not None:
+            writer.close()
+        return LoopResult(
+            steps=self.cfg.steps,
+            resumed_from=start,
+            seconds=time.perf_counter() - started,
+            samples=samples,
+            losses=losses,
+            val=val,
+            cache_hits=self.cache.hits if self.cache else 0,
+            cache_misses=self.cache.misses if self.cache else 0,
+            step_seconds=float(np.median(durations)) if durations else 0.0,
+        )
+
+    def _log_metrics(self, writer, path: Path, step: int, loss: float, samples: int, durations: list[float]) -> None:
+        recent = durations[-self.cfg.log_interval :]
+        seconds = sum(recent) / len(recent)
+        lrs = {g["name"]: g["lr"] for g in self.optimizer.param_groups}
+        writer.add_scalar("train/loss", loss, step)
+        writer.add_scalar("perf/seconds_per_step", seconds, step)
+        writer.add_scalar("perf/samples_per_second", self.global_batch / seconds, step)
+        for name, lr in lrs.items():
+            writer.add_scalar(f"lr/{name}", lr, step)
+        if self.cache is not None:
+            writer.add_scalar("cache/hit_rate", self.cache.hits / max(self.cache.hits + self.cache.misses, 1), step)
+        row = {"step": step, "loss": loss, "samples": samples, "seconds_per_step": seconds, "lr": lrs}
+        with path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row) + "\n")
+
+
+# Keys that may change between an interrupted run and its resumption (they do not change what is computed).
+RESUMABLE_CHANGES = (
+    "train.log_interval",
+    "train.eval_interval",
+    "train.eval_samples",
+    "train.save_interval",
+    "train.save_limit",
+    "data.num_workers",
+    "data.on_error",
+)
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out = {}
+        for key, value in data.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: data}
+
+
+def _changed_keys(old: dict, new: dict) -> list[str]:
+    a, b = _flatten(old), _flatten(new)
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric rows after ``step`` (written by an interrupted run after its last checkpoint)."""
+    if not path.is_file():
+        return
+    rows = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    kept = [line for line in rows if json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
+__all__ = ["LoopResult", "SCHEDULES", "Trainer", "label_loss_sum", "split_decay"]

@@ -1,0 +1,120 @@
+"""The collator: labels on assistant turns only, placeholders expanded by the shared count, padding, media order."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from onellm.instruct_data.collator import CollateError, Collator, conversation_segments, encode_conversation
+from onellm.modeling import IGNORE_INDEX
+
+
+def conversation(answer="a red circle", question="<image>\nDescribe it."):
+    return [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+
+
+def example(processor, media_paths, record_id="r0", answer="a red circle", modality="image"):
+    tensor = processor.preprocess(modality, media_paths[modality])
+    return {
+        "id": record_id,
+        "conversation": conversation(answer, f"<{modality}>\nDescribe it."),
+        "media": [(modality, tensor)],
+        "keys": [f"key-{record_id}"],
+    }
+
+
+def test_labels_cover_exactly_the_answer_and_end_of_turn(tiny):
+    _, processor = tiny
+    ids, labels = encode_conversation(processor, conversation("a red circle"))
+    target = [t for t in labels if t != IGNORE_INDEX]
+    assert processor.tokenizer.decode(target) == "a red circle<|im_end|>"
+    # everything before the answer is context (-100), including the expanded placeholders
+    first = next(i for i, t in enumerate(labels) if t != IGNORE_INDEX)
+    assert all(t == IGNORE_INDEX for t in labels[:first])
+    assert ids[first : first + len(target)] == target
+
+
+def test_training_ids_match_inference_tokenisation(tiny, media_paths):
+    """The prompt part of a training row is token for token what the processor builds at inference time, and the
+    whole row equals the processor's tokenisation of the rendered conversation."""
+    _, processor = tiny
+    turns = conversation()
+    ids, _ = encode_conversation(processor, turns)
+    prompt = processor.apply_chat_template(turns[:1], add_generation_prompt=True)
+    served = processor(text=prompt, image=[media_paths["image"]])["input_ids"][0].tolist()
+    assert ids[: len(served)] == served
+    full = processor.apply_chat_template(turns, add_generation_prompt=False)
+    assert ids == processor(text=full, image=[media_paths["image"]])["input_ids"][0].tolist()
+
+
+def test_each_marker_expands_to_the_shared_count(tiny):
+    _, processor = tiny
+    turns = [{"role": "user", "content": "<image>\n<audio>\nCompare."}, {"role": "assistant", "content": "same"}]
+    ids, _ = encode_conversation(processor, turns)
+    n = processor.num_placeholder_tokens
+    assert ids.count(processor.token_id("image")) == n
+    assert ids.count(processor.token_id("audio")) == n
+
+
+def test_multi_turn_labels_every_assistant_turn_and_no_user_turn(tiny):
+    _, processor = tiny
+    turns = [
+        {"role": "user", "content": "<image>\nWhat shape?"},
+        {"role": "assistant", "content": "circle"},
+        {"role": "user", "content": "What colour?"},
+        {"role": "assistant", "content": "red"},
+    ]
+    segments = conversation_segments(processor, turns)
+    assert [text for text, target in segments if target] == ["circle<|im_end|>", "red<|im_end|>"]
+    assert "".join(text for text, _ in segments) == processor.apply_chat_template(turns, add_generation_prompt=False)
+    _, labels = encode_conversation(processor, turns)
+    decoded = processor.tokenizer.decode([t for t in labels if t != IGNORE_INDEX])
+    assert decoded == "circle<|im_end|>red<|im_end|>"
+    assert "colour" not in decoded and "shape" not in decoded
+
+
+def test_batch_is_right_padded_and_media_keep_sample_order(tiny, media_paths):
+    _, processor = tiny
+    examples = [
+        example(processor, media_paths, "short", "red"),
+        example(processor, media_paths, "long", "a large blue square on the left and a red circle"),
+        example(processor, media_paths, "audio", "a beep", modality="audio"),
+    ]
+    batch = Collator(processor)(examples)
+    ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    assert ids.shape == mask.shape == labels.shape
+    lengths = mask.sum(1)
+    assert lengths[0] < lengths[1]
+    pad = processor.tokenizer.pad_token_id
+    assert (ids[0, lengths[0] :] == pad).all() and (labels[0, lengths[0] :] == IGNORE_INDEX).all()
+    assert batch["mm_inputs"]["image"].shape == (2, *processor.preprocess("image", media_paths["image"]).shape)
+    assert batch["mm_inputs"]["audio"].shape[0] == 1
+    assert batch["mm_keys"] == {"image": ["key-short", "key-long"], "audio": ["key-audio"]}
+    assert batch["ids"] == ["short", "long", "audio"]
+    assert batch["num_label_tokens"] == int((labels[:, 1:] != IGNORE_INDEX).sum())
+
+
+def test_batch_trains_the_tiny_model(tiny, media_paths):
+    model, processor = tiny
+    batch = Collator(processor)([example(processor, media_paths, "a"), example(processor, media_paths, "b", "blue")])
+    out = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        labels=batch["labels"],
+        mm_inputs=batch["mm_inputs"],
+    )
+    assert torch.isfinite(out.loss)
+
+
+def test_marker_without_input_is_an_error_naming_the_record(tiny, media_paths):
+    _, processor = tiny
+    bad = example(processor, media_paths, "orphan")
+    bad["media"], bad["keys"] = [], []
+    with pytest.raises(CollateError, match="orphan"):
+        Collator(processor)([bad])
+
+
+def test_too_long_is_an_error_not_a_truncation(tiny, media_paths):
+    _, processor = tiny
+    with pytest.raises(CollateError, match="exceed max_length 10"):
+        Collator(processor, max_length=10)([example(processor, media_paths)])

@@ -1,0 +1,77 @@
+"""Atomic checkpoints: a crash mid-write never leaves a checkpoint under a real name; pruning; trainable state."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from onellm.train import checkpoint as ckpt
+
+
+def test_a_failed_write_leaves_the_previous_checkpoint_and_no_temp(tmp_path):
+    target = tmp_path / "final"
+    ckpt.write_atomically(target, lambda d: (d / "weights.txt").write_text("v1"))
+
+    def crash(folder):
+        (folder / "weights.txt").write_text("v2 half written")
+        raise KeyboardInterrupt("killed")
+
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.write_atomically(target, crash)
+    assert (target / "weights.txt").read_text() == "v1"
+    assert [p.name for p in tmp_path.iterdir()] == ["final"]
+    ckpt.write_atomically(target, lambda d: (d / "weights.txt").write_text("v3"))
+    assert (target / "weights.txt").read_text() == "v3"
+
+
+def test_only_complete_checkpoints_count_and_partial_ones_are_removed(tmp_path):
+    for step in (2, 4, 6):
+        ckpt.write_atomically(tmp_path / ckpt.step_dir_name(step), lambda d: (d / "state.json").write_text("{}"))
+    (tmp_path / ".tmp-step-00000008").mkdir()  # a writer killed before its rename
+    (tmp_path / "step-00000010").mkdir()  # a directory without state.json is not a checkpoint
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [2, 4, 6]
+    assert [p.name for p in ckpt.remove_partial(tmp_path)] == [".tmp-step-00000008"]
+    removed = ckpt.prune(tmp_path, keep=2)
+    assert [p.name for p in removed] == ["step-00000002"]
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [4, 6]
+
+
+def test_training_state_round_trip_restores_weights_optimizer_schedule_and_rng(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    model[0].requires_grad_(False)  # frozen: not part of the checkpoint
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 1, gamma=0.5)
+    model(torch.randn(5, 3)).sum().backward()
+    optimizer.step()
+    scheduler.step()
+    ckpt.save_training_state(tmp_path, model, optimizer, scheduler, {"step": 1})
+    ckpt.save_rng(tmp_path, rank=0)
+    expected_draw = torch.rand(3)
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+
+    with torch.no_grad():
+        model[1].weight.zero_()
+    fresh_opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    fresh_sched = torch.optim.lr_scheduler.StepLR(fresh_opt, 1, gamma=0.5)
+    torch.rand(7)
+    state = ckpt.load_training_state(tmp_path, model, fresh_opt, fresh_sched)
+    ckpt.load_rng(tmp_path, rank=0)
+    assert state == {"step": 1}
+    assert torch.equal(model[1].weight, saved["1.weight"])
+    assert fresh_sched.get_last_lr() == scheduler.get_last_lr()
+    assert fresh_opt.state_dict()["state"][0]["step"] == 1
+    assert torch.equal(torch.rand(3), expected_draw)
+    assert set(json.loads((tmp_path / "state.json").read_text())) == {"step"}
+    from safetensors.torch import load_file
+
+    assert set(load_file(str(tmp_path / "trainable.safetensors"))) == {"1.weight", "1.bias"}
+
+
+def test_a_checkpoint_from_another_configuration_is_refused():
+    model = nn.Linear(2, 2)
+    with pytest.raises(ValueError, match="missing \\['bias'\\]"):
+        ckpt.load_trainable_state(model, {"weight": torch.zeros(2, 2)})

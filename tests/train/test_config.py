@@ -1,0 +1,147 @@
+"""Stage / curriculum configs: every shipped YAML loads; broken ones fail with the file and the key named."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from onellm.train.config import (
+    ConfigError,
+    is_curriculum,
+    load_curriculum,
+    load_stage,
+    parse_overrides,
+    stage_from_dict,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+SHIPPED = sorted(p for p in (REPO / "configs").rglob("*.yaml") if p.parent.name != "accelerate")
+
+
+def test_configs_are_shipped_for_both_presets():
+    names = {(p.parent.name, p.stem) for p in SHIPPED}
+    for preset in ("tiny", "small"):
+        for stem in ("curriculum", "align_image", "build_upm", "align_av3d", "align_rest", "instruct"):
+            assert (preset, stem) in names
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_shipped_yaml_loads(path):
+    if is_curriculum(path):
+        curriculum = load_curriculum(path)
+        stages = curriculum.stages
+        assert [s.recipe for s in stages] == ["align", "expand_experts", "align", "align", "instruct"]
+        # all eight modalities are aligned over the curriculum, and instruct covers all of them
+        aligned = {m for s in stages if s.recipe == "align" for m in s.modalities}
+        assert (
+            aligned
+            == set(stages[-1].modalities)
+            == {"image", "video", "audio", "point", "depth", "normal", "imu", "fmri"}
+        )
+        assert len({s.output_dir for s in stages}) == 1
+    else:
+        stage = load_stage(path)
+        assert stage.name == path.stem
+
+
+STAGE = {
+    "name": "s",
+    "recipe": "align",
+    "output_dir": "runs/x",
+    "init_from": {"preset": "tiny"},
+    "data": {"root": "data", "sources": [{"modalities": ["image"]}]},
+    "trainable": {"projector.*": 1e-3},
+    "train": {"steps": 10, "batch_size": 2},
+}
+
+
+def broken(**changes):
+    data = yaml.safe_load(yaml.safe_dump(STAGE))
+    for key, value in changes.items():
+        node = data
+        *parents, last = key.split("__")
+        for parent in parents:
+            node = node[parent]
+        if value is KeyError:
+            del node[last]
+        else:
+            node[last] = value
+    return data
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"train__stepz": 3}, "train.stepz: unknown key"),
+        ({"train__steps": "ten"}, "train.steps: expected int"),
+        ({"train__steps": 0}, "train.steps: must be >= 1"),
+        ({"train__precision": "fp8"}, "train.precision: expected one of ['fp32', 'bf16']"),
+        ({"train__batch_size": KeyError}, "train.batch_size: required key is missing"),
+        ({"data__sources": [{"modalities": ["smell"]}]}, "data.sources[0].modalities: unknown modality 'smell'"),
+        ({"data__sources": [{"modalities": ["image"], "weight": -1}]}, "data.sources[0].weight: must be > 0"),
+        ({"data__replay": {"modalities": ["audio"], "fraction": 1.5}}, "data.replay.fraction: must be in [0, 1)"),
+        ({"init_from": {"preset": "tiny", "stage": "a"}}, "init_from: set exactly one"),
+        ({"trainable": {"projector.*": 0}}, "trainable.projector.*: learning rate must be > 0"),
+        ({"trainable": {}}, "trainable: recipe align needs at least one group"),
+        ({"recipe": "pretrain"}, "recipe: expected one of"),
+        ({"lora": {"r": 4}}, "lora: only the instruct recipe"),
+        ({"train__warmup_steps": 10}, "train.warmup_steps: 10 must be < train.steps"),
+    ],
+)
+def test_errors_name_the_key(changes, message):
+    with pytest.raises(ConfigError) as caught:
+        stage_from_dict(broken(**changes), "stage.yaml")
+    assert str(caught.value).startswith("stage.yaml: ")
+    assert message in str(caught.value)
+
+
+def test_overrides_and_curriculum_sharing(tmp_path):
+    assert parse_overrides(["train.steps=5", "data.root=/x", "train.cache_features=false"]) == {
+        "train.steps": 5,
+        "data.root": "/x",
+        "train.cache_features": False,
+    }
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_overrides(["train.steps"])
+    stage = stage_from_dict(STAGE, overrides={"train.steps": 3, "data.replay.modalities": ["audio"]})
+    assert stage.train.steps == 3 and stage.modalities == ["image", "audio"]
+    # a curriculum-wide train.* override leaves the expand step (no train section) alone
+    curriculum = load_curriculum(
+        REPO / "configs/tiny/curriculum.yaml", {"train.steps": 12, "output_dir": str(tmp_path)}
+    )
+    assert [s.train.steps if s.train else None for s in curriculum.stages] == [12, None, 12, 12, 12]
+    assert all(Path(s.output_dir) == tmp_path for s in curriculum.stages)
+
+
+def test_curriculum_stage_order_is_checked(tmp_path):
+    first = {**STAGE, "name": "b", "init_from": {"stage": "a"}}
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump(first))
+    (tmp_path / "c.yaml").write_text("stages: [b.yaml]\n")
+    with pytest.raises(ConfigError, match="init_from.stage: 'a' is not an earlier stage"):
+        load_curriculum(tmp_path / "c.yaml")
+
+
+def test_cli_check_prints_the_plan_and_bad_configs_exit_2(tmp_path):
+    run = [sys.executable, "-m", "onellm.train"]
+    ok = subprocess.run(
+        [*run, "--curriculum", str(REPO / "configs/tiny/curriculum.yaml"), "--check"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert [line.split()[0] for line in ok.stdout.splitlines()] == [
+        "align_image",
+        "build_upm",
+        "align_av3d",
+        "align_rest",
+        "instruct",
+    ]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(broken(train__steps="ten")))
+    failed = subprocess.run([*run, str(bad)], capture_output=True, text=True, cwd=tmp_path)
+    assert failed.returncode == 2 and "train.steps: expected int" in failed.stderr

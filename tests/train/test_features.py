@@ -1,0 +1,103 @@
+"""Frozen-feature cache: same loss and gradients as the uncached path, keyed by content and by the frozen weights."""
+
+from __future__ import annotations
+
+import torch
+
+from onellm.train.features import FeatureCache, cacheable_modalities, path_fingerprint
+from onellm.train.groups import set_trainable
+
+IMAGE_LIKE = ["image", "video", "depth", "normal"]
+ALL = IMAGE_LIKE + ["audio", "point", "imu", "fmri"]
+
+
+def test_cacheable_follows_what_is_frozen(tiny):
+    model, _ = tiny
+    set_trainable(model, ["projector.*", "tokenizer.audio"])
+    assert cacheable_modalities(model, ALL) == ["image", "video", "depth", "normal", "point", "imu", "fmri"]
+    set_trainable(model, ["projector.*", "tokenizer.*"])
+    assert cacheable_modalities(model, ALL) == IMAGE_LIKE
+    set_trainable(model, ["projector.*", "encoder"])
+    assert cacheable_modalities(model, ALL) == []
+    set_trainable(model, ["*"])
+
+
+def test_cached_features_give_the_same_loss_and_gradients(tiny, media_paths, tmp_path):
+    model, processor = tiny
+    set_trainable(model, ["projector.*"])
+    prompt = processor.apply_chat_template([{"role": "user", "content": "<image>\nWhat is it?"}]) + "red<|im_end|>"
+    batch = processor(text=[prompt, prompt], image=[media_paths["image"], media_paths["depth"]])
+    labels = batch["input_ids"].clone()
+    cache = FeatureCache(model, {"image": processor.options("image")}, tmp_path)
+
+    def loss_and_grads(**media):
+        model.zero_grad(set_to_none=True)
+        loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels, **media).loss
+        loss.backward()
+        return loss.detach(), [
+            p.grad.clone() for p in model.projector.heads["image"].parameters() if p.grad is not None
+        ]
+
+    plain_loss, plain_grads = loss_and_grads(mm_inputs=batch["mm_inputs"])
+    features = cache.features(model, "image", batch["mm_inputs"]["image"], ["k1", "k2"])
+    cached_loss, cached_grads = loss_and_grads(mm_features={"image": features})
+    assert torch.allclose(plain_loss, cached_loss, atol=1e-6)
+    assert len(plain_grads) == len(cached_grads) > 0
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(plain_grads, cached_grads, strict=True))
+    assert (cache.hits, cache.misses) == (0, 2)
+    set_trainable(model, ["*"])
+
+
+def test_entries_persist_on_disk_and_hit_by_key(tiny, media_paths, tmp_path):
+    model, processor = tiny
+    values = torch.stack([processor.preprocess("image", media_paths["image"])] * 2)
+    first = FeatureCache(model, {"image": processor.options("image")}, tmp_path)
+    out = first.features(model, "image", values, ["same", "same"])  # the second is computed in the same call
+    assert torch.allclose(out, model.encode("image", values).detach(), atol=1e-6)
+    later = FeatureCache(model, {"image": processor.options("image")}, tmp_path)  # a restart / the next stage
+    again = later.features(model, "image", values[:1], ["same"])
+    assert (later.hits, later.misses) == (1, 0)
+    assert torch.equal(again[0], out[0])
+    assert len(list(tmp_path.rglob("*.pt"))) == 1
+    # another preprocessing option (image size) is another namespace: no stale hit
+    other = FeatureCache(model, {"image": {**processor.options("image"), "image_size": 64}}, tmp_path)
+    other.features(model, "image", values[:1], ["same"])
+    assert other.misses == 1
+
+
+def test_fingerprint_covers_the_modality_tokenizer(tiny):
+    model, _ = tiny
+    before = path_fingerprint(model, "audio")
+    assert before == path_fingerprint(model, "audio")
+    with torch.no_grad():
+        model.mm_tokenizers["audio"].positions.add_(1.0)
+    try:
+        assert path_fingerprint(model, "audio") != before
+        assert path_fingerprint(model, "image") == path_fingerprint(model, "image")
+    finally:
+        with torch.no_grad():
+            model.mm_tokenizers["audio"].positions.sub_(1.0)
+
+
+def test_loss_on_label_positions_only_equals_the_models_own_loss(tiny, media_paths):
+    from onellm.instruct_data.collator import Collator
+    from onellm.train.loop import label_loss_sum
+
+    model, processor = tiny
+    examples = [
+        {
+            "id": str(i),
+            "conversation": [{"role": "user", "content": f"<image>\n{q}"}, {"role": "assistant", "content": a}],
+            "media": [("image", processor.preprocess("image", media_paths["image"]))],
+            "keys": ["k"],
+        }
+        for i, (q, a) in enumerate(
+            [("What colour?", "red"), ("Describe the picture in detail.", "a large blue square")]
+        )
+    ]
+    batch = Collator(processor)(examples)
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels", "mm_inputs")}
+    with torch.no_grad():
+        reference = model(**inputs).loss * batch["num_label_tokens"]  # mean over label tokens -> sum
+        ours = label_loss_sum(model, inputs)
+    assert torch.allclose(ours, reference, rtol=1e-5)
