@@ -305,12 +305,18 @@ class ManifestStats:
     by_task: dict[str, int] = field(default_factory=dict)
     inputs_per_record: dict[int, int] = field(default_factory=dict)
     turns_per_record: dict[int, int] = field(default_factory=dict)
-    answer_words: dict[str, float] = field(default_factory=dict)  # min / mean / max of the last assistant turn
-    tokens: dict[str, float] = field(default_factory=dict)  # min / mean / max after placeholder expansion
+    answer_words: dict[str, float] = field(default_factory=dict)  # spread of the last assistant turn's length
+    answer_vocabulary: int = 0  # distinct lower-cased words over every final answer (QA answer space size)
+    tokens: dict[str, float] = field(default_factory=dict)  # spread after placeholder expansion
 
     def summary(self) -> str:
         def spread(values: dict[str, float]) -> str:
-            return f"min {values['min']:.0f}, mean {values['mean']:.1f}, max {values['max']:.0f}" if values else "-"
+            if not values:
+                return "-"
+            return (
+                f"min {values['min']:.0f}, p50 {values['p50']:.0f}, p90 {values['p90']:.0f}, p99 {values['p99']:.0f}, "
+                f"max {values['max']:.0f}, mean {values['mean']:.1f}"
+            )
 
         lines = [
             f"{self.manifest}: {self.records} valid record(s), {self.invalid} with schema problems",
@@ -319,6 +325,7 @@ class ManifestStats:
             "  inputs/record: " + ", ".join(f"{k}: {v}" for k, v in sorted(self.inputs_per_record.items())),
             "  turns/record:  " + ", ".join(f"{k}: {v}" for k, v in sorted(self.turns_per_record.items())),
             f"  answer words:  {spread(self.answer_words)}",
+            f"  answer vocabulary: {self.answer_vocabulary} distinct words",
         ]
         if self.tokens:
             lines.append(f"  tokens:        {spread(self.tokens)}")
@@ -329,7 +336,11 @@ class ManifestStats:
 
 
 def _spread(values: list[int]) -> dict[str, float]:
-    return {"min": min(values), "mean": sum(values) / len(values), "max": max(values)} if values else {}
+    """min / percentiles (p50, p90, p99: numpy's linear interpolation) / max / mean; empty for no values."""
+    if not values:
+        return {}
+    p50, p90, p99 = (float(v) for v in np.percentile(values, [50, 90, 99]))
+    return {"min": min(values), "p50": p50, "p90": p90, "p99": p99, "max": max(values), "mean": sum(values) / len(values)}
 
 
 def manifest_stats(manifest: str | os.PathLike, processor: OneLLMProcessor | None = None) -> ManifestStats:
@@ -340,6 +351,7 @@ def manifest_stats(manifest: str | os.PathLike, processor: OneLLMProcessor | Non
     inputs: Counter = Counter()
     turns: Counter = Counter()
     words, tokens = [], []
+    vocabulary: set[str] = set()
     for where, data, problems in _scan(Path(manifest)):
         if problems:
             stats.invalid += 1
@@ -352,11 +364,13 @@ def manifest_stats(manifest: str | os.PathLike, processor: OneLLMProcessor | Non
         inputs[len(record.inputs)] += 1
         turns[len(record.conversation)] += 1
         words.append(len(record.answer.split()))
+        vocabulary.update(word.strip(".,!?;:").lower() for word in record.answer.split())
         if processor is not None:
             tokens.append(len(encode_conversation(processor, record.conversation)[0]))
     stats.by_modality, stats.by_task = dict(by_modality), dict(by_task)
     stats.inputs_per_record, stats.turns_per_record = dict(inputs), dict(turns)
     stats.answer_words, stats.tokens = _spread(words), _spread(tokens)
+    stats.answer_vocabulary = len(vocabulary - {""})
     return stats
 
 

@@ -50,3 +50,4 @@ def test_stats_counts_modalities(corpus, capsys):
     assert main(["data", "stats", str(corpus / "train.jsonl")]) == 0
     out = capsys.readouterr().out
     assert "by modality:" in out and "image" in out and "fmri" in out
+    assert "p90" in out and "answer vocabulary:" in out
