@@ -227,14 +227,16 @@ class StageData:
 
 def _validation_key(manifest: Path, stage: StageConfig, processor: OneLLMProcessor) -> str:
     digest = hashlib.sha256(manifest.read_bytes())
-    facts = [sorted(stage.modalities), {m: processor.options(m) for m in stage.modalities}, stage.data.max_length]
+    options = {m: processor.options(m) for m in stage.modalities}
+    facts = [str(Path(stage.data.root).resolve()), sorted(stage.modalities), options, stage.data.max_length]
     digest.update(json.dumps(facts + [processor.num_placeholder_tokens], sort_keys=True, default=list).encode())
     return digest.hexdigest()[:20]
 
 
 def validated(manifest: Path, stage: StageConfig, processor: OneLLMProcessor, accelerator) -> ValidationReport:
-    """Validate ``manifest`` for this stage once (cached under ``output_dir/.validation`` by manifest content, the
-    stage's modalities, their options and max_length); every process gets the same report.
+    """Validate ``manifest`` for this stage once (cached under ``output_dir/.validation`` by manifest content, media
+    root, the stage's modalities, their options and max_length); every process gets the same report. Media files
+    changed after validation are not noticed (the dataset then raises naming the record).
 
     Rejected records are listed in the report (and the stage summary); with ``data.on_error: fail`` any rejection
     stops the stage with the full list.
