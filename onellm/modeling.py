@@ -25,6 +25,30 @@ from onellm.projectors.upm import UniversalProjectionModule, placeholder_count
 IGNORE_INDEX = -100
 
 
+def build_modality_parts(config: OneLLMConfig) -> tuple[UniversalEncoder, nn.ModuleDict, UniversalProjectionModule]:
+    """The encoder, the modality tokenizers and the UPM described by ``config`` (the HF and vLLM models share it)."""
+    encoder = UniversalEncoder(AutoModel.from_config(config.vision_config))
+    width, patch = encoder.width, encoder.patch_size
+    tokenizers = nn.ModuleDict(
+        {m: get_modality(m).build_tokenizer(width, patch, **config.modality_options(m)) for m in config.modalities}
+    )
+    proj = config.projector_config
+    projector = UniversalProjectionModule(
+        config.modalities,
+        in_width=width,
+        out_width=config.text_config.hidden_size,
+        width=proj["width"],
+        num_experts=proj["num_experts"],
+        depth=proj["depth"],
+        num_queries=proj["num_queries"],
+        num_heads=proj["num_heads"],
+        mlp_ratio=proj["mlp_ratio"],
+        router=proj["router"],
+        expert=proj["expert"],
+    )
+    return encoder, tokenizers, projector
+
+
 class OneLLMPreTrainedModel(PreTrainedModel):
     config_class = OneLLMConfig
     config: OneLLMConfig
@@ -45,28 +69,7 @@ class OneLLMForConditionalGeneration(OneLLMPreTrainedModel, GenerationMixin):
     def __init__(self, config: OneLLMConfig):
         super().__init__(config)
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
-        self.encoder = UniversalEncoder(AutoModel.from_config(config.vision_config))
-        width, patch = self.encoder.width, self.encoder.patch_size
-        self.mm_tokenizers = nn.ModuleDict(
-            {
-                m: get_modality(m).build_tokenizer(width, patch, **config.modality_options(m))
-                for m in config.modalities
-            }
-        )
-        proj = config.projector_config
-        self.projector = UniversalProjectionModule(
-            config.modalities,
-            in_width=width,
-            out_width=config.text_config.hidden_size,
-            width=proj["width"],
-            num_experts=proj["num_experts"],
-            depth=proj["depth"],
-            num_queries=proj["num_queries"],
-            num_heads=proj["num_heads"],
-            mlp_ratio=proj["mlp_ratio"],
-            router=proj["router"],
-            expert=proj["expert"],
-        )
+        self.encoder, self.mm_tokenizers, self.projector = build_modality_parts(config)
         self.post_init()
         self.generation_config = GenerationConfig.from_model_config(config.text_config)
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
-from transformers import AutoModel, BatchFeature
+from transformers import BatchFeature
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 from vllm.config import VllmConfig
 from vllm.config.multimodal import MultiModalDummyOptions
@@ -59,11 +59,11 @@ from vllm.sequence import IntermediateTensors
 
 import onellm  # noqa: F401  (registers the config/processor with the transformers Auto classes)
 from onellm.configuration import OneLLMConfig
-from onellm.encoder import UniversalEncoder
 from onellm.modalities import MediaError, get_modality
 from onellm.modeling import OneLLMForConditionalGeneration as HFOneLLM
+from onellm.modeling import build_modality_parts
 from onellm.processing import OneLLMProcessor
-from onellm.projectors import UniversalProjectionModule, placeholder_count
+from onellm.projectors import placeholder_count
 
 
 @dataclass(frozen=True)
@@ -80,33 +80,6 @@ class Preprocessed:
 def field_name(modality: str) -> str:
     """The keyword under which a modality's preprocessed batch ``[n, *input_shape]`` reaches the model."""
     return f"{modality}_values"
-
-
-def build_modality_parts(config: OneLLMConfig) -> tuple[UniversalEncoder, nn.ModuleDict, UniversalProjectionModule]:
-    """The encoder, the modality tokenizers and the UPM of a onellm checkpoint, named as in its safetensors.
-
-    Mirrors ``OneLLMForConditionalGeneration.__init__`` (same builders, same keyword arguments).
-    """
-    encoder = UniversalEncoder(AutoModel.from_config(config.vision_config))
-    width, patch = encoder.width, encoder.patch_size
-    tokenizers = nn.ModuleDict(
-        {m: get_modality(m).build_tokenizer(width, patch, **config.modality_options(m)) for m in config.modalities}
-    )
-    proj = config.projector_config
-    projector = UniversalProjectionModule(
-        config.modalities,
-        in_width=width,
-        out_width=config.text_config.hidden_size,
-        width=proj["width"],
-        num_experts=proj["num_experts"],
-        depth=proj["depth"],
-        num_queries=proj["num_queries"],
-        num_heads=proj["num_heads"],
-        mlp_ratio=proj["mlp_ratio"],
-        router=proj["router"],
-        expert=proj["expert"],
-    )
-    return encoder, tokenizers, projector
 
 
 # --- parsing ----------------------------------------------------------------------------------------
