@@ -7,7 +7,9 @@ silently misalign samples:
 * one PTB tokenizer run (a JVM start, ~0.5 s) covers references and predictions together, where
   COCOEvalCap runs it twice;
 * the METEOR JVM is started first, so its start-up (loading a 60 MB paraphrase table) overlaps
-  tokenisation and the pure-Python BLEU/ROUGE-L/CIDEr-D;
+  tokenisation and the pure-Python BLEU/ROUGE-L/CIDEr-D, and then kept for the next caption task of
+  the process (one start per evaluation run instead of one per task; stopped at exit, restarted if
+  it died);
 * line breaks inside a caption (``\\r``, ``\\u2028``, ...) are turned into spaces before the
   line-based Java tokenizer sees them, and the tokenizer's output is counted, because an extra
   line would shift every later caption onto the wrong sample without an error.
@@ -19,10 +21,12 @@ pycocoevalcap downloads on first use; offline it is reported unavailable, never 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import math
 import re
 import shutil
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -157,6 +161,31 @@ def _close_meteor(meteor: Meteor) -> None:
         proc.wait()
 
 
+_shared_meteor: Meteor | None = None
+_shared_meteor_lock = threading.Lock()
+
+
+def _start_meteor() -> Meteor:
+    """The process's METEOR scorer, started on first use (its JVM takes seconds to load) and reused after."""
+    global _shared_meteor
+    with _shared_meteor_lock:
+        if _shared_meteor is None or _shared_meteor.meteor_p.poll() is not None:
+            _shared_meteor = Meteor()
+        return _shared_meteor
+
+
+def _stop_meteor() -> None:
+    """Stop the shared METEOR JVM (at exit, or after it failed so that the next task starts a fresh one)."""
+    global _shared_meteor
+    with _shared_meteor_lock:
+        meteor, _shared_meteor = _shared_meteor, None
+    if meteor is not None:
+        _close_meteor(meteor)
+
+
+atexit.register(_stop_meteor)
+
+
 def _meteor_score(meteor: Meteor, gts: dict[int, list[str]], res: dict[int, list[str]]) -> tuple[float, list[float]]:
     try:
         score, scores = meteor.compute_score(gts, res)
@@ -241,13 +270,14 @@ class CocoCaption(Metric):
         self, predictions: Sequence[str], references: Sequence[Sequence[str]]
     ) -> dict[str, MetricResult]:
         require_java()
-        meteor = Meteor()  # starts its JVM now; it loads while we tokenise and run the Python scorers
+        meteor = _start_meteor()  # a new JVM loads while we tokenise and run the Python scorers
         try:
             gts, res = ptb_tokenize(predictions, references)
             results = _python_scores(gts, res, comparable=True, note="")
             value, per_sample = _meteor_score(meteor, gts, res)
-        finally:
-            _close_meteor(meteor)
+        except BaseException:
+            _stop_meteor()
+            raise
         results["meteor"] = MetricResult("meteor", value, per_sample)
         results["spice"] = _spice_result(gts, res)
         return results

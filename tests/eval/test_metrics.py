@@ -201,8 +201,8 @@ def caption_runs() -> tuple[dict[str, MetricResult], dict[str, tuple[float, list
     """Our coco_caption results, and pycocoevalcap driven the way its COCOEvalCap does.
 
     Both sides use one METEOR JVM (its start-up costs ~10 CPU-seconds; answers do not depend on
-    earlier requests): the reference side scores first, then ours is handed the same process and
-    stops it when done.
+    earlier requests): the reference side scores first, then ours is handed the same process,
+    keeps it for the next caption task, and stops it at ``_stop_meteor`` (also run at exit).
     """
     meteor = Meteor()
     tokenizer = PTBTokenizer()
@@ -218,10 +218,16 @@ def caption_runs() -> tuple[dict[str, MetricResult], dict[str, tuple[float, list
     direct["rouge_l"] = (value, list(per_sample))
     value, per_sample = Cider().compute_score(gts, res)
     direct["cider"] = (value, list(per_sample))
+    caption._stop_meteor()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(caption, "Meteor", lambda: meteor)
         ours = get_metric("coco_caption").compute(CAPTION_PREDS, CAPTION_REFS)
-    assert meteor.meteor_p.poll() is not None, "coco_caption must stop the METEOR JVM it used"
+        assert caption._shared_meteor is meteor and meteor.meteor_p.poll() is None, "the JVM is kept for reuse"
+        again = get_metric("coco_caption").compute(CAPTION_PREDS[:2], CAPTION_REFS[:2])
+        assert caption._shared_meteor is meteor, "a second caption task must reuse the running METEOR JVM"
+        assert again["meteor"].per_sample == ours["meteor"].per_sample[:2]
+    caption._stop_meteor()
+    assert meteor.meteor_p.poll() is not None, "_stop_meteor must stop the METEOR JVM"
     return ours, direct
 
 
@@ -572,3 +578,15 @@ def test_onellm_substring_match_is_lenient_and_flagged():
     assert "lenient" in result.note and "not comparable" in result.note
     # The other QA metrics stay comparable.
     assert get_metric("exact_match").compute(["man"], [["man"]])["exact_match"].comparable
+
+
+def test_dead_meteor_jvm_is_replaced_by_the_next_caption_task():
+    caption._stop_meteor()
+    first = get_metric("coco_caption").compute(CAPTION_PREDS[:2], CAPTION_REFS[:2])
+    dead = caption._shared_meteor
+    dead.meteor_p.kill()
+    dead.meteor_p.wait()
+    second = get_metric("coco_caption").compute(CAPTION_PREDS[:2], CAPTION_REFS[:2])
+    assert caption._shared_meteor is not dead and caption._shared_meteor.meteor_p.poll() is None
+    assert second["meteor"].value == first["meteor"].value
+    caption._stop_meteor()
