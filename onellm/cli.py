@@ -4,7 +4,9 @@
     onellm data synth|convert|validate|stats ...
     onellm train STAGE.yaml | --curriculum CURRICULUM.yaml
     onellm serve CHECKPOINT
+    onellm ui CHECKPOINT                 a chat web page on the engine onellm serve uses
     onellm eval --model CHECKPOINT | --api URL --tasks a,b
+    onellm demo                          the whole stack on the small preset (what `make demo` runs)
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ _COMMANDS = [
     ("onellm.train.cli", "add_train_command"),
     ("onellm.serving.cli", "add_serve_command"),
     ("onellm.eval.cli", "add_eval_command"),
-    ("onellm.ui", "add_ui_command"),
+    ("onellm.demo", "add_demo_command"),
+    ("onellm.serving.ui", "add_ui_command"),
 ]
 
 
