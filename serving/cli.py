@@ -10,7 +10,7 @@ import logging
 import os
 from pathlib import Path
 
-from onellm.serving.engines import default_engine, engine_names
+from onellm.serving.engines import Engine, default_engine, engine_names
 from onellm.serving.media import MediaPolicy, MiB
 
 
@@ -23,6 +23,67 @@ def _lora(value: str) -> tuple[str, Path]:
     return name, Path(path)
 
 
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """The checkpoint and the flags the engine is built from (shared by ``onellm serve`` and ``onellm ui``)."""
+    parser.add_argument("checkpoint", type=Path, help="a onellm checkpoint folder (save_pretrained output)")
+    parser.add_argument("--engine", choices=engine_names(), default=None, help="default: vllm when installed, else hf")
+    parser.add_argument(
+        "--lora",
+        type=_lora,
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="a PEFT LoRA adapter; requests select it by NAME (repeatable)",
+    )
+    parser.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
+    parser.add_argument("--max-model-len", type=int, default=None, help="context length (default: the LLM's)")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def add_input_limit_arguments(group: argparse._ArgumentGroup) -> None:
+    """Caps on one media input and on inputs per request (shared by ``onellm serve`` and ``onellm ui``)."""
+    group.add_argument("--max-media-mb", type=float, default=20.0, help="size cap of one input, MiB")
+    group.add_argument("--max-image-pixels", type=int, default=16_000_000)
+    group.add_argument("--max-audio-seconds", type=float, default=120.0)
+    group.add_argument("--max-inputs-per-request", type=int, default=8, help="media inputs in one request")
+
+
+def checkpoint_from_args(args: argparse.Namespace, command: str) -> Path:
+    """The resolved checkpoint folder; exits naming ``onellm COMMAND`` when it is not one."""
+    checkpoint = args.checkpoint.resolve()
+    if not (checkpoint / "config.json").is_file():
+        raise SystemExit(f"onellm {command}: {checkpoint} is not a checkpoint folder (no config.json)")
+    return checkpoint
+
+
+def engine_from_args(args: argparse.Namespace, command: str) -> Engine:
+    """The engine :func:`add_engine_arguments` describes (not started). ``command`` names the caller in errors."""
+    from onellm.serving.engines import EngineSettings, build_engine
+
+    checkpoint = checkpoint_from_args(args, command)
+    return build_engine(
+        args.engine or default_engine(),
+        EngineSettings(
+            checkpoint=checkpoint,
+            adapters=dict(args.lora),
+            dtype=args.dtype,
+            max_model_len=args.max_model_len,
+            max_inputs_per_request=args.max_inputs_per_request,
+            seed=args.seed,
+        ),
+    )
+
+
+def media_policy_from_args(args: argparse.Namespace, **fetching: object) -> MediaPolicy:
+    """The :class:`MediaPolicy` of :func:`add_input_limit_arguments`' flags; ``fetching``: its URL-fetching fields."""
+    return MediaPolicy(
+        max_bytes=int(args.max_media_mb * MiB),
+        max_image_pixels=args.max_image_pixels,
+        max_audio_seconds=args.max_audio_seconds,
+        **fetching,
+    )
+
+
 def add_serve_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``serve`` sub-command to an ``argparse`` sub-parser group; it runs :func:`serve`."""
     parser = subparsers.add_parser(
@@ -30,8 +91,7 @@ def add_serve_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
         help="serve a checkpoint over an OpenAI-compatible HTTP API",
         description="Serve a onellm checkpoint: POST /v1/chat/completions, GET /v1/models, /health, /metrics.",
     )
-    parser.add_argument("checkpoint", type=Path, help="a onellm checkpoint folder (save_pretrained output)")
-    parser.add_argument("--engine", choices=engine_names(), default=None, help="default: vllm when installed, else hf")
+    add_engine_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--served-model-name", default=None, help="the 'model' clients send (default: folder name)")
@@ -40,17 +100,6 @@ def add_serve_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
         default=os.environ.get("ONELLM_API_KEY"),
         help="require 'Authorization: Bearer KEY' (env ONELLM_API_KEY)",
     )
-    parser.add_argument(
-        "--lora",
-        type=_lora,
-        action="append",
-        default=[],
-        metavar="NAME=PATH",
-        help="a PEFT LoRA adapter, selected by model=NAME (repeatable)",
-    )
-    parser.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
-    parser.add_argument("--max-model-len", type=int, default=None, help="context length (default: the LLM's)")
-    parser.add_argument("--seed", type=int, default=0)
     media = parser.add_argument_group("media")
     media.add_argument(
         "--allowed-media-domains",
@@ -68,12 +117,9 @@ def add_serve_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
         help="let allowlisted hosts resolve to private addresses (internal networks)",
     )
     media.add_argument("--media-fetch-timeout", type=float, default=10.0, help="seconds per http(s) download")
-    media.add_argument("--max-media-mb", type=float, default=20.0, help="size cap of one input, MiB")
-    media.add_argument("--max-image-pixels", type=int, default=16_000_000)
-    media.add_argument("--max-audio-seconds", type=float, default=120.0)
     limits = parser.add_argument_group("limits")
+    add_input_limit_arguments(limits)
     limits.add_argument("--max-body-mb", type=float, default=64.0, help="request body cap, MiB")
-    limits.add_argument("--max-inputs-per-request", type=int, default=8, help="media inputs in one request")
     limits.add_argument("--max-queue", type=int, default=64, help="requests admitted at once; more get HTTP 429")
     limits.add_argument("--request-timeout", type=float, default=600.0, help="seconds per request")
     parser.add_argument("--log-level", default="info")
@@ -88,31 +134,16 @@ def serve(args: argparse.Namespace) -> None:
 
     import onellm  # noqa: F401  (Auto-class registration)
     from onellm.serving.app import ServerSettings, build_app
-    from onellm.serving.engines import EngineSettings, build_engine
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    checkpoint = args.checkpoint.resolve()
-    if not (checkpoint / "config.json").is_file():
-        raise SystemExit(f"onellm serve: {checkpoint} is not a checkpoint folder (no config.json)")
+    checkpoint = checkpoint_from_args(args, "serve")
     adapters = dict(args.lora)
     served = args.served_model_name or checkpoint.name
     if served in adapters:
         raise SystemExit(f"onellm serve: adapter name {served!r} equals the served model name")
-    engine = build_engine(
-        args.engine or default_engine(),
-        EngineSettings(
-            checkpoint=checkpoint,
-            adapters=adapters,
-            dtype=args.dtype,
-            max_model_len=args.max_model_len,
-            max_inputs_per_request=args.max_inputs_per_request,
-            seed=args.seed,
-        ),
-    )
-    policy = MediaPolicy(
-        max_bytes=int(args.max_media_mb * MiB),
-        max_image_pixels=args.max_image_pixels,
-        max_audio_seconds=args.max_audio_seconds,
+    engine = engine_from_args(args, "serve")
+    policy = media_policy_from_args(
+        args,
         fetch_timeout=args.media_fetch_timeout,
         allowed_domains=frozenset(h.lower() for h in args.allowed_media_domains),
         allowed_local_path=args.allowed_local_media_path.resolve() if args.allowed_local_media_path else None,
