@@ -1,0 +1,474 @@
+"""``onellm ui CHECKPOINT``: a chat page (Gradio) in front of the engine ``onellm serve`` uses.
+
+    onellm ui runs/tiny/final --engine hf            # then open http://127.0.0.1:7860
+
+One process: uvicorn runs a FastAPI app whose lifespan starts the engine (built from the same flags and by the
+same code as ``onellm serve``: :func:`onellm.serving.cli.engine_from_args`), mounts the page at ``/`` and answers
+``GET /health`` once the engine is up. A turn travels the way an API request does: the page writes OpenAI chat
+messages carrying each uploaded file inline (base64, in the content part type of its modality),
+:func:`onellm.serving.chat.parse_chat` validates and preprocesses them under the same media limits, and the
+engine's streaming ``generate`` (the one behind ``"stream": true``) yields the answer as tokens arrive.
+
+Everything but the page layout (:func:`build_page`) is plain Python, tested without a browser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import logging
+import mimetypes
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing, asynccontextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from onellm.serving.chat import PART_TYPES, parse_chat
+from onellm.serving.cli import (
+    add_engine_arguments,
+    add_input_limit_arguments,
+    checkpoint_from_args,
+    engine_from_args,
+    media_policy_from_args,
+)
+from onellm.serving.engines import Engine, GenerationRequest, SamplingSettings
+from onellm.serving.errors import APIError
+from onellm.serving.media import MediaFetcher, MediaPolicy
+
+logger = logging.getLogger("onellm.ui")
+
+AUTO = "auto"
+BASE_MODEL = "base model (no adapter)"
+
+# File extension -> modality, for the "auto" choice of the page's dropdown. The suffixes several modalities share
+# go to the common case and are refined from the file itself in detect_modality (.png, .npy); the dropdown
+# overrides both. Adding a modality with its own file type = one line here.
+EXTENSIONS: dict[str, str] = {
+    **dict.fromkeys((".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"), "image"),
+    **dict.fromkeys((".wav", ".flac", ".ogg", ".mp3", ".m4a"), "audio"),
+    **dict.fromkeys((".mp4", ".webm", ".avi", ".mov", ".mkv"), "video"),
+    ".ply": "point",
+    ".npy": "point",
+    ".csv": "imu",
+}
+
+# Modality -> the content part type an API client sends it in: the first one chat.PART_TYPES lists for it.
+PART_TYPE: dict[str, str] = {}
+for _part_type, _modality in PART_TYPES.items():
+    PART_TYPE.setdefault(_modality, _part_type)
+
+# (suffix, detected modality) -> the modality whose files look the same; the page says so next to the guess.
+LOOKALIKES: dict[tuple[str, str], str] = {
+    (".png", "image"): "normal",  # a normal map saved as RGB (n+1)/2*255
+    (".npy", "point"): "imu",  # [P, 6] xyz + rgb vs an IMU recording [T, 6]
+}
+
+# Pillow modes of 16/32-bit single-channel PNGs: depth sensors write these; photos never do.
+_DEEP_GREY_MODES = ("I", "I;16", "I;16B", "I;16L")
+
+
+class UploadError(ValueError):
+    """An uploaded file the page cannot use; the message names the file and says what to do."""
+
+
+def _npy_modality(path: Path) -> str:
+    """The modality a ``.npy`` array's shape points to (only the header is read)."""
+    try:
+        shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+    except Exception as exc:  # numpy raises several types for malformed files
+        raise UploadError(f"{path.name}: not a readable .npy array ({exc})") from None
+    if len(shape) == 1:
+        return "fmri"  # [V] voxel vector
+    if len(shape) == 3:
+        return "normal"  # [H, W, 3] normals in [-1, 1]
+    if len(shape) == 2 and shape[1] == 7:
+        return "imu"  # [T, 7]: timestamps + accelerometer xyz + gyroscope xyz
+    if len(shape) == 2 and shape[1] in (3, 6):
+        return "point"  # [P, 3] xyz or [P, 6] xyz + rgb; an IMU recording [T, 6] needs the dropdown
+    if len(shape) == 2:
+        return "depth"  # [H, W]
+    raise UploadError(f"{path.name}: a .npy array of shape {list(shape)} fits no modality; pick one in the dropdown")
+
+
+def _is_deep_grey_png(path: Path) -> bool:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.mode in _DEEP_GREY_MODES
+    except Exception:  # not decodable: the image path reports it when the turn is sent
+        return False
+
+
+def detect_modality(path: Path, modalities: Sequence[str]) -> str:
+    """The modality ``path`` most likely holds: by extension, refined by content for ``.png`` (a 16-bit grey PNG
+    is a depth map) and ``.npy`` (by the array's shape). :class:`UploadError` when it fits none of ``modalities``."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        modality = _npy_modality(path)
+    elif suffix == ".png" and _is_deep_grey_png(path):
+        modality = "depth"
+    elif suffix in EXTENSIONS:
+        modality = EXTENSIONS[suffix]
+    else:
+        known = " ".join(sorted(EXTENSIONS))
+        raise UploadError(
+            f"{path.name}: unknown file type {suffix or '(no extension)'!r}; known: {known}. "
+            f"Pick the modality in the dropdown to send it anyway."
+        )
+    if modality not in modalities:
+        raise UploadError(
+            f"{path.name}: looks like a {modality} input, which this model does not take (it takes: "
+            f"{', '.join(modalities)}); pick another modality in the dropdown if the guess is wrong"
+        )
+    return modality
+
+
+def resolve_modality(path: Path, choice: str, modalities: Sequence[str]) -> str:
+    """The dropdown's ``choice``, or the detected modality when it is ``auto``."""
+    if choice == AUTO:
+        return detect_modality(path, modalities)
+    if choice not in modalities:
+        raise UploadError(f"{Path(path).name}: this model does not take {choice} inputs (it takes: {modalities})")
+    return choice
+
+
+@dataclass(frozen=True)
+class Upload:
+    path: Path
+    modality: str
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One exchange of the conversation; ``answer`` is what the model said."""
+
+    uploads: tuple[Upload, ...]
+    text: str
+    answer: str = ""
+
+
+def media_part(upload: Upload) -> dict[str, Any]:
+    """An OpenAI content part carrying the file inline, as an API client sends it: a ``data:`` URL for the
+    ``*_url`` part types (``image_url``, ``video_url``), ``{"data": base64, "format": suffix}`` for the others
+    (``format`` tells a CSV from a .npy)."""
+    part_type = PART_TYPE[upload.modality]
+    data = base64.b64encode(upload.path.read_bytes()).decode()
+    if part_type.endswith("_url"):
+        mime = mimetypes.guess_type(upload.path.name)[0] or "application/octet-stream"
+        return {"type": part_type, part_type: {"url": f"data:{mime};base64,{data}"}}
+    return {"type": part_type, part_type: {"data": data, "format": upload.path.suffix.lower().lstrip(".")}}
+
+
+def build_messages(turns: Sequence[Turn], question: Turn) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """OpenAI chat messages for the conversation so far plus ``question``, and which file each media part holds
+    (``{"messages[2].content[0]": "cat.png"}``), to name files in errors."""
+    messages: list[dict[str, Any]] = []
+    files: dict[str, str] = {}
+    for turn in [*turns, question]:
+        content: list[dict[str, Any]] = []
+        for upload in turn.uploads:
+            files[f"messages[{len(messages)}].content[{len(content)}]"] = upload.path.name
+            content.append(media_part(upload))
+        if turn.text:
+            content.append({"type": "text", "text": turn.text})
+        messages.append({"role": "user", "content": content})
+        if turn is not question:
+            messages.append({"role": "assistant", "content": turn.answer})
+    return messages, files
+
+
+_PARAM = re.compile(r"(messages\[\d+\]\.content\[\d+\])(?:\.[a-z_]+)*")
+
+
+def name_files(message: str, files: dict[str, str]) -> str:
+    """An API error message with its ``messages[i].content[j].image_url...`` field names replaced by file names."""
+    return _PARAM.sub(lambda match: files.get(match.group(1), match.group(0)), message)
+
+
+@dataclass
+class ChatPage:
+    """The page's behaviour, without Gradio: turns a submitted message into streamed chat updates.
+
+    Chat messages are Gradio's ``{"role", "content"}`` dicts (content: text, or ``{"path": ...}`` for a file).
+    """
+
+    engine: Engine
+    processor: Any  # OneLLMProcessor
+    policy: MediaPolicy = field(default_factory=MediaPolicy)
+    max_inputs: int = 8
+    adapters: tuple[str, ...] = ()  # LoRA adapter names given with --lora
+
+    def __post_init__(self) -> None:
+        self.fetcher = MediaFetcher(self.policy)
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.processor.modalities)
+
+    def describe(self, files: Sequence[str], choice: str) -> str:
+        """One line per attached file: the modality it will be sent as, or why it cannot be."""
+        lines = []
+        for name in files:
+            path = Path(name)
+            try:
+                modality = resolve_modality(path, choice, self.modalities)
+            except UploadError as exc:
+                lines.append(f"`{path.name}` → ⚠️ {exc}")
+                continue
+            how = "chosen" if choice != AUTO else "detected"
+            alike = LOOKALIKES.get((path.suffix.lower(), modality)) if choice == AUTO else None
+            if alike in self.modalities:
+                how += f"; if it is {alike} data, pick {alike} in the dropdown"
+            lines.append(f"`{path.name}` → **{modality}** ({how})")
+        return "\n\n".join(lines)
+
+    async def reply(
+        self,
+        files: Sequence[str],
+        text: str,
+        chat: list[dict[str, Any]],
+        turns: list[Turn],
+        choice: str = AUTO,
+        max_tokens: int = 128,
+        temperature: float = 0.7,
+        adapter: str | None = None,
+    ) -> AsyncIterator[tuple[list[dict[str, Any]], list[Turn], str]]:
+        """Yields ``(chat, turns, status)``: the question at once, then the answer growing as tokens arrive.
+
+        A file or request the server would refuse ends the turn with an error message in the chat; the turn is
+        then left out of ``turns``, the conversation the model sees.
+        """
+        text = (text or "").strip()
+        if not files and not text:
+            yield chat, turns, "Type a question or attach a file."
+            return
+        shown: list[Any] = [{"path": str(f)} for f in files] + ([text] if text else [])
+        chat = [*chat, *({"role": "user", "content": item} for item in shown)]
+        try:
+            question = Turn(tuple(self._upload(Path(f), choice) for f in files), text)
+        except UploadError as exc:
+            yield [*chat, _error(str(exc))], turns, "Not sent."
+            return
+        answer = {"role": "assistant", "content": ""}
+        yield [*chat, answer], turns, "Preprocessing…"
+        started = time.monotonic()
+        messages, names = build_messages(turns, question)
+        try:
+            parsed = await parse_chat(messages, self.processor, self.fetcher, self.max_inputs)
+            room = self.engine.max_model_len - parsed.prompt_tokens
+            if room < 1:
+                raise APIError(
+                    400,
+                    f"the conversation is {parsed.prompt_tokens} tokens (media included); the context holds "
+                    f"{self.engine.max_model_len}. Clear the chat to start over.",
+                )
+        except APIError as exc:
+            yield [*chat, _error(name_files(exc.message, names))], turns, "Not sent."
+            return
+        except Exception as exc:  # a decoder failing in a way parse_chat does not translate: report, keep the page
+            logger.exception("preprocessing failed")
+            yield [*chat, _error(f"could not read the input ({type(exc).__name__}: {exc})")], turns, "Not sent."
+            return
+        sampling = SamplingSettings(max_tokens=min(int(max_tokens), room), temperature=float(temperature))
+        request = GenerationRequest(
+            request_id=f"ui-{uuid.uuid4().hex}", chat=parsed, sampling=sampling, adapter=adapter or None
+        )
+        tokens, finish = 0, None
+        try:
+            async with aclosing(self.engine.generate(request)) as stream:
+                async for deltas in stream:
+                    for delta in deltas:
+                        answer = {"role": "assistant", "content": answer["content"] + delta.text}
+                        tokens += len(delta.token_ids)
+                        finish = delta.finish_reason or finish
+                    yield [*chat, answer], turns, f"Generating… {tokens} tokens"
+        except Exception as exc:  # the engine refused the input (vLLM validation) or failed: say so, keep the page
+            logger.exception("generation failed")
+            yield [*chat, _error(f"generation failed: {type(exc).__name__}: {exc}")], turns, "Failed."
+            return
+        seconds = time.monotonic() - started
+        said = answer["content"]
+        if not said:
+            answer = {"role": "assistant", "content": "*(the model ended its answer at once)*"}
+        status = (
+            f"{tokens} tokens in {seconds:.1f} s ({tokens / max(seconds, 1e-6):.1f} tokens/s) · "
+            f"finish: {finish or 'stop'} · prompt: {parsed.prompt_tokens} tokens · engine: {self.engine.name}"
+        )
+        yield [*chat, answer], [*turns, replace(question, answer=said)], status
+
+    def _upload(self, path: Path, choice: str) -> Upload:
+        size = path.stat().st_size
+        if size > self.policy.max_bytes:
+            raise UploadError(f"{path.name}: {size} bytes, above the {self.policy.max_bytes}-byte limit per input")
+        return Upload(path, resolve_modality(path, choice, self.modalities))
+
+
+def _error(message: str) -> dict[str, Any]:
+    return {"role": "assistant", "content": f"⚠️ **Error:** {message}"}
+
+
+# --- the page and the app ---------------------------------------------------------------------------------------
+def build_page(page: ChatPage, title: str) -> Any:
+    """The Gradio Blocks of the chat page (imports Gradio)."""
+    import gradio as gr
+
+    with gr.Blocks(title=f"onellm · {title}", analytics_enabled=False) as blocks:
+        gr.Markdown(
+            f"## onellm · {title}\n"
+            f"Attach a file ({', '.join(page.modalities)}), ask about it, and the `{page.engine.name}` engine "
+            f"answers as it generates. Earlier turns stay in the conversation until you clear it."
+        )
+        chatbot = gr.Chatbot(
+            elem_id="chat", height=520, label="conversation", feedback_options=None, buttons=["copy", "copy_all"]
+        )
+        status = gr.Markdown(elem_id="chat-status")
+        box = gr.MultimodalTextbox(
+            elem_id="chat-input",
+            file_count="multiple",
+            sources=["upload"],
+            placeholder="Attach a file and ask a question (Enter sends)",
+            show_label=False,
+        )
+        detected = gr.Markdown(elem_id="detected")
+        with gr.Row():
+            modality = gr.Dropdown(
+                [AUTO, *page.modalities], value=AUTO, label="modality of the attached files", elem_id="modality"
+            )
+            with gr.Column():
+                with gr.Accordion("sampling", open=False):
+                    max_tokens = gr.Slider(1, 1024, value=128, step=1, label="max tokens", elem_id="max-tokens")
+                    temperature = gr.Slider(0.0, 2.0, value=0.7, step=0.05, label="temperature (0 = greedy)")
+                    adapter = gr.Dropdown(
+                        [(BASE_MODEL, ""), *((name, name) for name in page.adapters)],
+                        value="",
+                        label="LoRA adapter",
+                        visible=bool(page.adapters),
+                    )
+                clear = gr.Button("clear the conversation", variant="secondary", size="sm")
+        turns = gr.State([])
+
+        def describe(value: dict | None, choice: str) -> str:
+            return page.describe((value or {}).get("files") or [], choice)
+
+        async def send(
+            value: dict | None, chat: list, history: list, choice: str, limit: float, temp: float, lora: str
+        ):
+            value = value or {}
+            files, text = value.get("files") or [], value.get("text") or ""
+            box_update = gr.MultimodalTextbox(value=None, interactive=False)
+            replies = page.reply(files, text, chat, history, choice, int(limit), temp, lora or None)
+            async for chat, history, line in replies:
+                yield chat, history, line, box_update, ""
+            yield chat, history, line, gr.MultimodalTextbox(interactive=True), ""
+
+        box.change(describe, [box, modality], detected, show_progress="hidden")
+        modality.change(describe, [box, modality], detected, show_progress="hidden")
+        # No concurrency limit here: the engine queues (hf: one worker thread) or batches (vllm) by itself.
+        box.submit(
+            send,
+            [box, chatbot, turns, modality, max_tokens, temperature, adapter],
+            [chatbot, turns, status, box, detected],
+            concurrency_limit=None,
+            show_progress="hidden",
+        )
+        clear.click(lambda: ([], [], ""), None, [chatbot, turns, status])
+        chatbot.clear(lambda: ([], ""), None, [turns, status])  # the chat's own bin icon
+    return blocks
+
+
+def build_ui_app(page: ChatPage, title: str) -> Any:
+    """A FastAPI app: the engine starts and stops with it, ``/health`` says when it is up, the page is at ``/``."""
+    import gradio as gr
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+
+    engine, state = page.engine, {"ready": False}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        started = time.monotonic()
+        await engine.start()
+        state["ready"] = True
+        logger.info("engine %s ready in %.1f s", engine.name, time.monotonic() - started)
+        try:
+            yield
+        finally:
+            state["ready"] = False
+            await engine.stop()
+
+    app = FastAPI(title="onellm ui", lifespan=lifespan)
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        body = {"status": "ok" if state["ready"] else "starting", "engine": engine.name}
+        return JSONResponse(body, status_code=200 if state["ready"] else 503)
+
+    return gr.mount_gradio_app(
+        app, build_page(page, title), path="/", ssr_mode=False, max_file_size=page.policy.max_bytes
+    )
+
+
+def add_ui_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``ui`` sub-command to an ``argparse`` sub-parser group; it runs :func:`run_ui`."""
+    parser = subparsers.add_parser(
+        "ui",
+        help="a chat web page on a checkpoint (needs the 'ui' extra: gradio)",
+        description="A chat page: attach a file of any modality the checkpoint takes, ask, read the streamed "
+        "answer. The engine and its flags are onellm serve's.",
+    )
+    add_engine_arguments(parser)
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
+    parser.add_argument("--port", type=int, default=7860)
+    add_input_limit_arguments(parser.add_argument_group("limits"))
+    parser.add_argument("--log-level", default="info")
+    parser.set_defaults(func=run_ui)
+    return parser
+
+
+def run_ui(args: argparse.Namespace) -> None:
+    """Build the engine and the page from parsed arguments and serve them until interrupted."""
+    try:
+        import gradio  # noqa: F401
+    except ModuleNotFoundError:
+        raise SystemExit("onellm ui needs Gradio: pip install 'onellm[ui]'") from None
+    import uvicorn
+    from transformers import AutoProcessor
+
+    import onellm  # noqa: F401  (Auto-class registration)
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    checkpoint = checkpoint_from_args(args, "ui")
+    engine = engine_from_args(args, "ui")
+    page = ChatPage(
+        engine,
+        AutoProcessor.from_pretrained(str(checkpoint)),
+        media_policy_from_args(args),
+        args.max_inputs_per_request,
+        tuple(name for name, _ in args.lora),
+    )
+    app = build_ui_app(page, checkpoint.name)
+    logger.info("chat page at http://%s:%d/ (engine %s)", args.host, args.port, engine.name)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower(), timeout_graceful_shutdown=5)
+
+
+__all__ = [
+    "EXTENSIONS",
+    "ChatPage",
+    "Turn",
+    "Upload",
+    "UploadError",
+    "add_ui_command",
+    "build_messages",
+    "build_page",
+    "build_ui_app",
+    "detect_modality",
+    "media_part",
+]
