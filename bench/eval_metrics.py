@@ -26,6 +26,7 @@ from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
+from onellm.eval.metrics import caption as caption_metric
 from onellm.eval.metrics import get_metric
 
 SUBJECTS = [
@@ -108,7 +109,12 @@ def score_direct(predictions: list[str], references: list[list[str]]) -> dict[st
 
 
 def score_ours(predictions: list[str], references: list[list[str]]) -> dict[str, float]:
-    results = get_metric("coco_caption").compute(predictions, references)
+    """One task's scoring from a cold start: the shared METEOR JVM is stopped after, so each run pays its start-up
+    like the direct side does (a real evaluation run pays it once for all its caption tasks)."""
+    try:
+        results = get_metric("coco_caption").compute(predictions, references)
+    finally:
+        caption_metric._stop_meteor()
     return {name: r.value for name, r in results.items() if r.value is not None}
 
 
