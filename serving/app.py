@@ -32,6 +32,9 @@ from onellm.serving.metrics import Metrics
 
 logger = logging.getLogger("onellm.serve")
 MiB = 1024 * 1024
+# Sampling at a temperature below this divides the logits into inf and the softmax into NaN. vLLM raises any
+# temperature in (0, 0.01) to 0.01; the server does the same for every engine, so they agree (0 stays greedy).
+MIN_TEMPERATURE = 0.01
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,7 @@ class ChatCompletionRequest(BaseModel):
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)  # a 64-bit seed, as vLLM's API takes
     n: int = Field(default=1, ge=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -219,8 +222,13 @@ def build_app(engine: Engine, processor: OneLLMProcessor, settings: ServerSettin
             data = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise bad_request(f"request body is not valid JSON ({exc})") from None
+        except RecursionError:
+            raise bad_request("request body is nested too deeply to parse") from None
         if not isinstance(data, dict):
             raise bad_request("request body must be a JSON object")
+        surrogate = _unpaired_surrogate(data)
+        if surrogate is not None:  # JSON escapes can spell them; no tokenizer or UTF-8 encoder takes them
+            raise bad_request(f"request body: a string holds an unpaired UTF-16 surrogate ({surrogate!r})")
         try:
             body = ChatCompletionRequest.model_validate(data)
         except ValidationError as exc:
@@ -265,7 +273,7 @@ def build_app(engine: Engine, processor: OneLLMProcessor, settings: ServerSettin
         return SamplingSettings(
             max_tokens=asked or room,
             min_tokens=body.min_tokens,
-            temperature=body.temperature,
+            temperature=max(body.temperature, MIN_TEMPERATURE) if body.temperature > 0 else 0.0,
             top_p=body.top_p,
             stop=tuple(stops),
             seed=body.seed,
@@ -409,6 +417,25 @@ def build_app(engine: Engine, processor: OneLLMProcessor, settings: ServerSettin
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     return app
+
+
+def _unpaired_surrogate(data: Any) -> str | None:
+    """The first unpaired UTF-16 surrogate in any string (key or value) of parsed JSON, or None."""
+    stack = [data]
+    while stack:  # a loop, not recursion: what json.loads nested is as deep as the recursion limit allows
+        item = stack.pop()
+        if isinstance(item, str):
+            if not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError as exc:
+                    return item[exc.start]
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:

@@ -125,11 +125,16 @@ async def _load(pending: _PendingInput, fetcher: MediaFetcher, processor: OneLLM
         return processor.preprocess(modality, source, extras or None)
 
     try:
-        return await asyncio.to_thread(preprocess)
+        tensor = await asyncio.to_thread(preprocess)
     except MediaError as exc:
         raise bad_request(f"{param}: {exc.problem}", param) from None
     except (ValueError, TypeError) as exc:
         raise bad_request(f"{param}: unusable {modality} input ({exc})", param) from None
+    if not torch.isfinite(
+        tensor
+    ).all():  # e.g. float32 statistics of values near 3e38 overflow; NaN would reach the LLM
+        raise bad_request(f"{param}: the {modality} input gives non-finite values after preprocessing", param)
+    return tensor
 
 
 async def parse_chat(
@@ -149,7 +154,7 @@ async def parse_chat(
         if not isinstance(message, dict):
             raise bad_request(f"{where}: expected an object with 'role' and 'content'", where)
         role = message.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:
             raise bad_request(f"{where}.role: unsupported role {role!r}; supported: {sorted(ROLES)}", f"{where}.role")
         content = message.get("content")
         if content is None:
@@ -171,7 +176,7 @@ async def parse_chat(
                 _check_text(text, markers, f"{param}.text")
                 parts.append({"type": "text", "text": text})
                 continue
-            if part_type not in PART_TYPES:
+            if not isinstance(part_type, str) or part_type not in PART_TYPES:
                 raise bad_request(
                     f"{param}.type: unknown content part type {part_type!r}; supported: {['text', *PART_TYPES]}",
                     f"{param}.type",

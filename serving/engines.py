@@ -21,7 +21,7 @@ from onellm.serving.chat import ParsedChat
 
 @dataclass(frozen=True)
 class SamplingSettings:
-    """OpenAI's sampling fields, validated. ``temperature == 0`` means greedy."""
+    """OpenAI's sampling fields, validated. ``temperature == 0`` means greedy, otherwise it is at least 0.01."""
 
     max_tokens: int
     min_tokens: int = 0  # no end-of-sequence token before this many

@@ -105,10 +105,16 @@ class MediaFetcher:
         root = self.policy.allowed_local_path
         if root is None:
             raise bad_request(f"{param}: file: URLs are refused (the server has no --allowed-local-media-path)", param)
-        parsed = urllib.parse.urlparse(url)
+        try:
+            parsed = urllib.parse.urlparse(url)
+            path = Path(urllib.parse.unquote(parsed.path))
+            if "\x00" in str(path):
+                raise ValueError("a NUL byte in the path")
+        except ValueError as exc:  # 'file://[x', '%00'
+            raise bad_request(f"{param}: malformed file: URL ({exc})", param) from None
         if parsed.netloc not in ("", "localhost"):
             raise bad_request(f"{param}: file: URLs must name a local path (file:///...)", param)
-        path = Path(urllib.parse.unquote(parsed.path)).resolve()
+        path = path.resolve()
         if not path.is_relative_to(root.resolve()):
             raise bad_request(f"{param}: {path} is outside the allowed media folder", param)
         if not path.is_file():
@@ -143,18 +149,21 @@ class MediaFetcher:
                 f"data: URL (or start the server with --allowed-media-domains)",
                 param,
             )
-        parsed = urllib.parse.urlsplit(url)
-        host = (parsed.hostname or "").lower()
+        try:
+            parsed = urllib.parse.urlsplit(url)
+            host, explicit_port = (parsed.hostname or "").lower(), parsed.port
+        except ValueError as exc:  # 'http://[::1', 'http://host:99999'
+            raise bad_request(f"{param}: malformed URL ({exc})", param) from None
         if host not in policy.allowed_domains:
             raise bad_request(f"{param}: host {host!r} is not in the server's --allowed-media-domains", param)
         if parsed.username or parsed.password:
             raise bad_request(f"{param}: URLs with credentials are refused", param)
-        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        port = explicit_port or (443 if parsed.scheme == "https" else 80)
         address = await self._resolve_public(host, port, param)
         # Connect to the checked address; the Host header and TLS SNI keep the name (no second lookup).
         netloc = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
         pinned = urllib.parse.urlunsplit((parsed.scheme, netloc, parsed.path or "/", parsed.query, ""))
-        host_header = host if parsed.port is None else f"{host}:{parsed.port}"
+        host_header = host if explicit_port is None else f"{host}:{explicit_port}"
         try:
             async with asyncio.timeout(policy.fetch_timeout):
                 async with httpx.AsyncClient(
