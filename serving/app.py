@@ -17,11 +17,11 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema
 
 from onellm.processing import OneLLMProcessor
 from onellm.serving.chat import ParsedChat, parse_chat
@@ -29,6 +29,14 @@ from onellm.serving.engines import Delta, Engine, GenerationRequest, SamplingSet
 from onellm.serving.errors import APIError, bad_request, error_body
 from onellm.serving.media import MediaFetcher, MediaPolicy
 from onellm.serving.metrics import Metrics
+from onellm.serving.openapi import (
+    STOP_SCHEMA,
+    chat_openapi,
+    chat_responses,
+    health_responses,
+    messages_schema,
+    models_responses,
+)
 
 logger = logging.getLogger("onellm.serve")
 MiB = 1024 * 1024
@@ -60,12 +68,13 @@ class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str
-    messages: list[Any]
+    # validated by parse_chat (errors name the part: messages[0].content[1].image_url); the schema is for the docs
+    messages: Annotated[list[Any], WithJsonSchema(messages_schema())]
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    stop: str | list[str] | None = None
+    stop: Annotated[str | list[str] | None, WithJsonSchema(STOP_SCHEMA)] = None  # checked in parse_body
     seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)  # a 64-bit seed, as vLLM's API takes
     n: int = Field(default=1, ge=1)
     stream: bool = False
@@ -141,6 +150,17 @@ def build_app(engine: Engine, processor: OneLLMProcessor, settings: ServerSettin
             await engine.stop()
 
     app = FastAPI(title="onellm", lifespan=lifespan)
+    chat_body, components = chat_openapi(
+        ChatCompletionRequest, [settings.served_model_name, *settings.adapters], settings.max_n
+    )
+    default_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:  # the request body's schemas join the generated components once
+            default_openapi().setdefault("components", {}).setdefault("schemas", {}).update(components)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(_BodyLimit, limit=settings.max_body_bytes, metrics=metrics)
 
     @app.exception_handler(APIError)
@@ -158,17 +178,17 @@ def build_app(engine: Engine, processor: OneLLMProcessor, settings: ServerSettin
         if not hmac.compare_digest(token.strip().encode(), settings.api_key.encode()):
             raise APIError(401, "incorrect API key", code="invalid_api_key")
 
-    @app.get("/health")
+    @app.get("/health", response_model=None, responses=health_responses())
     async def health() -> Response:
         if not state["ready"]:
             return JSONResponse({"status": "starting", "engine": engine.name}, status_code=503)
         return JSONResponse({"status": "ok", "engine": engine.name})
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     async def get_metrics() -> Response:
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", response_model=None, responses=models_responses())
     async def models(request: Request) -> Response:
         check_key(request)
         created = int(time.time())
@@ -185,7 +205,7 @@ def build_app(engine: Engine, processor: OneLLMProcessor, settings: ServerSettin
         ]
         return JSONResponse({"object": "list", "data": [base, *adapters]})
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", response_model=None, responses=chat_responses(), openapi_extra=chat_body)
     async def chat_completions(request: Request) -> Response:
         check_key(request)
         body = parse_body(await request.body())
