@@ -1,5 +1,5 @@
 """The app in-process (FastAPI's TestClient) on the real hf engine: the per-request timeout, inputs that once
-crashed the server (500s found by fuzzing, tests/reliability), and the hf engine's incremental detokenisation
+crashed the server (500s found while building tests/reliability), and the hf engine's incremental detokenisation
 (stop strings, incomplete UTF-8)."""
 
 from __future__ import annotations
