@@ -53,6 +53,7 @@ class FMRIModality(Modality):
         if voxels.shape[0] != opts["num_voxels"]:
             raise self.fail(source, f"expected {opts['num_voxels']} voxels, found {voxels.shape[0]}")
         self.check_finite(source, voxels)
+        voxels = voxels.astype(np.float64)  # float32 statistics overflow for values near its maximum (3.4e38)
         voxels = (voxels - voxels.mean()) / max(float(voxels.std()), 1e-6)
         return torch.from_numpy(np.ascontiguousarray(voxels, np.float32))
 

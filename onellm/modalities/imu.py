@@ -6,6 +6,7 @@ OneLLM reads Ego4D IMU at 200 Hz for 10 s (2000 samples); presets choose smaller
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -54,11 +55,14 @@ class IMUModality(Modality):
             raise self.fail(source, f"needs at least 2 samples, found {array.shape[0]}")
         self.check_finite(source, array)
         rate = float(rate or opts["sample_rate"])
-        if rate <= 0:
-            raise self.fail(source, f"sample_rate must be positive, got {rate}")
-        # Resample every channel linearly onto the model's clock, then pad with zeros / cut to num_samples.
+        if not math.isfinite(rate) or rate <= 0:
+            raise self.fail(source, f"sample_rate must be a positive number, got {rate}")
+        # Resample every channel linearly onto the model's clock, then pad with zeros / cut to num_samples. Only the
+        # kept samples are built: the length never depends on the (client-given) rate, so a tiny rate cannot make a
+        # huge timeline.
         duration = (array.shape[0] - 1) / rate
-        target_times = np.arange(0.0, duration + 1e-9, 1.0 / opts["sample_rate"])[: opts["num_samples"]]
+        kept = min(opts["num_samples"], int(math.floor(duration * opts["sample_rate"] + 1e-9)) + 1)
+        target_times = np.arange(kept) / opts["sample_rate"]
         source_times = np.arange(array.shape[0]) / rate
         resampled = np.stack([np.interp(target_times, source_times, array[:, c]) for c in range(6)], axis=0)
         resampled[:3] /= GRAVITY

@@ -7,6 +7,7 @@ import copy
 import fnmatch
 import hashlib
 import json
+import os
 import sys
 import tempfile
 import time
@@ -62,7 +63,11 @@ def is_done(stage: StageConfig) -> bool:
 
 def mark_done(stage: StageConfig, outputs: dict[str, str], extra: dict[str, Any] | None = None) -> None:
     info = {"stage": stage.name, "outputs": outputs, "finished": time.strftime("%Y-%m-%d %H:%M:%S"), **(extra or {})}
-    (stage.stage_dir / DONE).write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
+    # Written to a temp file and renamed: a kill mid-write must not leave a truncated DONE that every later run
+    # trips over.
+    tmp = stage.stage_dir / f".{DONE}.tmp"
+    tmp.write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, stage.stage_dir / DONE)
 
 
 def init_path(stage: StageConfig) -> Path | None:

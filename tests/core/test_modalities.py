@@ -141,6 +141,22 @@ def test_imu_csv_with_timestamps(tmp_path):
     assert int((out[4] != 0).sum()) == 20  # 1.95 s at 10 Hz -> 20 samples
 
 
+def test_imu_tiny_sample_rate_is_cheap_and_bounded():
+    # A client-given rate of 1e-9 Hz once built a timeline of ~1e20 samples before cutting it (MemoryError / 5 GB).
+    signal = np.ones((50, 6), np.float32)
+    out = get_modality("imu").preprocess(signal, extras={"sample_rate": 1e-9}, sample_rate=50, num_samples=200)
+    assert out.shape == (6, 200) and torch.all(out[4] == 1)
+    with pytest.raises(MediaError, match="sample_rate must be a positive number"):
+        get_modality("imu").preprocess(signal, extras={"sample_rate": float("inf")}, sample_rate=50, num_samples=200)
+
+
+def test_fmri_values_near_the_float32_limit_stay_finite():
+    voxels = np.full(2048, 3.0e38, np.float32)
+    voxels[::2] = -3.0e38
+    out = get_modality("fmri").preprocess(voxels, num_voxels=2048)
+    assert torch.isfinite(out).all() and torch.allclose(out.abs(), torch.ones(2048))
+
+
 def test_depth_and_normal_maps_from_arrays():
     ramp = np.linspace(1, 2, 64 * 64, dtype=np.float32).reshape(64, 64)
     depth = get_modality("depth").preprocess(ramp, image_size=32, mean=(0, 0, 0), std=(1, 1, 1))

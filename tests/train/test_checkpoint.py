@@ -75,3 +75,26 @@ def test_a_checkpoint_from_another_configuration_is_refused():
     model = nn.Linear(2, 2)
     with pytest.raises(ValueError, match="missing \\['bias'\\]"):
         ckpt.load_trainable_state(model, {"weight": torch.zeros(2, 2)})
+
+
+def test_done_marker_is_replaced_atomically(tmp_path, monkeypatch):
+    """A crash while DONE is written leaves no DONE (the stage reruns), never a truncated one."""
+    from types import SimpleNamespace
+
+    from onellm.train import common
+
+    stage = SimpleNamespace(name="s", stage_dir=tmp_path)
+    calls = []
+
+    def crash(src, dst):
+        calls.append((src, dst))
+        raise KeyboardInterrupt  # killed between writing the temp file and the rename
+
+    monkeypatch.setattr(common.os, "replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        common.mark_done(stage, {"checkpoint": "x"})
+    assert not common.is_done(stage) and calls[0][1] == tmp_path / common.DONE
+    monkeypatch.undo()
+    common.mark_done(stage, {"checkpoint": "x"}, {"steps": 3})
+    info = json.loads((tmp_path / common.DONE).read_text(encoding="utf-8"))
+    assert common.is_done(stage) and info["outputs"] == {"checkpoint": "x"} and info["steps"] == 3
