@@ -348,7 +348,7 @@ def run_demo(
     seed: int = 0,
     overrides: dict[str, Any] | None = None,
     eval_limit: int | None = None,
-    batch_size: int = 8,
+    batch_size: int = 32,
 ) -> Path:
     """Run (or resume) every step; returns the report's path."""
     started = time.perf_counter()
@@ -383,7 +383,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="override a key of every stage, as in `onellm train --set` (e.g. train.steps=4)",
     )
     parser.add_argument("--limit", type=int, default=None, help="score only the first N test samples of each task")
-    parser.add_argument("--batch-size", type=int, default=8, help="samples per generate call (default 8)")
+    parser.add_argument(
+        "--batch-size", type=int, default=32,
+        help="samples per generate call (default 32: a QA task's whole test split; 1.4x faster than 8 on 2 cores)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
