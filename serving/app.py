@@ -15,7 +15,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import aclosing, asynccontextmanager
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSche
 
 from onellm.processing import OneLLMProcessor
 from onellm.serving.chat import ParsedChat, parse_chat
-from onellm.serving.engines import Delta, Engine, GenerationRequest, SamplingSettings
+from onellm.serving.engines import Delta, Engine, GenerationRequest, SamplingSettings, engine_lifespan
 from onellm.serving.errors import APIError, bad_request, error_body
 from onellm.serving.media import MediaFetcher, MediaPolicy
 from onellm.serving.metrics import Metrics
@@ -137,19 +137,7 @@ def build_app(engine: Engine, processor: OneLLMProcessor, settings: ServerSettin
     fetcher = MediaFetcher(settings.media)
     state = {"ready": False}
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        started = time.monotonic()
-        await engine.start()
-        state["ready"] = True
-        logger.info("engine %s ready in %.1f s", engine.name, time.monotonic() - started)
-        try:
-            yield
-        finally:
-            state["ready"] = False
-            await engine.stop()
-
-    app = FastAPI(title="onellm", lifespan=lifespan)
+    app = FastAPI(title="onellm", lifespan=engine_lifespan(engine, state, logger))
     chat_body, components = chat_openapi(
         ChatCompletionRequest, [settings.served_model_name, *settings.adapters], settings.max_n
     )

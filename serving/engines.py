@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
+import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -125,3 +128,23 @@ def adapter_targets_whole_model(path: Path) -> bool:
             return any(".language_model." in f".{key}" for key in handle.keys())
     state = torch.load(Path(path) / "adapter_model.bin", map_location="cpu", weights_only=True)
     return any(".language_model." in f".{key}" for key in state)
+
+
+def engine_lifespan(engine: Any, state: dict[str, bool], logger: logging.Logger):
+    """A FastAPI lifespan that starts ``engine`` before the first request and stops it at shutdown;
+    ``state["ready"]`` says whether it is up (what ``/health`` reports)."""
+
+    @asynccontextmanager
+    async def lifespan(app: Any):
+        started = time.monotonic()
+        await engine.start()
+        state["ready"] = True
+        logger.info("engine %s ready in %.1f s", engine.name, time.monotonic() - started)
+        try:
+            yield
+        finally:
+            state["ready"] = False
+            await engine.stop()
+
+    return lifespan
+

@@ -22,7 +22,7 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from contextlib import aclosing, asynccontextmanager
+from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ from onellm.serving.cli import (
     engine_from_args,
     media_policy_from_args,
 )
-from onellm.serving.engines import Engine, GenerationRequest, SamplingSettings
+from onellm.serving.engines import Engine, GenerationRequest, SamplingSettings, engine_lifespan
 from onellm.serving.errors import APIError
 from onellm.serving.media import MediaFetcher, MediaPolicy
 
@@ -392,19 +392,7 @@ def build_ui_app(page: ChatPage, title: str) -> Any:
 
     engine, state = page.engine, {"ready": False}
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        started = time.monotonic()
-        await engine.start()
-        state["ready"] = True
-        logger.info("engine %s ready in %.1f s", engine.name, time.monotonic() - started)
-        try:
-            yield
-        finally:
-            state["ready"] = False
-            await engine.stop()
-
-    app = FastAPI(title="onellm ui", lifespan=lifespan)
+    app = FastAPI(title="onellm ui", lifespan=engine_lifespan(engine, state, logger))
 
     @app.get("/health")
     async def health() -> JSONResponse:
