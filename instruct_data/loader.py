@@ -18,7 +18,7 @@ import hashlib
 import json
 import os
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import Dataset
 
 from onellm.instruct_data.collator import encode_conversation
-from onellm.instruct_data.schema import ModalityInput, Record, record_problems
+from onellm.instruct_data.schema import ModalityInput, Record, scan_manifest
 from onellm.modalities import MediaError, get_modality
 from onellm.processing import OneLLMProcessor
 
@@ -172,30 +172,6 @@ class _Preprocessor:
 # --- validation -----------------------------------------------------------------------------------------------------
 
 
-def _scan(manifest: Path) -> Iterable[tuple[str, Any, list[str]]]:
-    """``(where, raw record, schema problems)`` per non-blank line, duplicate ids included."""
-    if not manifest.is_file():
-        raise FileNotFoundError(f"manifest {manifest} does not exist")
-    seen: dict[str, int] = {}
-    with manifest.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{manifest.name}:{number}"
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield where, None, [f"not valid JSON ({exc.msg} at column {exc.colno})"]
-                continue
-            problems = record_problems(data)
-            record_id = data.get("id") if isinstance(data, dict) else None
-            if isinstance(record_id, str):
-                if record_id in seen:
-                    problems.append(f"id {record_id!r} is already used on line {seen[record_id]}; ids must be unique")
-                seen.setdefault(record_id, number)
-            yield where, data, problems
-
-
 def _schema_reason(problems: list[str]) -> str:
     text = "; ".join(problems)
     if "empty answer" in text:
@@ -235,7 +211,7 @@ def validate_manifest(
     report = ValidationReport(manifest=str(manifest))
     decoded: dict[tuple[str, str, str], tuple[str, str] | None] = {}  # per file: None = fine, else (reason, detail)
 
-    for where, data, problems in _scan(manifest):
+    for where, data, problems in scan_manifest(manifest):
         record_id = data.get("id") if isinstance(data, dict) and isinstance(data.get("id"), str) else None
         if problems:
             report.rejected.append(Rejection(where, record_id, _schema_reason(problems), "; ".join(problems)))
@@ -352,7 +328,7 @@ def manifest_stats(manifest: str | os.PathLike, processor: OneLLMProcessor | Non
     turns: Counter = Counter()
     words, tokens = [], []
     vocabulary: set[str] = set()
-    for where, data, problems in _scan(Path(manifest)):
+    for where, data, problems in scan_manifest(manifest):
         if problems:
             stats.invalid += 1
             continue

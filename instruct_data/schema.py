@@ -326,7 +326,7 @@ def record_problems(data: Any) -> list[str]:
 # --- JSONL manifests -----------------------------------------------------------------------------------------------
 
 
-def _scan_manifest(path: str | os.PathLike) -> Iterator[tuple[str, dict[str, Any] | None, list[str]]]:
+def scan_manifest(path: str | os.PathLike) -> Iterator[tuple[str, dict[str, Any] | None, list[str]]]:
     """Yield ``(where, raw record or None, problems)`` per non-blank line, including duplicate-id problems."""
     path = Path(path)
     if not path.is_file():
@@ -354,7 +354,7 @@ def _scan_manifest(path: str | os.PathLike) -> Iterator[tuple[str, dict[str, Any
 
 def iter_manifest(path: str | os.PathLike) -> Iterator[Record]:
     """Records of a JSONL manifest, validated; the first bad line raises :class:`SchemaError` naming file:line."""
-    for where, data, problems in _scan_manifest(path):
+    for where, data, problems in scan_manifest(path):
         if problems:
             record_id = data.get("id") if isinstance(data, dict) and isinstance(data.get("id"), str) else None
             raise SchemaError(problems, where, record_id)
@@ -369,7 +369,7 @@ def read_manifest(path: str | os.PathLike) -> list[Record]:
 def check_manifest(path: str | os.PathLike) -> list[str]:
     """Every problem in a manifest, one line each (``file:line (id X): problem``); empty when the file is valid."""
     lines = []
-    for where, data, problems in _scan_manifest(path):
+    for where, data, problems in scan_manifest(path):
         if problems:
             record_id = data.get("id") if isinstance(data, dict) and isinstance(data.get("id"), str) else None
             lines.append(str(SchemaError(problems, where, record_id)))

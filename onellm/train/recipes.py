@@ -70,11 +70,7 @@ def align(stage: StageConfig, accelerator) -> dict[str, str]:
     if accelerator.is_main_process:
         log(f"stage {stage.name}: trainable parameters\n{table}")
 
-    data = build_data(stage, processor, accelerator)
-    if accelerator.is_main_process:
-        for report in data.reports:
-            log(report.summary(limit=20))
-        log(f"mixture: {data.mixture.describe()}")
+    data = _data(stage, processor, accelerator)
 
     trainer = _trainer(stage, accelerator, model, model, processor, data, groups)
     result = trainer.fit()
@@ -126,11 +122,7 @@ def instruct(stage: StageConfig, accelerator) -> dict[str, str]:
         mode = "QLoRA (LLM in 4-bit nf4)" if stage.lora.qlora else "LoRA"
         log(f"stage {stage.name}: {mode} r={stage.lora.r}; trainable parameters\n{table}")
 
-    data = build_data(stage, processor, accelerator)
-    if accelerator.is_main_process:
-        for report in data.reports:
-            log(report.summary(limit=20))
-        log(f"mixture: {data.mixture.describe()}")
+    data = _data(stage, processor, accelerator)
 
     trainer = _trainer(stage, accelerator, peft_model, model, processor, data, groups)
     result = trainer.fit()
@@ -196,6 +188,16 @@ def export_lora_stage(
 
 
 # --- shared tail of the training recipes ----------------------------------------------------------------------------
+
+
+def _data(stage, processor, accelerator):
+    """The stage's datasets and mixture; the main process logs what validation kept and the mixture."""
+    data = build_data(stage, processor, accelerator)
+    if accelerator.is_main_process:
+        for report in data.reports:
+            log(report.summary(limit=20))
+        log(f"mixture: {data.mixture.describe()}")
+    return data
 
 
 def _trainer(stage, accelerator, model, core, processor, data, groups) -> Trainer:
