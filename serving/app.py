@@ -219,6 +219,7 @@ def build_app(engine: Engine, processor: OneLLMProcessor, settings: ServerSettin
             try:
                 return await until_disconnected(request, complete(body, generation, admitted))
             except ClientGone:
+                metrics.disconnected()
                 return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
         finally:
             if release:
@@ -349,6 +350,7 @@ def build_app(engine: Engine, processor: OneLLMProcessor, settings: ServerSettin
                 first = await until_disconnected(request, anext(stream, None))
         except ClientGone:
             await stream.aclose()
+            metrics.disconnected()
             return Response(status_code=499)
         except TimeoutError:
             await stream.aclose()
@@ -401,6 +403,9 @@ def build_app(engine: Engine, processor: OneLLMProcessor, settings: ServerSettin
                         while batch is not None:
                             completion_tokens += sum(len(d.token_ids) for d in batch)
                             yield chunk([delta_choice(d) for d in batch])
+                            # Let other requests run: when the engine is ahead, neither vLLM's output queue nor
+                            # the socket write suspends, and a fast stream would hold the event loop to its end.
+                            await asyncio.sleep(0)
                             batch = await anext(stream, None)
                 if body.stream_options and body.stream_options.include_usage:
                     yield chunk([], usage(generation.chat.prompt_tokens, completion_tokens))
@@ -411,6 +416,9 @@ def build_app(engine: Engine, processor: OneLLMProcessor, settings: ServerSettin
                     first_token - admitted,
                     time.monotonic() - admitted,
                 )
+            except (asyncio.CancelledError, GeneratorExit):  # the client left mid-stream; `stream` is closed
+                metrics.disconnected()
+                raise
             except TimeoutError:
                 message = f"the request did not finish within {settings.request_timeout:g} s"
                 yield f"data: {json.dumps(error_body(504, message, code='timeout'))}\n\n"

@@ -147,4 +147,3 @@ def engine_lifespan(engine: Any, state: dict[str, bool], logger: logging.Logger)
             await engine.stop()
 
     return lifespan
-

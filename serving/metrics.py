@@ -44,6 +44,7 @@ class Metrics:
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.in_flight = 0
+        self.disconnects = 0  # requests whose client left before the answer was complete
         self.ttft = Histogram()
         self.latency = Histogram()
 
@@ -58,6 +59,10 @@ class Metrics:
             if ttft is not None:
                 self.ttft.observe(ttft)
             self.latency.observe(latency)
+
+    def disconnected(self) -> None:
+        with self._lock:
+            self.disconnects += 1
 
     def render(self) -> str:
         with self._lock:
@@ -74,6 +79,10 @@ class Metrics:
                 "# HELP onellm_engine_unfinished_requests Requests the engine holds (queued or generating).",
                 "# TYPE onellm_engine_unfinished_requests gauge",
                 f"onellm_engine_unfinished_requests {self.unfinished()}",
+                "# HELP onellm_client_disconnects_total Chat requests whose client left before the answer was "
+                "complete (their generation is aborted).",
+                "# TYPE onellm_client_disconnects_total counter",
+                f"onellm_client_disconnects_total {self.disconnects}",
                 "# HELP onellm_prompt_tokens_total Prompt tokens processed (placeholders included).",
                 "# TYPE onellm_prompt_tokens_total counter",
                 f"onellm_prompt_tokens_total {self.prompt_tokens}",

@@ -46,8 +46,9 @@ class VLLMEngine:
             "disable_log_stats": True,
         }
         if current_platform.is_cpu():
-            # One process fewer (the worker runs inside the engine core; ~20 s less start-up on 2 cores), and no
-            # torch.compile: its CPU compilation costs minutes at start for little gain on small models.
+            # No torch.compile: its CPU compilation costs minutes at start for little gain on small models. ("uni"
+            # only holds with VLLM_ENABLE_V1_MULTIPROCESSING=0: otherwise vLLM's CPU platform switches to "mp", a
+            # worker process that spins on one core while it waits for work.)
             kwargs.update(distributed_executor_backend="uni", enforce_eager=True)
         if settings.adapters:
             rank = max(adapter_rank(path) for path in settings.adapters.values())

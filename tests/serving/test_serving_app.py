@@ -73,7 +73,13 @@ ONCE_500 = [
     ("bracket in a file: URL", _image_url("file://[x/a.png"), {}, 400, "malformed file: URL"),
     ("bracket in an http URL", _image_url("http://[::1/a.png"), {}, 400, "malformed URL"),
     ("port out of range", _image_url("http://a.test:99999/a.png"), {}, 400, "malformed URL"),
-    ("fMRI voxels near 3e38 (z-scoring overflowed; float64 now)", _part("input_fmri", {"data": HUGE_FMRI}), {}, 200, ""),
+    (
+        "fMRI voxels near 3e38 (z-scoring overflowed; float64 now)",
+        _part("input_fmri", {"data": HUGE_FMRI}),
+        {},
+        200,
+        "",
+    ),
     ("JSON nested 100000 deep", b"[" * 100_000 + b"]" * 100_000, {}, 400, "nested"),
 ]
 

@@ -280,63 +280,96 @@ def test_bad_inputs_get_4xx_and_the_server_stays_up(server, media, parts):
         assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 4
 
 
-def _metric(server, name: str) -> float:
-    for line in httpx.get(f"{server.url}/metrics", timeout=10).text.splitlines():
+def _parse_metric(text: str, name: str) -> float:
+    for line in text.splitlines():
         if line.startswith(name + " "):
             return float(line.split()[1])
     raise AssertionError(f"metric {name} not exported")
 
 
-def test_queue_limit_and_client_disconnect_aborts(server, media, parts):
-    """--max-queue 3: three long streams are admitted, the fourth request gets 429. Closing the three clients
-    aborts their generation: the engine holds no request well before the tokens left would have taken at the rate
-    observed so far (self-calibrating, so a loaded machine does not make it flaky)."""
-    auth = {"Authorization": f"Bearer {API_KEY}"}
-    tokens_each = 980
-    long_stream = _chat(
-        [parts.image(media["png"])], max_tokens=tokens_each, min_tokens=tokens_each, temperature=0, stream=True
-    )
-    received: list[float] = []  # arrival time of every streamed chunk (about one token each)
+def _metric(server, name: str) -> float:
+    return _parse_metric(httpx.get(f"{server.url}/metrics", timeout=10).text, name)
 
-    async def hold_stream(http: httpx.AsyncClient) -> None:
-        async with http.stream("POST", "/v1/chat/completions", headers=auth, json=long_stream) as response:
-            assert response.status_code == 200
-            async for line in response.aiter_lines():
-                if line.startswith("data: {"):
-                    received.append(time.monotonic())
+
+def _long_stream(parts, media, n: int = 1) -> dict:
+    return _chat([parts.image(media["png"])], max_tokens=980, min_tokens=980, temperature=1.0, seed=7, n=n, stream=True)
+
+
+def test_queue_limit_answers_429(hf_server, media, parts):
+    """--max-queue 3: three long streams are admitted, the fourth request gets 429 and the slots free up after.
+
+    Admission is engine-independent server code; the hf engine generates one request at a time, so three admitted
+    requests stay in flight while the fourth arrives. (vLLM runs the tiny model at ~1000 tokens/s: its first
+    stream can end before the third is admitted on a loaded 2-core machine, so it cannot hold the queue full.)
+    """
+    server, auth = hf_server, {"Authorization": f"Bearer {API_KEY}"}
 
     async def scenario() -> None:
+        never = asyncio.Event()
+
+        async def hold_stream(http: httpx.AsyncClient) -> None:
+            async with http.stream("POST", "/v1/chat/completions", headers=auth, json=_long_stream(parts, media)):
+                await never.wait()  # read nothing; cancelled below
+
         async with httpx.AsyncClient(base_url=server.url, timeout=120) as http:
             holders = [asyncio.create_task(hold_stream(http)) for _ in range(3)]
-            deadline = time.monotonic() + 30
-            while _metric(server, "onellm_requests_in_flight") < 3:
-                assert time.monotonic() < deadline, "the three streams were not admitted"
-                await asyncio.sleep(0.2)
+            deadline = time.monotonic() + 60
+            while _parse_metric((await http.get("/metrics")).text, "onellm_requests_in_flight") < 3:
+                ended = [repr(h.exception()) for h in holders if h.done()]
+                assert time.monotonic() < deadline and not ended, f"the three streams were not admitted: {ended}"
+                await asyncio.sleep(0.05)
             busy = await http.post("/v1/chat/completions", headers=auth, json=_chat("hi"))
             assert busy.status_code == 429 and busy.json()["error"]["type"] == "rate_limit_error", busy.text
             assert busy.headers.get("retry-after")
-            while len(received) < 50:  # let tokens flow, to measure the rate
-                assert time.monotonic() < deadline, f"only {len(received)} chunks streamed"
-                await asyncio.sleep(0.1)
-            await asyncio.sleep(0.5)
-            assert all(not h.done() for h in holders), (
-                f"a stream ended early: {[h.exception() for h in holders if h.done()]}"
-            )
-            rate = len(received) / max(time.monotonic() - received[0], 1e-3)
-            left_s = (3 * tokens_each - len(received)) / rate
             for holder in holders:
-                holder.cancel()  # closes the connections mid-stream
+                holder.cancel()
             await asyncio.gather(*holders, return_exceptions=True)
-        closed = time.monotonic()
-        while _metric(server, "onellm_engine_unfinished_requests") or _metric(server, "onellm_requests_in_flight"):
-            waited = time.monotonic() - closed
-            assert waited < max(1.0, left_s / 3), (
-                f"engine still busy {waited:.1f} s after disconnect ({left_s:.1f} s of work left)"
-            )
-            await asyncio.sleep(0.1)
+            text = (await http.get("/metrics")).text
+            assert 'onellm_http_responses_total{path="/v1/chat/completions",status="429"}' in text
+            while _parse_metric(text, "onellm_requests_in_flight"):
+                assert time.monotonic() < deadline, "slots not released after the clients left"
+                await asyncio.sleep(0.1)
+                text = (await http.get("/metrics")).text
+            ok = await http.post("/v1/chat/completions", headers=auth, json=_chat("hi"))
+            assert ok.status_code == 200, ok.text
 
     asyncio.run(scenario())
-    # and the server serves again
+
+
+def test_client_disconnect_aborts(server, media, parts):
+    """Three clients leave right after their 200 arrives (mid-stream, 8 x 980 tokens asked): the server counts three
+    disconnects, none of the streams ran to its end, and the engine holds no request afterwards."""
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+
+    async def scenario() -> None:
+        async def leave_after_headers(http: httpx.AsyncClient) -> None:
+            # eight sequences per request: eight times the work per step, so each stream lasts well beyond the
+            # moment its client leaves, even on a loaded machine
+            body = _long_stream(parts, media, n=8)
+            async with http.stream("POST", "/v1/chat/completions", headers=auth, json=body) as r:
+                assert r.status_code == 200, (await r.aread()).decode()
+            # leaving the block closes the connection with the body unread
+
+        async def metrics(http: httpx.AsyncClient) -> str:
+            return (await http.get("/metrics")).text
+
+        async with httpx.AsyncClient(base_url=server.url, timeout=120) as http:
+            before = await metrics(http)
+            await asyncio.gather(*(leave_after_headers(http) for _ in range(3)))
+            deadline = time.monotonic() + 30
+            text = await metrics(http)
+            while _parse_metric(text, "onellm_engine_unfinished_requests") or _parse_metric(
+                text, "onellm_requests_in_flight"
+            ):
+                assert time.monotonic() < deadline, "the engine still holds requests 30 s after the clients left"
+                await asyncio.sleep(0.1)
+                text = await metrics(http)
+            gone = _parse_metric(text, "onellm_client_disconnects_total")
+            assert gone - _parse_metric(before, "onellm_client_disconnects_total") == 3
+            finished = _parse_metric(text, "onellm_request_latency_seconds_count")
+            assert finished == _parse_metric(before, "onellm_request_latency_seconds_count"), "a stream ran to its end"
+
+    asyncio.run(scenario())
     response = httpx.post(f"{server.url}/v1/chat/completions", headers=auth, json=_chat("hi"), timeout=60)
     assert response.status_code == 200
 
@@ -347,5 +380,5 @@ def test_health_and_metrics(server):
     text = httpx.get(f"{server.url}/metrics", timeout=10).text
     assert f'onellm_engine_info{{engine="{health["engine"]}"}} 1' in text
     assert _metric(server, "onellm_completion_tokens_total") > 0
-    assert 'onellm_http_responses_total{path="/v1/chat/completions",status="429"}' in text
+    assert 'onellm_http_responses_total{path="/v1/chat/completions",status="200"}' in text
     assert _metric(server, "onellm_time_to_first_token_seconds_count") > 0
