@@ -1,18 +1,19 @@
 """The `onellm` command. Each part of the stack contributes its sub-commands; only installed parts appear.
 
-    onellm build PRESET --out DIR        save a preset as an HF checkpoint folder
-    onellm data synth|convert|validate|stats ...
-    onellm train STAGE.yaml | --curriculum CURRICULUM.yaml
-    onellm serve CHECKPOINT
-    onellm ui CHECKPOINT                 a chat web page on the engine onellm serve uses
-    onellm eval --model CHECKPOINT | --api URL --tasks a,b
-    onellm demo                          the whole stack on the small preset (what `make demo` runs)
+onellm build PRESET --out DIR        save a preset as an HF checkpoint folder
+onellm data synth|convert|validate|stats ...
+onellm train STAGE.yaml | --curriculum CURRICULUM.yaml
+onellm serve CHECKPOINT
+onellm ui CHECKPOINT                 a chat web page on the engine onellm serve uses
+onellm eval --model CHECKPOINT | --api URL --tasks a,b
+onellm demo                          the whole stack on the small preset (what `make demo` runs)
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from pathlib import Path
 
@@ -59,7 +60,14 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return code
+    except BrokenPipeError:  # the reader left (`onellm eval --list-tasks | head`): stop quietly, like other tools
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush of stdout fails silently too
+        return 141  # 128 + SIGPIPE, what a shell reports for a command killed by a closed pipe
 
 
 if __name__ == "__main__":
