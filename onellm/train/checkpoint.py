@@ -69,10 +69,10 @@ def commit(tmp: Path, target: Path) -> Path:
         if file.is_file():
             with open(file, "rb") as handle:
                 os.fsync(handle.fileno())
+    old = target.parent / f".old-{target.name}"
+    if old.exists():  # left by a writer killed between the two renames below
+        shutil.rmtree(old)
     if target.exists():
-        old = target.parent / f".old-{target.name}"
-        if old.exists():
-            shutil.rmtree(old)
         os.replace(target, old)
         os.replace(tmp, target)
         shutil.rmtree(old, ignore_errors=True)

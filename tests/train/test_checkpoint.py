@@ -98,3 +98,16 @@ def test_done_marker_is_replaced_atomically(tmp_path, monkeypatch):
     common.mark_done(stage, {"checkpoint": "x"}, {"steps": 3})
     info = json.loads((tmp_path / common.DONE).read_text(encoding="utf-8"))
     assert common.is_done(stage) and info["outputs"] == {"checkpoint": "x"} and info["steps"] == 3
+
+
+def test_a_writer_killed_between_the_two_renames_leaves_nothing_behind_next_time(tmp_path):
+    """Killed after ``final`` -> ``.old-final`` and before ``.tmp-final`` -> ``final``: the next commit of ``final``
+    (the target is missing then) removes the stale ``.old-final`` too."""
+    stale = tmp_path / ".old-final"
+    stale.mkdir()
+    (stale / "weights.bin").write_bytes(b"previous")
+    tmp = ckpt.temp_dir(tmp_path / "final")
+    (tmp / "weights.bin").write_bytes(b"new")
+    ckpt.commit(tmp, tmp_path / "final")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final"]
+    assert (tmp_path / "final" / "weights.bin").read_bytes() == b"new"
