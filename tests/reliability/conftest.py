@@ -28,8 +28,10 @@ serving = _load("_reliability_serving_conftest", TESTS / "serving" / "conftest.p
 training = _load("_reliability_train_conftest", TESTS / "train" / "conftest.py")
 
 # serving: the tiny checkpoint with an input-sensitive LLM, and `kit` (free_port, start_server, stop_server,
-# onellm_serve, data_url, ...); training: the 8-modality synthetic corpus and the `python -m onellm.train` command
+# onellm_serve, data_url, ...); training: the 8-modality synthetic corpus, the overrides that shrink a tiny stage and
+# the `python -m onellm.train` command
 checkpoint = serving.checkpoint
 kit = serving.kit
 synth_tiny = training.synth_tiny
+quick = training.quick
 cli = training.cli

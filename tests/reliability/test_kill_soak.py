@@ -130,23 +130,12 @@ def check_cleaned(log: str, previous: Kill | None) -> None:
             assert f"removed incomplete checkpoint {Path(entry).name}" in log, entry
 
 
-def test_five_sigkills_then_the_stage_finishes_from_its_checkpoints(synth_tiny, cli, tmp_path, capsys):
+def test_five_sigkills_then_the_stage_finishes_from_its_checkpoints(synth_tiny, quick, cli, tmp_path, capsys):
     started = time.monotonic()
     output = tmp_path / "runs"
     stage = output / "align_image"
     checkpoints, metrics = stage / "checkpoints", stage / "metrics.jsonl"
-    overrides = {
-        "data.root": str(synth_tiny),
-        "output_dir": str(output),
-        "train.steps": STEPS,
-        "train.warmup_steps": 1,
-        "train.batch_size": 4,
-        "train.eval_interval": 0,
-        "train.eval_samples": 8,
-        "train.save_interval": 2,
-        "train.log_interval": 1,
-    }
-    command = cli(CONFIG, overrides)
+    command = cli(CONFIG, quick(synth_tiny, output, steps=STEPS))  # checkpoints every 2 steps, logs every step
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     env.pop("PYTHONPATH", None)
     rng = random.Random(SEED)

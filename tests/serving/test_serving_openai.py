@@ -291,6 +291,10 @@ def _metric(server, name: str) -> float:
     return _parse_metric(httpx.get(f"{server.url}/metrics", timeout=10).text, name)
 
 
+async def _metrics_text(http: httpx.AsyncClient) -> str:
+    return (await http.get("/metrics")).text
+
+
 def _long_stream(parts, media, n: int = 1) -> dict:
     return _chat([parts.image(media["png"])], max_tokens=980, min_tokens=980, temperature=1.0, seed=7, n=n, stream=True)
 
@@ -314,7 +318,7 @@ def test_queue_limit_answers_429(hf_server, media, parts):
         async with httpx.AsyncClient(base_url=server.url, timeout=120) as http:
             holders = [asyncio.create_task(hold_stream(http)) for _ in range(3)]
             deadline = time.monotonic() + 60
-            while _parse_metric((await http.get("/metrics")).text, "onellm_requests_in_flight") < 3:
+            while _parse_metric(await _metrics_text(http), "onellm_requests_in_flight") < 3:
                 ended = [repr(h.exception()) for h in holders if h.done()]
                 assert time.monotonic() < deadline and not ended, f"the three streams were not admitted: {ended}"
                 await asyncio.sleep(0.05)
@@ -324,12 +328,12 @@ def test_queue_limit_answers_429(hf_server, media, parts):
             for holder in holders:
                 holder.cancel()
             await asyncio.gather(*holders, return_exceptions=True)
-            text = (await http.get("/metrics")).text
+            text = await _metrics_text(http)
             assert 'onellm_http_responses_total{path="/v1/chat/completions",status="429"}' in text
             while _parse_metric(text, "onellm_requests_in_flight"):
                 assert time.monotonic() < deadline, "slots not released after the clients left"
                 await asyncio.sleep(0.1)
-                text = (await http.get("/metrics")).text
+                text = await _metrics_text(http)
             ok = await http.post("/v1/chat/completions", headers=auth, json=_chat("hi"))
             assert ok.status_code == 200, ok.text
 
@@ -350,20 +354,17 @@ def test_client_disconnect_aborts(server, media, parts):
                 assert r.status_code == 200, (await r.aread()).decode()
             # leaving the block closes the connection with the body unread
 
-        async def metrics(http: httpx.AsyncClient) -> str:
-            return (await http.get("/metrics")).text
-
         async with httpx.AsyncClient(base_url=server.url, timeout=120) as http:
-            before = await metrics(http)
+            before = await _metrics_text(http)
             await asyncio.gather(*(leave_after_headers(http) for _ in range(3)))
             deadline = time.monotonic() + 30
-            text = await metrics(http)
+            text = await _metrics_text(http)
             while _parse_metric(text, "onellm_engine_unfinished_requests") or _parse_metric(
                 text, "onellm_requests_in_flight"
             ):
                 assert time.monotonic() < deadline, "the engine still holds requests 30 s after the clients left"
                 await asyncio.sleep(0.1)
-                text = await metrics(http)
+                text = await _metrics_text(http)
             gone = _parse_metric(text, "onellm_client_disconnects_total")
             assert gone - _parse_metric(before, "onellm_client_disconnects_total") == 3
             finished = _parse_metric(text, "onellm_request_latency_seconds_count")
