@@ -18,7 +18,7 @@ so nothing is decoded twice.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +64,7 @@ from onellm.modeling import OneLLMForConditionalGeneration as HFOneLLM
 from onellm.modeling import build_modality_parts
 from onellm.processing import OneLLMProcessor
 from onellm.projectors import placeholder_count
+from onellm.serving.checkpoint_names import CheckpointKeyError, CheckpointNames
 
 
 @dataclass(frozen=True)
@@ -250,8 +251,9 @@ def causal_lm_architecture(text_config: Any) -> list[str]:
 class OneLLMForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsLoRA, SupportsPP):
     """vLLM model for onellm checkpoints: our encoder/tokenizers/UPM modules + vLLM's own causal LM.
 
-    Weight names are the checkpoint's (``encoder.``, ``mm_tokenizers.``, ``projector.``, ``language_model.``);
-    the LLM's ``language_model.`` prefix is stripped by the loader when it hands the weights to vLLM's Llama.
+    Weight names are the checkpoint's (``encoder.``, ``mm_tokenizers.``, ``projector.``, ``language_model.``),
+    mapped for the encoder as transformers maps them (see :meth:`load_weights`); the LLM's ``language_model.``
+    prefix is stripped by the loader when it hands the weights to vLLM's Llama.
     """
 
     # Llama's fused projections (LoRA needs them); replaced by the inner LLM's own mapping in __init__.
@@ -319,7 +321,25 @@ class OneLLMForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsLoRA
         return self.language_model.compute_logits(hidden_states)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        return AutoWeightsLoader(self).load_weights(weights, mapper=self.hf_to_vllm_mapper)
+        """Checkpoint weights -> this model. The encoder is transformers' module: its weights take the names
+        transformers maps them to when it loads (:class:`CheckpointNames`); the LLM's go to vLLM's loader as
+        stored. Any weight that cannot be placed raises naming its checkpoint key."""
+        names = CheckpointNames(self, passthrough="language_model")
+        current: list[str] = []  # the checkpoint key vLLM's loaders are working on (they consume lazily)
+
+        def renamed() -> Iterator[tuple[str, torch.Tensor]]:
+            for key, name, tensor in names.convert(weights):
+                current[:] = [key]
+                yield name, tensor
+
+        try:
+            return AutoWeightsLoader(self).load_weights(renamed(), mapper=self.hf_to_vllm_mapper)
+        except CheckpointKeyError:
+            raise
+        except (KeyError, ValueError, RuntimeError, AssertionError) as exc:
+            if not current:
+                raise
+            raise CheckpointKeyError(current[0], f"vLLM cannot load it into {type(self).__name__}: {exc!r}") from exc
 
     def get_mm_mapping(self) -> MultiModelKeys:
         return MultiModelKeys.from_string_field(

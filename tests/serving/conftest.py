@@ -114,6 +114,52 @@ def onellm_serve(checkpoint: Path, engine: str, port: int, *extra: str) -> list[
 
 
 # --- model and adapter ----------------------------------------------------------------------------
+def input_sensitive(model: torch.nn.Module, seed: int) -> None:
+    """Redraw the LLM's matrices at std 0.3 (seeded). At the presets' std (0.02) a random 2-layer LLM emits the
+    same token whatever the input, so an engine that dropped an input would still "match"; at 0.3 greedy
+    continuations depend on the input, token by token."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.language_model.parameters():
+            if param.ndim == 2:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+
+
+def encoder_configs() -> dict[str, object]:
+    """One tiny vision config per registered encoder family (``onellm.encoder``), by ``model_type``: each family's
+    own layout (CLIP's pre-norm and class token, SigLIP's attention-pooling head, DINOv2's LayerScale and mask
+    token) at width 64, 2 layers, 32 px images in 8 px patches."""
+    from transformers import CLIPVisionConfig, Dinov2Config, SiglipVisionConfig
+
+    shape = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": 32, "patch_size": 8}
+    return {
+        "clip_vision_model": CLIPVisionConfig(intermediate_size=128, **shape),
+        "siglip_vision_model": SiglipVisionConfig(intermediate_size=128, **shape),
+        "dinov2": Dinov2Config(mlp_ratio=2, **shape),
+    }
+
+
+def family_model(vision_config, modalities: tuple[str, ...] = ("image", "audio"), tie_embeddings: bool = True):
+    """(model, processor): the tiny preset's Llama (input-sensitive, see :func:`input_sensitive`) on the encoder
+    ``vision_config`` describes, with a 3-expert UPM. ``tie_embeddings=False`` gives the LLM its own LM head, as
+    LLaMA-2 (the 7b preset) has; SmolLM2 (small) ties it like the tiny preset."""
+    from transformers import LlamaConfig
+
+    from onellm.presets import TINY_MODALITIES, assemble, tiny_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = tiny_tokenizer()
+    text = LlamaConfig(
+        vocab_size=576, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=tie_embeddings,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    projector = {"num_experts": 3, "depth": 1, "num_queries": 4, "num_heads": 2, "router": "pooled"}
+    model, processor = assemble(text, vision_config, tokenizer, projector, {m: TINY_MODALITIES[m] for m in modalities})
+    input_sensitive(model, seed=1)
+    return model, processor
+
+
 @pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory) -> Path:
     """The tiny preset with its LLM's matrices redrawn at std 0.3 (seeded).
@@ -124,11 +170,7 @@ def checkpoint(tmp_path_factory) -> Path:
     from onellm.presets import build_preset
 
     model, processor = build_preset("tiny")
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for param in model.language_model.parameters():
-            if param.ndim == 2:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+    input_sensitive(model, seed=1)
     folder = tmp_path_factory.mktemp("ckpt") / "tiny"
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
