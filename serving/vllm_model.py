@@ -283,6 +283,10 @@ class OneLLMForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsLoRA
         )
         with self._mark_tower_model(vllm_config, set(config.modalities)):
             self.encoder, self.mm_tokenizers, self.projector = build_modality_parts(config)
+            # transformers builds the encoder in its config's dtype (float32 in our checkpoints) whatever torch's
+            # default is; vLLM runs the model in model_config.dtype (bfloat16 for a float32 checkpoint on the CPU
+            # with --dtype auto), as the tokenizers and the UPM already are.
+            self.encoder.to(dtype=vllm_config.model_config.dtype)
         with self._mark_language_model(vllm_config):
             self.language_model = init_vllm_registered_model(
                 vllm_config=vllm_config,

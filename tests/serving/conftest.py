@@ -220,6 +220,38 @@ def bare_lora_adapter(lora_adapter, tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def small_checkpoint(tmp_path_factory) -> Path:
+    """A checkpoint the training recipes write from the REAL small preset (SmolLM2-135M-Instruct + DINOv2
+    ViT-S/14): ``configs/small/align_image.yaml`` (one image expert), 2 steps of 2 samples on a synthetic image
+    corpus -> ``<out>/align_image/final``. About a minute on 2 cores."""
+    import contextlib
+    import io
+
+    from onellm.instruct_data.synth import synthesize
+    from onellm.train.common import make_accelerator
+    from onellm.train.config import load_stage
+    from onellm.train.recipes import run_stage
+
+    data, out = tmp_path_factory.mktemp("small-corpus"), tmp_path_factory.mktemp("small-run")
+    synthesize(data, per_modality=6, seed=0, modalities=["image"], workers=1)
+    overrides = {
+        "data.root": str(data),
+        "output_dir": str(out),
+        "train.steps": 2,
+        "train.warmup_steps": 1,
+        "train.batch_size": 2,
+        "train.eval_interval": 0,
+        "train.eval_samples": 2,
+        "train.save_interval": 2,
+        "train.log_interval": 1,
+    }
+    stage = load_stage(REPO / "configs" / "small" / "align_image.yaml", overrides)
+    with contextlib.redirect_stderr(io.StringIO()):
+        outputs = run_stage(stage, make_accelerator())
+    return Path(outputs["checkpoint"])
+
+
 # --- media --------------------------------------------------------------------------------------
 def data_url(data: bytes, mime: str) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode()}"

@@ -392,3 +392,22 @@ def test_chat_page_in_a_browser(engine, browser, checkpoint, page_files, kit, tm
         _chat_in_browser(browser, server.url, page_files, artifacts_dir() / f"ui_chat_{engine}.png")
     finally:
         kit.stop_server(server)
+
+
+@pytest.mark.slow
+def test_chat_page_opens_on_a_small_preset_checkpoint(
+    browser, small_checkpoint, page_files, kit, tmp_path, monkeypatch
+):
+    """``onellm ui CKPT`` as the README writes it (default engine: vLLM) on a checkpoint the training recipes wrote
+    from the real small preset (DINOv2 ViT-S/14 + SmolLM2-135M): the same three turns as above. Screenshots:
+    ``ui_chat_small.png`` and ``ui_chat_small_end.png``."""
+    pytest.importorskip("vllm")
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    port = kit.free_port()
+    command = [sys.executable, "-m", "onellm.cli", "ui", str(small_checkpoint), "--port", str(port)]
+    server = kit.start_server(command, tmp_path / "ui.log", port, timeout=300)
+    try:
+        assert "(engine vllm)" in server.log.read_text()
+        _chat_in_browser(browser, server.url, page_files, artifacts_dir() / "ui_chat_small.png")
+    finally:
+        kit.stop_server(server)

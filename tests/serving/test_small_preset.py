@@ -1,0 +1,91 @@
+"""The README's product-team flow on the REAL small preset (issue 15): a checkpoint the training recipes wrote
+(SmolLM2-135M + DINOv2 ViT-S/14) is served by ``onellm serve`` with its defaults (the vLLM engine, 127.0.0.1) and
+answered through the official ``openai`` client. ``onellm ui`` on the same checkpoint: test_ui.py."""
+
+from __future__ import annotations
+
+import base64
+import io
+import sys
+
+import pytest
+from media_factory import png_bytes
+from openai import OpenAI
+from PIL import Image
+
+pytestmark = pytest.mark.slow
+
+
+def black_png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (112, 112)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def served(small_checkpoint, kit, tmp_path_factory):
+    """``onellm serve CKPT --api-key KEY`` as the README writes it (plus a free port)."""
+    pytest.importorskip("vllm")
+    port = kit.free_port()
+    command = [sys.executable, "-m", "onellm.cli", "serve", str(small_checkpoint), "--api-key", kit.API_KEY]
+    log = tmp_path_factory.mktemp("logs") / "small_serve.log"
+    server = kit.start_server([*command, "--port", str(port)], log, port, timeout=300)
+    yield server
+    kit.stop_server(server)
+
+
+def test_onellm_serve_answers_the_readme_openai_snippet(served, small_checkpoint, kit):
+    from onellm.processing import OneLLMProcessor
+
+    assert "engine vllm ready" in served.log.read_text()  # the default engine, not the hf fallback
+    client = OpenAI(base_url=f"{served.url}/v1", api_key=kit.API_KEY)
+    png = base64.b64encode(png_bytes(size=(96, 96), seed=4)).decode()
+    reply = client.chat.completions.create(
+        model="final",  # the checkpoint folder's name
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{png}"}},
+                    {"type": "text", "text": "What colour is the shape?"},
+                ],
+            }
+        ],
+        max_tokens=16,
+    )
+    answer = reply.choices[0].message.content
+    assert answer and answer.strip(), reply
+    assert reply.choices[0].finish_reason in ("stop", "length") and 0 < reply.usage.completion_tokens <= 16
+    # The prompt the LLM saw: the rendered chat with the <image> marker expanded to the UPM's N+2 positions.
+    processor = OneLLMProcessor.from_pretrained(str(small_checkpoint))
+    rendered = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour is the shape?"}]}]
+    )
+    expected = processor.expand_placeholders(processor.tokenizer(rendered, add_special_tokens=False)["input_ids"])
+    assert reply.usage.prompt_tokens == len(expected) and processor.num_placeholder_tokens == 10
+
+
+def test_the_answer_depends_on_the_image(served, kit):
+    """Greedy answers to the same question about a black picture and a noise picture differ: an engine that
+    dropped the image, or fed the LLM the same embeddings for every image, would answer both alike."""
+    client = OpenAI(base_url=f"{served.url}/v1", api_key=kit.API_KEY)
+    answers = []
+    for png in (black_png(), png_bytes(size=(112, 112), seed=5)):
+        url = f"data:image/png;base64,{base64.b64encode(png).decode()}"
+        reply = client.chat.completions.create(
+            model="final",
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": url}},
+                        {"type": "text", "text": "Describe it."},
+                    ],
+                }
+            ],
+            max_tokens=12,
+            temperature=0,
+            extra_body={"return_token_ids": True},
+        )
+        answers.append(reply.choices[0].model_extra["token_ids"])
+    assert answers[0] != answers[1], answers
