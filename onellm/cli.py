@@ -6,6 +6,7 @@ onellm train STAGE.yaml | --curriculum CURRICULUM.yaml
 onellm serve CHECKPOINT
 onellm ui CHECKPOINT                 a chat web page on the engine onellm serve uses
 onellm eval --model CHECKPOINT | --api URL --tasks a,b
+onellm diagnose CHECKPOINT --data DIR  does the model look at its inputs? (spread, probes, shuffled loss, QA vs blind)
 onellm demo                          the whole stack on the small preset (what `make demo` runs)
 """
 
@@ -23,6 +24,7 @@ _COMMANDS = [
     ("onellm.train.cli", "add_train_command"),
     ("onellm.serving.cli", "add_serve_command"),
     ("onellm.eval.cli", "add_eval_command"),
+    ("onellm.diagnose", "add_diagnose_command"),
     ("onellm.demo", "add_demo_command"),
     ("onellm.serving.ui", "add_ui_command"),
 ]
