@@ -4,6 +4,10 @@ Scores are fractions in results.json and printed ×100 here (CIDEr-D 1.05 -> 105
 papers print them. A value that is not comparable to published numbers of the same name carries ``*``; a metric
 that could not be computed reads ``n/a†``; the notes explaining both are listed under the table, so a number is
 never shown without the caveat that comes with it.
+
+QA tasks with an input-blind baseline (``blind_baseline,none``: the most frequent training answer per question
+template, scored like the model) show it in a last column and as a black tick on their bar: a score at the tick is
+what a model that ignores its input gets.
 """
 
 from __future__ import annotations
@@ -54,15 +58,26 @@ def notes(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+BLIND_COLUMN = "blind baseline"
+
+
+def blind_baseline(results: dict[str, Any], task: str) -> float | None:
+    """The task's input-blind baseline in its primary metric, or None when the run has none for it."""
+    return results["results"][task].get("blind_baseline,none")
+
+
 def markdown(results: dict[str, Any], chart: str | None = None) -> str:
     config = results.get("config", {})
     tasks = list(results["results"])
     columns = metric_columns(results)
-    header = ["task", "n", *columns]
+    with_blind = any(blind_baseline(results, task) is not None for task in tasks)
+    header = ["task", "n", *columns, *([BLIND_COLUMN] if with_blind else [])]
     rows = []
     for task in tasks:
         n = results["n-samples"][task]["effective"]
-        rows.append([task, str(n), *(cell(results, task, metric) for metric in columns)])
+        blind = blind_baseline(results, task)
+        extra = [] if not with_blind else ["" if blind is None else f"{blind * SCALE:.2f}"]
+        rows.append([task, str(n), *(cell(results, task, metric) for metric in columns), *extra])
     what = config.get("model") or config.get("api") or "?"
     lines = [
         f"# onellm eval: {what}",
@@ -76,10 +91,16 @@ def markdown(results: dict[str, Any], chart: str | None = None) -> str:
         "(see the notes below the table).",
         "",
         "| " + " | ".join(header) + " |",
-        "|" + "|".join(["---", "---:"] + ["---:"] * len(columns)) + "|",
+        "|" + "|".join(["---", "---:"] + ["---:"] * (len(header) - 2)) + "|",
         *("| " + " | ".join(row) + " |" for row in rows),
         "",
     ]
+    if with_blind:
+        lines += [
+            f"`{BLIND_COLUMN}`: the QA task's primary metric when every question gets the most frequent training "
+            "answer of its template (a model that ignores its input scores about this).",
+            "",
+        ]
     caveats = notes(results)
     if caveats:
         lines += ["Notes:", "", *caveats, ""]
@@ -125,12 +146,21 @@ def plot(results: dict[str, Any], path: Path) -> None:
         axes.annotate(
             label, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=8
         )
+    blinds = [blind_baseline(results, task) for task in tasks]
+    labelled = False
+    for index, blind in enumerate(blinds):
+        if blind is not None:  # one legend entry for all the ticks
+            label = None if labelled else "input-blind baseline"
+            axes.hlines(blind * SCALE, index - 0.45, index + 0.45, colors="black", linewidth=2, label=label)
+            labelled = True
+    if labelled:
+        axes.legend(fontsize=8, loc="upper right")
     axes.set_xticks(range(len(tasks)))
     axes.set_xticklabels(
         [f"{task}\n({results['primary_metric'][task]})" for task in tasks], rotation=30, ha="right", fontsize=8
     )
     axes.set_ylabel(f"score ×{SCALE:g}")
-    axes.set_ylim(0, max([*heights, 1.0]) * 1.15)
+    axes.set_ylim(0, max([*heights, *(b * SCALE for b in blinds if b is not None), 1.0]) * 1.15)
     axes.set_title("primary metric per task\n(hatched, * = not comparable to published numbers)", fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=120)

@@ -12,6 +12,12 @@ Order of work, so that mistakes cost seconds rather than a model load or a 40 s 
 A metric reported unavailable (SPICE offline) has value ``null``; one marked ``comparable=False`` keeps its value;
 both are named in the task's ``results`` entry (``unavailable``, ``not_comparable``), listed with their notes
 under ``metric_status`` and flagged in report.md.
+
+A QA task whose source has a ``train`` split beside the evaluated one (the synthetic corpus) also gets its
+**input-blind baseline**: every question answered with the most frequent training answer of its template
+(:func:`onellm.diagnose.blind_predictions`), scored by the task's own metrics -> ``blind_baseline,none`` in its
+``results`` entry, ``blind_prediction`` in each sample row, a column of report.md and a mark in the chart. A score
+near it means the model answers from the prior, not from the input.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import math
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +66,7 @@ class PreparedTask:
     data: dict[str, Any]
     load_seconds: float
     metrics: list[Metric] = field(default_factory=list)
+    blind: list[str] | None = None  # input-blind answers, one per sample (QA with a training split only)
 
 
 # --- 1. data -------------------------------------------------------------------------------------------------------
@@ -89,8 +96,35 @@ def _media(record: Record, media_root: Path) -> tuple[list[MediaItem], list[Path
     return items, missing
 
 
-def prepare_task(task: Task, data_dirs: DataDirs, scratch: Path, limit: int | None = None) -> PreparedTask:
-    """Read the task's source, select its records, apply ``limit`` (the first N) and check every media file."""
+def training_records(task: Task, ctx: SourceContext, cache: dict[str, list[Record] | None]) -> list[Record] | None:
+    """The task's records in the ``train`` split of its source, for the blind baseline; None when the task is not
+    QA, its source has no ``split`` key, it evaluates ``train`` itself, or that split cannot be read. ``cache``
+    (one per run) reads each training manifest once for all tasks."""
+    spec = task.source
+    if task.task_type != "qa" or spec.get("split") in (None, "train"):
+        return None
+    train_spec = {**spec, "split": "train"}
+    key = json.dumps([str(ctx.folder), train_spec], sort_keys=True)
+    if key not in cache:
+        try:
+            cache[key] = get_source(spec["kind"]).load(train_spec, ctx).records
+        except EvalDataError:
+            cache[key] = None
+    records = cache[key]
+    return None if records is None else [record for record in records if _matches(record, task)]
+
+
+def prepare_task(
+    task: Task,
+    data_dirs: DataDirs,
+    scratch: Path,
+    limit: int | None = None,
+    train_cache: dict[str, list[Record] | None] | None = None,
+) -> PreparedTask:
+    """Read the task's source, select its records, apply ``limit`` (the first N) and check every media file;
+    QA tasks with a training split get their blind answers (:func:`training_records`)."""
+    from onellm.diagnose import blind_predictions
+
     started = time.perf_counter()
     spec = task.source
     folder, how = data_dirs.resolve(spec["dataset"], spec.get("default_dir"))
@@ -127,7 +161,13 @@ def prepare_task(task: Task, data_dirs: DataDirs, scratch: Path, limit: int | No
         "records_matching": len(selected),
         **loaded.info,
     }
-    return PreparedTask(task, samples, len(selected), data, time.perf_counter() - started)
+    train = training_records(task, ctx, {} if train_cache is None else train_cache)
+    blind = blind_predictions(train, chosen) if train else None
+    if train:
+        data["blind_baseline_from"] = f"the most frequent answer per question template in {len(train)} train records"
+    prepared = PreparedTask(task, samples, len(selected), data, time.perf_counter() - started)
+    prepared.blind = blind
+    return prepared
 
 
 # --- 2. metrics ----------------------------------------------------------------------------------------------------
@@ -224,6 +264,8 @@ def sample_rows(
         }
         for name, result in scores.items():
             row[name] = result.per_sample[index] if result.per_sample is not None else None
+        if prepared.blind is not None:
+            row["blind_prediction"] = prepared.blind[index]
         row["doc_hash"] = _hash(json.dumps(doc, sort_keys=True))
         row["prompt_hash"] = _hash(sample.request.text)
         row["target_hash"] = _hash(row["target"])
@@ -289,25 +331,33 @@ def evaluate(
     output_dir: str | Path,
     *,
     data_dirs: DataDirs | None = None,
-    limit: int | None = None,
+    limit: int | Mapping[str, int] | None = None,
     batch_size: int = 8,
     progress: bool = True,
     report: bool = True,
 ) -> dict[str, Any]:
     """Evaluate ``tasks`` and write ``results.json``, ``samples_<task>.jsonl`` and (``report``) ``report.md`` +
     ``report.png`` to ``output_dir``. ``backend`` may be a factory: it is then called only after every task's
-    data and metrics checked out, and closed at the end. Returns the results.json mapping."""
+    data and metrics checked out, and closed at the end. ``limit``: the first N samples of every task, or a
+    ``{task: N}`` mapping (tasks it leaves out run whole). Returns the results.json mapping."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if limit is not None and limit < 1:
-        raise ValueError(f"limit must be >= 1, got {limit}")
+    limits = dict(limit) if isinstance(limit, Mapping) else {task.name: limit for task in tasks}
+    for name, value in limits.items():
+        if value is not None and value < 1:
+            where = f" for task {name}" if isinstance(limit, Mapping) else ""
+            raise ValueError(f"limit must be >= 1, got {value}{where}")
     if not tasks:
         raise ValueError("no tasks to evaluate")
     started_wall, started = time.time(), time.perf_counter()
     out = Path(output_dir)
     data_dirs = data_dirs or DataDirs()
+    train_cache: dict[str, list[Record] | None] = {}
     with tempfile.TemporaryDirectory(prefix="onellm-eval-") as scratch:
-        prepared = [prepare_task(task, data_dirs, Path(scratch), limit) for task in tasks]
+        prepared = [
+            prepare_task(task, data_dirs, Path(scratch), limits.get(task.name), train_cache) for task in tasks
+        ]
+    del train_cache
     for item in prepared:
         build_metrics(item)
     out.mkdir(parents=True, exist_ok=True)
@@ -338,6 +388,8 @@ def evaluate(
                 entry[f"{metric_name},none"] = result.value
                 entry[f"{metric_name}_stderr,none"] = standard_error(result)
             # The caveats sit beside the numbers too, so a reader of "results" alone cannot miss them.
+            if item.blind is not None:
+                entry["blind_baseline,none"] = score(item, item.blind)[primary_metric(item)].value
             entry["unavailable"] = [m for m, r in scores.items() if not r.available]
             entry["not_comparable"] = [m for m, r in scores.items() if r.available and not r.comparable]
             results["results"][name] = entry
@@ -364,7 +416,7 @@ def evaluate(
             **engine.info(),
             "tasks": [item.task.name for item in prepared],
             "batch_size": batch_size,
-            "limit": limit,
+            "limit": dict(limit) if isinstance(limit, Mapping) else limit,
         }
     finally:
         if owns_backend:

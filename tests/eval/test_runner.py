@@ -242,3 +242,33 @@ def test_standard_error_only_for_means_of_per_sample_scores():
     corpus_level = MetricResult("bleu_4", 0.3, [0.1, 0.2, 0.9])  # BLEU is not the mean of its per-sample values
     assert standard_error(corpus_level) == "N/A"
     assert standard_error(MetricResult("spice", None, available=False)) == "N/A"
+
+
+def test_qa_tasks_report_the_input_blind_baseline_and_limits_go_per_task(corpus, tmp_path):
+    """The baseline is the task's metric on the most frequent training answer per question kind; a model that
+    answers exactly that scores the baseline. Captions get none; a mapping limit cuts only the tasks it names."""
+    from onellm.diagnose import blind_baseline, blind_predictions
+
+    train = [r for r in read_manifest(corpus / "train.jsonl") if r.task == "qa" and r.inputs[0].modality == "imu"]
+    test = [r for r in read_manifest(corpus / "test.jsonl") if r.task == "qa" and r.inputs[0].modality == "imu"]
+    blind = dict(zip([r.id for r in test], blind_predictions(train, test), strict=True))
+    results = evaluate([load_task("synth_imu_qa"), load_task("synth_imu_caption")],
+                       ScriptedBackend(lambda request: blind.get(request.id, "x")), tmp_path / "out",
+                       data_dirs=DataDirs({"synth": corpus}), limit={"synth_imu_qa": 2}, progress=False)  # fmt: skip
+    qa = results["results"]["synth_imu_qa"]
+    assert results["n-samples"]["synth_imu_qa"]["effective"] == 2
+    assert results["n-samples"]["synth_imu_caption"]["effective"] == 1
+    assert qa["blind_baseline,none"] == pytest.approx(blind_baseline(train, test[:2]))
+    assert qa["blind_baseline,none"] == pytest.approx(qa["exact_match,none"])
+    assert "blind_baseline,none" not in results["results"]["synth_imu_caption"]
+    rows = read_jsonl(tmp_path / "out" / "samples_synth_imu_qa.jsonl")
+    assert [row["blind_prediction"] for row in rows] == [blind[row["doc"]["id"]] for row in rows]
+    report = (tmp_path / "out" / "report.md").read_text()
+    header = next(line for line in report.splitlines() if line.startswith("| task | n |"))
+    assert header.endswith("| blind baseline |")
+    row = next(line for line in report.splitlines() if line.startswith("| synth_imu_qa |"))
+    assert row.endswith(f"| {qa['blind_baseline,none'] * 100:.2f} |")
+    assert "most frequent training answer" in report
+    with pytest.raises(ValueError, match="limit must be >= 1, got 0 for task synth_imu_qa"):
+        evaluate([load_task("synth_imu_qa")], ScriptedBackend(lambda r: ""), tmp_path / "bad",
+                 data_dirs=DataDirs({"synth": corpus}), limit={"synth_imu_qa": 0})  # fmt: skip
