@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from onellm.demo import TARGETS, Scores, prepare_data, score_table
+from onellm.demo import DEFAULT_PER_MODALITY, Scores, prepare_data, score_table, stage_table, target_report
+from onellm.diagnose import check_targets
 
 REPO = Path(__file__).resolve().parents[2]
 MODALITIES = ["image", "video", "audio", "point", "depth", "normal", "imu", "fmri"]
@@ -20,7 +21,7 @@ STAGES = ["align_image", "align_av3d", "align_rest", "instruct"]
 def _demo(out: Path) -> subprocess.CompletedProcess:
     command = [
         sys.executable, "-m", "onellm.demo", "--out", str(out), "--curriculum", "configs/tiny/curriculum.yaml",
-        "--per-modality", "10", "--limit", "1",
+        "--per-modality", "20", "--limit", "2",
         "--set", "train.steps=2", "--set", "train.warmup_steps=0", "--set", "train.save_interval=1",
         "--set", "train.eval_samples=2",
     ]
@@ -46,18 +47,60 @@ def test_demo_writes_report_table_and_pictures(demo_runs):
     for picture in ("scores.png", "loss.png"):
         assert (out / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"]({picture})" in report
-    rows = [line for line in first.stdout.splitlines() if line.startswith("| ")]
-    assert rows[0].startswith("| modality | CIDEr after align_image |")
-    assert [row.split("|")[1].strip() for row in rows[1:]] == MODALITIES
-    # A modality has a score from the stage that first trains it on: image from align_image, depth from align_rest.
-    image, depth = rows[1].split("|")[2:7], rows[5].split("|")[2:7]
+    tables = _tables(first.stdout)
+    final, qa = tables[0], tables[1]
+    assert final[0].startswith("| modality | CIDEr after instruct [95% CI] | QA acc [95% CI] | QA blind baseline |")
+    assert [row.split("|")[1].strip() for row in final[1:]] == MODALITIES
+    assert qa[0].startswith("| modality | QA acc (blind) after align_image |")
+    # A modality has a score from the stage that first trains it on: image from align_image, depth from align_rest;
+    # every QA cell shows its input-blind baseline in brackets.
+    image, depth = qa[1].split("|")[2:6], qa[5].split("|")[2:6]
     assert image[0].strip() != "—" and depth[0].strip() == "—" and depth[2].strip() != "—"
+    assert all("(" in cell for cell in image)
+    assert "targets missed:" in first.stdout and "short by" in first.stdout  # random tiny weights meet nothing
     for stage in STAGES:
         results = json.loads((out / "eval" / stage / "results.json").read_text(encoding="utf-8"))
         kinds = {task.rsplit("_", 1)[1] for task in results["results"]}
-        assert kinds == ({"caption", "qa"} if stage == "instruct" else {"caption"})
-        assert all(n["effective"] == 1 for n in results["n-samples"].values())
-    assert "| instruct | instruct |" in report and "## Timings" in report
+        assert kinds == {"caption", "qa"}  # QA after every stage
+        assert all(n["effective"] == 2 for n in results["n-samples"].values())
+        assert all(row["blind_baseline,none"] is not None for t, row in results["results"].items() if "_qa" in t)
+    assert "| instruct | instruct |" in report and "## Timings" in report and "Targets missed:" in report
+
+
+@pytest.mark.slow
+def test_demo_writes_report_json_per_modality_and_stage(demo_runs):
+    out, _, _, _ = demo_runs
+    data = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert data["stage_order"] == STAGES
+    met = {"align_image": 1, "align_av3d": 4, "align_rest": 8, "instruct": 8}
+    for stage in STAGES:
+        assert list(data["stages"][stage]) == MODALITIES[: met[stage]]
+        for modality, row in data["stages"][stage].items():
+            for key in ("cider", "qa_accuracy", "qa_blind_baseline", "distinct_caption_fraction", "projector_spread"):
+                assert isinstance(row[key], float), (stage, modality, key, row[key])
+            assert row["cider_interval"][0] <= row["cider"] <= row["cider_interval"][1]
+            assert row["qa_interval"][0] <= row["qa_accuracy"] <= row["qa_interval"][1]
+            assert 0 <= row["qa_blind_baseline"] <= 1 and 0 < row["distinct_caption_fraction"] <= 1
+            assert row["projector_spread"] >= 0 and (row["captions"], row["questions"]) == (2, 2)
+            assert set(row["targets"]) == {"projector_spread", "qa_over_baseline", "distinct_caption_fraction"}
+    assert set(data["mean_cider"]) == {"value", "target", "met", "short_by"}
+    assert data["eval_seconds"]["total"] > 0 and set(data["eval_seconds"]) == {*STAGES, "total"}
+    assert any("short by" in line for line in data["missed"])
+    for stage in STAGES:
+        spreads = json.loads((out / "eval" / stage / "diagnostics.json").read_text(encoding="utf-8"))
+        assert spreads["modalities"]["image"]["inputs"] == 2
+
+
+def _tables(text: str) -> list[list[str]]:
+    """Markdown tables printed in ``text``: header + body rows (separator rows left out)."""
+    tables, current = [], []
+    for line in text.splitlines() + [""]:
+        if line.startswith("| "):
+            current.append(line)
+        elif current and not line.startswith("|-"):
+            tables.append(current)
+            current = []
+    return tables
 
 
 @pytest.mark.slow
@@ -86,20 +129,37 @@ def test_data_step_restarts_an_interrupted_write(tmp_path):
     assert all(json.loads(line)["id"] for line in (folder / "train.jsonl").read_text(encoding="utf-8").splitlines())
 
 
-def test_score_table_marks_targets_met():
+def _row(cider, qa, blind, distinct, spread):
+    checks = check_targets(spread, qa, blind, distinct)
+    return {
+        "cider": cider, "cider_interval": [cider - 0.1, cider + 0.1], "qa_accuracy": qa,
+        "qa_interval": [qa - 0.05, qa + 0.05], "qa_blind_baseline": blind, "distinct_caption_fraction": distinct,
+        "projector_spread": spread, "targets": {name: c.to_dict() for name, c in checks.items()},
+    }  # fmt: skip
+
+
+def test_score_table_shows_intervals_the_blind_baseline_and_targets_met():
     scores = Scores(
         stages=["align_image", "instruct"],
         modalities=["image", "audio"],
         values={
-            "align_image": {"image": {"cider": 0.4}},
-            "instruct": {"image": {"cider": 1.2, "exact_match": 0.9}, "audio": {"cider": 0.3, "exact_match": 0.5}},
+            "align_image": {"image": _row(0.4, 0.3, 0.25, 0.5, 0.02)},
+            "instruct": {"image": _row(1.2, 0.9, 0.3, 0.9, 0.08), "audio": _row(0.3, 0.5, 0.4, 0.6, 0.01)},
         },
-        samples={},
     )
     rows = score_table(scores)
-    assert rows[2] == "| image | 0.40 | 1.20 | 0.90 | 2/2 |"
-    assert rows[3] == "| audio | — | 0.30 | 0.50 | 0/2 |"
-    assert TARGETS == {"cider": 1.0, "exact_match": 0.8}
+    assert rows[2] == "| image | 1.20 [1.10, 1.30] | 0.90 [0.85, 0.95] | 0.30 | +0.60 | 0.90 | 0.0800 | 3/3 |"
+    assert rows[3] == "| audio | 0.30 [0.20, 0.40] | 0.50 [0.45, 0.55] | 0.40 | +0.10 | 0.60 | 0.0100 | 0/3 |"
+    assert stage_table(scores, "qa")[3] == "| audio | — | 0.50 (0.40) |"
+    report = target_report(scores)
+    assert report["mean_cider"]["value"] == pytest.approx(0.75) and report["mean_cider"]["short_by"] == 0.25
+    assert report["missed"] == [
+        "audio after instruct: spread 0.010 < 0.05 (short by 0.040); QA − blind 0.100 < 0.25 (short by 0.150); "
+        "distinct 0.600 < 0.8 (short by 0.200)",
+        "mean CIDEr after instruct: 0.750 < 1.0 (short by 0.250)",
+        "image after align_image: QA − blind 0.050 < 0.25 (short by 0.200)",
+    ]
+    assert DEFAULT_PER_MODALITY // 10 * 3 >= 150  # the test split holds >= 150 questions per modality
 
 
 def test_missing_curriculum_is_a_clear_error(tmp_path):
