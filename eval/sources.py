@@ -167,7 +167,7 @@ class SynthSource(SourceLoader):
                 manifest,
                 "source.split",
                 spec,
-                f"Build the synthetic corpus with `onellm data synth --out {default} --per-modality 100` "
+                f"Build the synthetic corpus with `onellm data synth --out {default} --per-modality 500` "
                 "(or `python -m onellm.instruct_data.cli synth ...`).",
             )
         return SourceData(read_manifest(manifest), ctx.folder, {"manifest": str(manifest)})
