@@ -12,7 +12,9 @@ and the vllm/hf throughput ratio per level.
 
 Without ``--checkpoint`` the tiny preset is built into a temporary folder. The LLaVA baseline is a
 ``LlavaForConditionalGeneration`` with the same LLM (Llama config and tokenizer) and the same CLIP vision config as
-the onellm checkpoint, with random weights, served by vLLM's own OpenAI server; it sees the same requests.
+the onellm checkpoint, with random weights, served by vLLM's own OpenAI server; it sees the same requests. It needs
+a CLIP or SigLIP encoder (vLLM's LLaVA builds no other tower): for a DINOv2 checkpoint (the small preset) it is
+skipped, saying so.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 LOOPBACK = "127.0.0.1"
+REQUEST_TIMEOUT_S = 600.0  # onellm serve's default --request-timeout
+LLAVA_TOWERS = ("clip_vision_model", "siglip_vision_model")  # the vision towers vLLM's LLaVA implementation builds
 
 
 # --- checkpoints -----------------------------------------------------------------------------------------
@@ -210,7 +214,7 @@ async def one_request(http: httpx.AsyncClient, body: dict, level: Level) -> None
                     tokens = chunk["usage"]["completion_tokens"]
     except Exception as exc:  # counted and reported, the load goes on
         level.failed += 1
-        level.errors.append(str(exc)[:200])
+        level.errors.append(f"{type(exc).__name__}: {exc}"[:200])  # httpx timeouts have no message
         return
     level.ok += 1
     level.tokens += tokens
@@ -223,7 +227,10 @@ async def run_level(url: str, body: dict, concurrency: int, requests: int, max_s
     sent = 0
     deadline = time.monotonic() + max_seconds
     limits = httpx.Limits(max_connections=concurrency + 4)
-    async with httpx.AsyncClient(base_url=url, timeout=max_seconds + 60, limits=limits) as http:
+    # A request may wait its turn behind c - 1 others (the hf engine serves one at a time: ~90 s for the small
+    # preset at c=32): wait as long as the server itself lets a request run (--request-timeout, 600 s).
+    timeout = max_seconds + REQUEST_TIMEOUT_S
+    async with httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits) as http:
 
         async def worker() -> None:
             nonlocal sent
@@ -281,7 +288,7 @@ def main() -> None:
     engines = [e for e in args.engines.split(",") if e]
 
     work = Path(tempfile.mkdtemp(prefix="onellm-bench-"))
-    checkpoint = args.checkpoint or build_onellm(work / "tiny")
+    checkpoint = (args.checkpoint or build_onellm(work / "tiny")).resolve()
     image_url = image_data_url()
     import torch
     import transformers
@@ -302,7 +309,11 @@ def main() -> None:
     startups: dict[str, float] = {}
     servers = [(f"onellm-{e}", [sys.executable, "-m", "onellm.serving", "serve", str(checkpoint), "--engine", e,
                                 "--served-model-name", "bench", "--max-queue", "256"]) for e in engines]  # fmt: skip
-    if not args.no_llava and "vllm" in engines:
+    tower = json.loads((checkpoint / "config.json").read_text())["vision_config"]["model_type"]
+    if not args.no_llava and "vllm" in engines and tower not in LLAVA_TOWERS:
+        print(f"# llava-vllm: skipped, vLLM's LLaVA builds {' or '.join(LLAVA_TOWERS)} vision towers, this "
+              f"checkpoint's encoder is {tower}: no baseline at matched dimensions")  # fmt: skip
+    elif not args.no_llava and "vllm" in engines:
         llava = build_llava(checkpoint, work / "llava")
         servers.append(("llava-vllm", [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(llava),
                                        "--served-model-name", "bench", "--enforce-eager",
