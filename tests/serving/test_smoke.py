@@ -1,0 +1,49 @@
+"""``serve_once``: one answer through ``onellm serve``'s vLLM engine (what ``onellm demo`` ends with), checked
+against the hf engine on the same request; bad inputs fail before any engine starts."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from media_factory import png_bytes
+from transformers import AutoProcessor
+
+from onellm.serving.engines import EngineSettings, build_engine
+from onellm.serving.smoke import answer_image, serve_once
+
+QUESTION = "What colour is the shape?"
+
+
+@pytest.fixture()
+def image(tmp_path):
+    path = tmp_path / "shape.png"
+    path.write_bytes(png_bytes(seed=7))
+    return path
+
+
+@pytest.mark.slow
+def test_serve_once_answers_as_the_hf_engine_does(checkpoint, image, monkeypatch):
+    """The tiny checkpoint's LLM is input-sensitive (conftest.input_sensitive): the same greedy text from both
+    engines means the image reached the vLLM engine as it reaches the reference."""
+    pytest.importorskip("vllm")
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the hf engine leaves torch's thread count alone then
+
+    answer = serve_once(checkpoint, image, QUESTION, max_tokens=12, dtype="float32")
+
+    processor = AutoProcessor.from_pretrained(str(checkpoint))
+    hf = build_engine("hf", EngineSettings(checkpoint=checkpoint, dtype="float32"))
+    reference = asyncio.run(answer_image(hf, processor, image.resolve(), QUESTION, 12))
+    assert answer.strip() and answer == reference
+
+
+def test_serve_once_refuses_bad_inputs_before_starting_an_engine(checkpoint, tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"image .*missing\.png does not exist"):
+        serve_once(checkpoint, tmp_path / "missing.png", QUESTION)
+    with pytest.raises(FileNotFoundError, match=r"is not a checkpoint folder"):
+        serve_once(tmp_path, tmp_path / "missing.png", QUESTION)
+    notes = tmp_path / "notes.png"
+    notes.write_text("not an image")
+    with pytest.raises(ValueError, match=r"notes\.png: .*not a decodable image"):
+        serve_once(checkpoint, notes, QUESTION)
