@@ -76,21 +76,29 @@ def projector_spread(embeds: torch.Tensor) -> float:
     return relative_spread(embeds[:, 1:-1])
 
 
+def _placement(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Where the model's weights live and their floating dtype (inputs go there: a GPU checkpoint runs in bf16)."""
+    parameter = next(model.parameters())
+    dtype = getattr(model, "dtype", None)  # a PreTrainedModel's float dtype (a quantised first weight is not)
+    return parameter.device, dtype if isinstance(dtype, torch.dtype) else parameter.dtype
+
+
 @torch.no_grad()
 def modality_features(
     model: nn.Module, modality: str, values: torch.Tensor, batch_size: int = 32
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Preprocessed inputs ``[n, *input_shape]`` -> (pooled encoder features ``[n, C]``, projector outputs
     ``[n, N+2, D]``), in batches, in eval mode (dropout off)."""
+    device, dtype = _placement(model)
     was_training = model.training
     model.eval()
     pooled, embeds = [], []
     try:
         for start in range(0, values.shape[0], batch_size):
-            chunk = values[start : start + batch_size]
+            chunk = values[start : start + batch_size].to(device, dtype)
             features = model.encode(modality, chunk)  # [b, 1+L, C]
-            pooled.append(features.float().mean(dim=1))
-            embeds.append(model.embed_modality(modality, features=features).float())
+            pooled.append(features.float().mean(dim=1).cpu())
+            embeds.append(model.embed_modality(modality, features=features).float().cpu())
     finally:
         model.train(was_training)
     return torch.cat(pooled), torch.cat(embeds)
@@ -186,6 +194,7 @@ def shuffled_loss_delta(
     if len(examples) - starts[-1] == 1:
         starts.pop()
     bounds = [*starts[1:], len(examples)]
+    device, dtype = _placement(model)
     was_training = model.training
     model.eval()
     matched = shuffled = 0.0
@@ -193,9 +202,10 @@ def shuffled_loss_delta(
     try:
         for start, end in zip(starts, bounds, strict=True):
             batch = collator(list(examples[start:end]))
-            inputs = {key: batch[key] for key in ("input_ids", "attention_mask", "labels")}
-            matched += float(label_loss_sum(model, {**inputs, "mm_inputs": batch["mm_inputs"]}))
-            rolled = {m: values.roll(1, dims=0) for m, values in batch["mm_inputs"].items()}
+            inputs = {key: batch[key].to(device) for key in ("input_ids", "attention_mask", "labels")}
+            media = {m: values.to(device, dtype) for m, values in batch["mm_inputs"].items()}
+            matched += float(label_loss_sum(model, {**inputs, "mm_inputs": media}))
+            rolled = {m: values.roll(1, dims=0) for m, values in media.items()}
             shuffled += float(label_loss_sum(model, {**inputs, "mm_inputs": rolled}))
             tokens += batch["num_label_tokens"]
     finally:
