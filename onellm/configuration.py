@@ -23,6 +23,9 @@ PROJECTOR_DEFAULTS = {
     "router": "pooled",
     "expert": "transformer",
     "width": None,  # None: the encoder's width (OneLLM: 1024 for CLIP ViT-L/14)
+    # "standardize": running feature standardisation, no LayerNorm (keeps outputs input-dependent, see
+    # projectors/upm.py); "layernorm": a LayerNorm after each projection, the official OneLLM layout.
+    "norm": "standardize",
 }
 
 

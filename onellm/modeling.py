@@ -45,6 +45,7 @@ def build_modality_parts(config: OneLLMConfig) -> tuple[UniversalEncoder, nn.Mod
         mlp_ratio=proj["mlp_ratio"],
         router=proj["router"],
         expert=proj["expert"],
+        norm=proj["norm"],
     )
     return encoder, tokenizers, projector
 

@@ -154,7 +154,10 @@ TINY_MODALITIES = {
 
 
 @register_preset("tiny")
-def build_tiny(seed: int = 0, modalities: list[str] | None = None, router: str = "pooled", num_experts: int = 3):
+def build_tiny(
+    seed: int = 0, modalities: list[str] | None = None, router: str = "pooled", num_experts: int = 3,
+    norm: str = "standardize",
+):
     """Random weights, every modality; builds in well under a second. Attention head dim 32 (vLLM CPU needs >= 32)."""
     torch.manual_seed(seed)
     tokenizer = tiny_tokenizer()
@@ -167,7 +170,9 @@ def build_tiny(seed: int = 0, modalities: list[str] | None = None, router: str =
     vision = CLIPVisionConfig(
         hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8,
     )
-    projector = {"num_experts": num_experts, "depth": 1, "num_queries": 4, "num_heads": 2, "router": router}
+    projector = {
+        "num_experts": num_experts, "depth": 1, "num_queries": 4, "num_heads": 2, "router": router, "norm": norm,
+    }
     chosen = {m: TINY_MODALITIES[m] for m in (modalities or list(TINY_MODALITIES))}
     return assemble(text, vision, tokenizer, projector, chosen)
 

@@ -2,12 +2,23 @@
 
 Per input of modality m, with encoder features ``[B, S, C]`` (S = 1 + L_m):
 
-    x       = LayerNorm(Linear_in[m](features))                  [B, S, H]
+    x       = Linear_in[m](Standardize[m](features))             [B, S, H]     norm "standardize" (default)
+            = LayerNorm(Linear_in[m](features))                                norm "layernorm" (official OneLLM)
     seq     = [queries[m] ; x]                                   [B, N+S, H]   N learned query tokens
     e_k     = expert_k(seq)[:, :N]                               [B, N, H]     K experts, shared by all modalities
     w       = router[m](x, queries[m])                           [B|1, 1|N, K]
     mixed   = sum_k w_k * e_k                                    [B, N, H]
-    out     = [start[m] ; LayerNorm(Linear_out[m](mixed)) ; end[m]]   [B, N+2, D]   D = LLM width
+    out     = [start[m] ; Linear_out[m](mixed) ; end[m]]       [B, N+2, D]   D = LLM width
+                                                 (LayerNorm(Linear_out[m](mixed)) under norm "layernorm")
+
+Why the default standardises instead of layer-normalising (measured on the small preset, issue 11): the encoder's
+features of different inputs share a large common component. With a LayerNorm after each projection, the first
+optimizer steps grow that common component (Adam moves every weight by ~lr, and the loss gradient is nearly the same
+for every input at the start, so it is a rank-1 update along the mean feature), and the LayerNorm then rescales the
+input-specific part towards zero: the relative spread of the outputs across images fell from 0.40 to 0.02 in 20
+steps and the frozen LLM answered every image alike. Standardising the features with their running per-channel
+mean and variance removes the common component before any weight sees it, and without the output LayerNorm nothing
+shrinks the input-specific part: the spread stayed at 1.2 over the same 20 steps.
 
 Stage-1 alignment trains a one-expert, image-only UPM ("the image projector");
 :func:`expand_experts` then copies it into K experts and into every modality.
@@ -32,17 +43,81 @@ def placeholder_count(num_queries: int) -> int:
     return num_queries + 2
 
 
-class ModalityHead(nn.Module):
-    """The per-modality parts of the UPM: in/out projections, queries, router, start/end tags."""
+class FeatureStandardizer(nn.Module):
+    """``[B, S, C] -> (x - mean) / std`` per channel, with the statistics of every token seen in training.
 
-    def __init__(self, in_width: int, width: int, out_width: int, num_queries: int, num_experts: int, router: str):
+    In training mode each call first folds the batch's tokens into running (cumulative, not exponential) statistics,
+    then normalises with them, so training and inference use the same transform once a few batches have passed.
+    The statistics are buffers: they travel with the checkpoint. Before any training batch it is the identity.
+    """
+
+    def __init__(self, width: int, eps: float = 1e-5):
         super().__init__()
-        self.proj_in = nn.Sequential(nn.Linear(in_width, width), nn.LayerNorm(width))
+        self.eps = eps
+        self.register_buffer("mean", torch.zeros(width))
+        self.register_buffer("var", torch.ones(width))
+        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+
+    def reset(self) -> None:
+        """Forget the statistics (a head copied to a new modality must learn that modality's)."""
+        self.mean.zero_()
+        self.var.fill_(1.0)
+        self.count.zero_()
+
+    @torch.no_grad()
+    def _update(self, x: torch.Tensor) -> None:
+        flat = x.detach().reshape(-1, x.shape[-1]).double()
+        n, total = flat.shape[0], float(self.count) + flat.shape[0]
+        batch_mean, batch_var = flat.mean(0), flat.var(0, unbiased=False)
+        delta = batch_mean - self.mean.double()
+        # Chan et al.'s parallel update of mean and (population) variance.
+        mean = self.mean.double() + delta * (n / total)
+        m2 = self.var.double() * float(self.count) + batch_var * n + delta.pow(2) * float(self.count) * n / total
+        self.mean.copy_(mean.to(self.mean.dtype))
+        self.var.copy_((m2 / total).to(self.var.dtype))
+        self.count.fill_(total)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self._update(x)
+        if float(self.count) == 0:
+            return x
+        return (x - self.mean.to(x.dtype)) * torch.rsqrt(self.var.to(x.dtype) + self.eps)
+
+
+# How a head normalises around its projections: (before proj_in, after proj_in, after proj_out).
+NORMS = ("standardize", "layernorm")
+
+
+class ModalityHead(nn.Module):
+    """The per-modality parts of the UPM: in/out projections, queries, router, start/end tags.
+
+    ``norm``: "standardize" (default: running feature standardisation before the in-projection, no LayerNorm;
+    keeps the outputs input-dependent through training) or "layernorm" (the official OneLLM layout: a LayerNorm
+    after each projection).
+    """
+
+    def __init__(
+        self, in_width: int, width: int, out_width: int, num_queries: int, num_experts: int, router: str,
+        norm: str = "standardize",
+    ):
+        super().__init__()
+        if norm not in NORMS:
+            raise ValueError(f"projector norm {norm!r} is not one of {NORMS}")
+        layernorm = norm == "layernorm"
+        self.standardize = nn.Identity() if layernorm else FeatureStandardizer(in_width)
+        self.proj_in = nn.Sequential(nn.Linear(in_width, width), nn.LayerNorm(width) if layernorm else nn.Identity())
         self.queries = nn.Parameter(torch.randn(1, num_queries, width) * 0.02)
         self.router = Router(width, num_experts, router)
-        self.proj_out = nn.Sequential(nn.Linear(width, out_width), nn.LayerNorm(out_width))
+        self.proj_out = nn.Sequential(
+            nn.Linear(width, out_width), nn.LayerNorm(out_width) if layernorm else nn.Identity()
+        )
         self.start_tag = nn.Parameter(torch.randn(1, 1, out_width) * 0.02)
         self.end_tag = nn.Parameter(torch.randn(1, 1, out_width) * 0.02)
+
+    def project_in(self, features: torch.Tensor) -> torch.Tensor:
+        """Encoder features ``[B, S, C]`` -> ``[B, S, H]``."""
+        return self.proj_in(self.standardize(features))
 
 
 class UniversalProjectionModule(nn.Module):
@@ -61,6 +136,7 @@ class UniversalProjectionModule(nn.Module):
         mlp_ratio: float = 4.0,
         router: str = "pooled",
         expert: str = "transformer",
+        norm: str = "standardize",
     ):
         super().__init__()
         width = width or in_width
@@ -69,7 +145,7 @@ class UniversalProjectionModule(nn.Module):
             [build_expert(expert, width, depth, num_heads, mlp_ratio) for _ in range(num_experts)]
         )
         self.heads = nn.ModuleDict(
-            {m: ModalityHead(in_width, width, out_width, num_queries, num_experts, router) for m in modalities}
+            {m: ModalityHead(in_width, width, out_width, num_queries, num_experts, router, norm) for m in modalities}
         )
 
     @property
@@ -83,7 +159,7 @@ class UniversalProjectionModule(nn.Module):
     def routing_weights(self, features: torch.Tensor, modality: str) -> torch.Tensor:
         """Mixture weights ``[B|1, 1|N, K]`` for ``features`` ``[B, S, C]``."""
         head = self.head(modality)
-        return head.router(head.proj_in(features), head.queries)
+        return head.router(head.project_in(features), head.queries)
 
     def head(self, modality: str) -> ModalityHead:
         if modality not in self.heads:
@@ -92,7 +168,7 @@ class UniversalProjectionModule(nn.Module):
 
     def forward(self, features: torch.Tensor, modality: str) -> torch.Tensor:
         head = self.head(modality)
-        x = head.proj_in(features)
+        x = head.project_in(features)
         queries = head.queries.expand(x.shape[0], -1, -1)
         seq = torch.cat([queries, x], dim=1)
         weights = head.router(x, head.queries)  # [B|1, 1|N, K]
@@ -117,6 +193,8 @@ def expand_experts(projector: UniversalProjectionModule, num_experts: int, modal
     heads = {}
     for m in modalities:
         head = copy.deepcopy(projector.heads[m] if m in projector.heads else source_head)
+        if m not in projector.heads and isinstance(head.standardize, FeatureStandardizer):
+            head.standardize.reset()  # the image statistics do not describe another modality's features
         width = head.queries.shape[-1]
         head.router = Router(width, num_experts, head.router.mode)
         heads[m] = head

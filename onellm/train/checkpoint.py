@@ -3,7 +3,8 @@
 Layout under ``<output_dir>/<stage>/``::
 
     checkpoints/step-00000040/     resumable state, written as .tmp-step-00000040/ then renamed
-        trainable.safetensors      every parameter with requires_grad (UPM, tokenizers, LoRA), by model name
+        trainable.safetensors      every parameter with requires_grad (UPM, tokenizers, LoRA), by model name, and
+                                   the persistent buffers of modules that train (the UPM's feature statistics)
         optimizer.pt  scheduler.pt
         rng-rank<r>.pt             python / numpy / torch generator states of each process
         state.json                 step, samples seen, loss history, config (written last)
@@ -127,14 +128,28 @@ def prune(folder: Path, keep: int) -> list[Path]:
 # --- what goes into a checkpoint ------------------------------------------------------------------------------------
 
 
+def _training_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Trainable parameters + the persistent buffers that sit beside them (statistics a module updates while
+    training, e.g. ``FeatureStandardizer``'s running mean): a buffer counts when the module one level above its
+    owner holds a trainable parameter."""
+    tensors = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    training = {name.rsplit(".", i)[0] for name in tensors for i in range(1, name.count(".") + 1)}
+    persistent = model.state_dict(keep_vars=True)  # buffers registered persistent=False are not in it
+    for name, buffer in model.named_buffers():
+        owner = name.rsplit(".", 1)[0]
+        if name in persistent and "." in owner and owner.rsplit(".", 1)[0] in training:
+            tensors[name] = buffer
+    return tensors
+
+
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {name: p.detach().contiguous().clone() for name, p in model.named_parameters() if p.requires_grad}
+    return {name: t.detach().contiguous().clone() for name, t in _training_tensors(model).items()}
 
 
 def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Copy ``state`` into the matching trainable parameters; every trainable parameter must be present."""
-    params = dict(model.named_parameters())
-    expected = {name for name, p in params.items() if p.requires_grad}
+    """Copy ``state`` into the matching trainable parameters (and their modules' statistics); all must be present."""
+    params = _training_tensors(model)
+    expected = set(params)
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:
         raise ValueError(

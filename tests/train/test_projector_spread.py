@@ -1,0 +1,100 @@
+"""Does the projector keep its input dependence through alignment? (issue 11's collapse, on the tiny preset)
+
+With a LayerNorm after each projection (the official OneLLM layout) a few Adam steps grow the common component of
+the encoder features and the LayerNorm squashes what differs between inputs: the outputs drift towards one soft
+prompt. The default head standardises the features instead. Measured here (12 steps, batch 8, lr 3e-3, seeded):
+relative spread 0.84 -> 0.19 with "standardize", 0.88 -> 0.10 with "layernorm". The issue's bar (at least half of
+the initial spread) is not met yet on the tiny preset: that test is a strict xfail, so it reports when it starts
+to hold.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+
+import pytest
+import torch
+
+from onellm import OneLLMForConditionalGeneration
+from onellm.diagnose import spread_on_split
+from onellm.instruct_data.schema import read_manifest
+from onellm.projectors.upm import FeatureStandardizer
+from onellm.train.common import load_start
+from onellm.train.config import load_stage
+from onellm.train.recipes import run_stage
+
+TINY = Path(__file__).resolve().parents[2] / "configs" / "tiny"
+
+
+def _spread(model, processor, data: Path, train_mode: bool = False) -> float:
+    model.train(train_mode)
+    with torch.no_grad():
+        return spread_on_split(model, processor, read_manifest(data / "train.jsonl"), data, "image", limit=32)[0]
+
+
+@pytest.fixture(scope="module")
+def spreads(synth_tiny, tmp_path_factory, accelerator, quick) -> dict[str, tuple[float, float]]:
+    """norm -> (spread of the starting projector, spread after a 12-step image alignment)."""
+    out = {}
+    for norm in ("standardize", "layernorm"):
+        overrides = quick(synth_tiny, tmp_path_factory.mktemp(norm), steps=12, **{
+            "init_from.preset_args": {"norm": norm},
+            "train.batch_size": 8,
+            "train.save_interval": 0,
+            "train.warmup_steps": 0,
+            "train.schedule": "constant",
+        })
+        stage = load_stage(TINY / "align_image.yaml", overrides)
+        start, processor = load_start(stage)  # exactly the model the stage starts from
+        _spread(start, processor, synth_tiny, train_mode=True)  # the statistics training gathers first
+        before = _spread(start, processor, synth_tiny)
+        with contextlib.redirect_stderr(io.StringIO()):
+            outputs = run_stage(stage, accelerator)
+        after = _spread(OneLLMForConditionalGeneration.from_pretrained(outputs["checkpoint"]), processor, synth_tiny)
+        out[norm] = (before, after)
+    return out
+
+
+def test_standardized_projector_keeps_more_of_its_spread_than_the_layernorm_layout(spreads):
+    (s0, s1), (l0, l1) = spreads["standardize"], spreads["layernorm"]
+    assert s0 > 0.3 and l0 > 0.3  # both start input-dependent
+    assert l1 < 0.5 * l0, f"layernorm: {l0:.3f} -> {l1:.3f}"  # the collapse this guards against
+    assert s1 / s0 > 1.5 * (l1 / l0), f"standardize kept {s1 / s0:.2f} of its spread, layernorm {l1 / l0:.2f}"
+
+
+@pytest.mark.xfail(strict=True, reason="issue 11: tiny preset keeps ~0.22 of its spread after 12 steps, target 0.5")
+def test_short_alignment_keeps_half_of_the_initial_spread(spreads):
+    before, after = spreads["standardize"]
+    assert after >= 0.5 * before, f"spread fell from {before:.4f} to {after:.4f}"
+
+
+def test_standardizer_learns_the_feature_statistics_and_keeps_them_for_inference():
+    torch.manual_seed(0)
+    norm = FeatureStandardizer(4)
+    x = torch.randn(3, 5, 4) * torch.tensor([1.0, 2.0, 3.0, 4.0]) + torch.tensor([5.0, -1.0, 0.0, 2.0])
+    assert torch.equal(norm.eval()(x), x)  # no statistics yet: identity
+    norm.train()
+    for part in x.split(1):  # three batches: the running statistics equal those of all the tokens at once
+        norm(part)
+    flat = x.reshape(-1, 4)
+    torch.testing.assert_close(norm.mean, flat.mean(0))
+    torch.testing.assert_close(norm.var, flat.var(0, unbiased=False))
+    out = norm.eval()(x)
+    torch.testing.assert_close(out.reshape(-1, 4).mean(0), torch.zeros(4), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.reshape(-1, 4).std(0, unbiased=False), torch.ones(4), atol=1e-4, rtol=0)
+    frozen = norm.mean.clone()
+    norm(x * 10)  # eval mode: no update
+    assert torch.equal(norm.mean, frozen)
+
+
+def test_a_head_copied_to_a_new_modality_forgets_the_image_statistics():
+    from onellm.projectors import UniversalProjectionModule, expand_experts
+
+    upm = UniversalProjectionModule(["image"], in_width=8, out_width=12, num_experts=1, depth=1, num_queries=2,
+                                    num_heads=2)
+    upm.train()(torch.randn(2, 5, 8) + 3.0, "image")
+    upm = expand_experts(upm, 2, ["image", "audio"])
+    assert float(upm.heads["image"].standardize.count) == 10
+    assert float(upm.heads["audio"].standardize.count) == 0
