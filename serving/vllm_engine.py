@@ -6,6 +6,7 @@ The server has already preprocessed every input; they reach the plugin's process
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import aclosing
@@ -15,6 +16,7 @@ from onellm.serving.engines import Delta, EngineSettings, GenerationRequest, ada
 
 # vLLM sizes its LoRA buffers by max_lora_rank, which must be one of these.
 _LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+CPU_KVCACHE_GIB = "4"  # default VLLM_CPU_KVCACHE_SPACE when the environment does not set it
 
 
 class VLLMEngine:
@@ -50,6 +52,9 @@ class VLLMEngine:
             # only holds with VLLM_ENABLE_V1_MULTIPROCESSING=0: otherwise vLLM's CPU platform switches to "mp", a
             # worker process that spins on one core while it waits for work.)
             kwargs.update(distributed_executor_backend="uni", enforce_eager=True)
+            # Unset, vLLM's CPU backend reserves most of the RAM for its KV cache and refuses to start when other
+            # processes hold memory. 4 GiB holds ~90k tokens of SmolLM2-135M in fp32 (30 layers x 3 KV heads x 64 x 2 x 4 B = 46 KB each).
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KVCACHE_GIB)
         if settings.adapters:
             rank = max(adapter_rank(path) for path in settings.adapters.values())
             # max_loras >= adapters + 1: with max_loras=1 the CPU backend applies an adapter to base-model requests
