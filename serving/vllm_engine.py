@@ -53,7 +53,8 @@ class VLLMEngine:
             # worker process that spins on one core while it waits for work.)
             kwargs.update(distributed_executor_backend="uni", enforce_eager=True)
             # Unset, vLLM's CPU backend reserves most of the RAM for its KV cache and refuses to start when other
-            # processes hold memory. 4 GiB holds ~90k tokens of SmolLM2-135M in fp32 (30 layers x 3 KV heads x 64 x 2 x 4 B = 46 KB each).
+            # processes hold memory. 4 GiB holds ~90k tokens of SmolLM2-135M in fp32
+            # (30 layers x 3 KV heads x 64 x 2 x 4 B = 46 KB per token).
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KVCACHE_GIB)
         if settings.adapters:
             rank = max(adapter_rank(path) for path in settings.adapters.values())
