@@ -25,7 +25,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSche
 
 from onellm.processing import OneLLMProcessor
 from onellm.serving.chat import ParsedChat, parse_chat
-from onellm.serving.engines import Delta, Engine, GenerationRequest, SamplingSettings, engine_lifespan
+from onellm.serving.engines import (
+    Delta,
+    Engine,
+    GenerationRequest,
+    SamplingSettings,
+    TokenLogprob,
+    engine_lifespan,
+)
 from onellm.serving.errors import APIError, bad_request, error_body
 from onellm.serving.media import MediaFetcher, MediaPolicy
 from onellm.serving.metrics import Metrics
@@ -43,6 +50,8 @@ MiB = 1024 * 1024
 # Sampling at a temperature below this divides the logits into inf and the softmax into NaN. vLLM raises any
 # temperature in (0, 0.01) to 0.01; the server does the same for every engine, so they agree (0 stays greedy).
 MIN_TEMPERATURE = 0.01
+MAX_TOP_LOGPROBS = 20  # OpenAI's limit
+MIN_LOGPROB = -9999.0  # -inf (a masked token) is not JSON; vLLM's OpenAI server reports it as this
 
 
 @dataclass(frozen=True)
@@ -81,6 +90,8 @@ class ChatCompletionRequest(BaseModel):
     stream_options: StreamOptions | None = None
     return_token_ids: bool = False  # extension (as in vLLM): each choice also carries its generated token ids
     min_tokens: int = Field(default=0, ge=0)  # extension (as in vLLM): no end-of-sequence before this many tokens
+    logprobs: bool = False  # each generated token's log-probability (raw model distribution, as vLLM reports it)
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)  # and this many alternatives
 
 
 _ROUTES = {"/v1/chat/completions", "/v1/models", "/health", "/metrics"}
@@ -249,6 +260,8 @@ def build_app(engine: Engine, processor: OneLLMProcessor, settings: ServerSettin
         stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         if len(stops) > 4 or any(not s for s in stops):
             raise bad_request("stop: up to 4 non-empty strings", "stop")
+        if body.top_logprobs is not None and not body.logprobs:
+            raise bad_request("top_logprobs: set logprobs to true to get top_logprobs", "top_logprobs")
         return body
 
     def resolve_model(name: str) -> str | None:
@@ -287,12 +300,17 @@ def build_app(engine: Engine, processor: OneLLMProcessor, settings: ServerSettin
             stop=tuple(stops),
             seed=body.seed,
             n=body.n,
+            logprobs=(body.top_logprobs or 0) if body.logprobs else None,
         )
+
+    def choice_logprobs(body: ChatCompletionRequest, entries: list[TokenLogprob]) -> dict | None:
+        return openai_logprobs(processor.tokenizer, entries) if body.logprobs else None
 
     # --- responses -----------------------------------------------------------------------------------
     async def complete(body: ChatCompletionRequest, generation: GenerationRequest, admitted: float) -> Response:
         n = generation.sampling.n
         texts, ids = [""] * n, [[] for _ in range(n)]
+        logprobs: list[list[TokenLogprob]] = [[] for _ in range(n)]
         finish: list[str | None] = [None] * n
         first_token: float | None = None
         try:
@@ -303,6 +321,7 @@ def build_app(engine: Engine, processor: OneLLMProcessor, settings: ServerSettin
                         for d in deltas:
                             texts[d.index] += d.text
                             ids[d.index] += d.token_ids
+                            logprobs[d.index] += d.logprobs
                             finish[d.index] = d.finish_reason or finish[d.index]
         except TimeoutError:
             raise APIError(
@@ -323,7 +342,7 @@ def build_app(engine: Engine, processor: OneLLMProcessor, settings: ServerSettin
                 "index": i,
                 "message": {"role": "assistant", "content": texts[i]},
                 "finish_reason": finish[i] or "stop",
-                "logprobs": None,
+                "logprobs": choice_logprobs(body, logprobs[i]),
             }
             if body.return_token_ids:
                 choice["token_ids"] = ids[i]
@@ -382,7 +401,7 @@ def build_app(engine: Engine, processor: OneLLMProcessor, settings: ServerSettin
                 "index": d.index,
                 "delta": {"content": d.text},
                 "finish_reason": d.finish_reason,
-                "logprobs": None,
+                "logprobs": choice_logprobs(body, d.logprobs),
             }
             if body.return_token_ids:
                 choice["token_ids"] = d.token_ids
@@ -452,6 +471,20 @@ def _unpaired_surrogate(data: Any) -> str | None:
         elif isinstance(item, list):
             stack.extend(item)
     return None
+
+
+def openai_logprobs(tokenizer: Any, entries: list[TokenLogprob]) -> dict[str, list[dict]]:
+    """OpenAI's ``choice.logprobs``: per generated token its text, UTF-8 bytes, log-probability and alternatives."""
+
+    def token(token_id: int, logprob: float) -> dict[str, Any]:
+        text = tokenizer.decode([token_id])
+        return {"token": text, "logprob": max(logprob, MIN_LOGPROB), "bytes": list(text.encode("utf-8"))}
+
+    return {
+        "content": [
+            {**token(e.token_id, e.logprob), "top_logprobs": [token(i, lp) for i, lp in e.top]} for e in entries
+        ]
+    }
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:

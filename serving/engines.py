@@ -33,6 +33,17 @@ class SamplingSettings:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     n: int = 1
+    logprobs: int | None = None  # None: none; k >= 0: each token's log-probability and the k most likely tokens
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log-probability under the model's raw output distribution (before temperature and
+    top-p, as vLLM's ``raw_logprobs``) and the ``top`` most likely tokens at its position, most likely first."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass
@@ -51,6 +62,7 @@ class Delta:
     text: str = ""
     token_ids: list[int] = field(default_factory=list)
     finish_reason: str | None = None  # "stop" | "length" once the choice is done
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # one per token id when the request asked for them
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, 
 from transformers.generation.streamers import BaseStreamer
 
 import onellm  # noqa: F401  (Auto-class registration)
-from onellm.serving.engines import Delta, EngineSettings, GenerationRequest, adapter_targets_whole_model
+from onellm.serving.engines import (
+    Delta,
+    EngineSettings,
+    GenerationRequest,
+    TokenLogprob,
+    adapter_targets_whole_model,
+)
 
 _DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _DONE = object()
@@ -53,6 +59,26 @@ class _TokenStreamer(BaseStreamer):
 
     def end(self) -> None:
         pass
+
+
+class _LogprobRecorder:
+    """Keeps the raw next-token log-probabilities of the latest forward pass (a hook on the LM head, so before
+    temperature and top-p, as vLLM's ``raw_logprobs``); the streamer turns them into each generated token's
+    :class:`TokenLogprob` with the ``top`` most likely alternatives."""
+
+    def __init__(self, head: torch.nn.Module, top: int):
+        self.top = top
+        self.latest: torch.Tensor | None = None
+        self.handle = head.register_forward_hook(self._record)
+
+    def _record(self, module: torch.nn.Module, args: Any, output: torch.Tensor) -> None:
+        self.latest = output[0, -1].float().log_softmax(-1)
+
+    def take(self, ids: list[int]) -> list[TokenLogprob]:
+        assert self.latest is not None and len(ids) == 1, "one sequence, one token per step"
+        values, indices = self.latest.topk(self.top)
+        top = tuple(zip(indices.tolist(), values.tolist(), strict=True))
+        return [TokenLogprob(ids[0], float(self.latest[ids[0]]), top)]
 
 
 class _TextTracker:
@@ -186,6 +212,9 @@ class HFEngine:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)
+        recorder = None
+        if sampling.logprobs is not None:
+            recorder = _LogprobRecorder(self.model.get_output_embeddings(), sampling.logprobs)
         try:
             with torch.inference_mode(), self._adapter(request.adapter):
                 for index in range(sampling.n):
@@ -196,12 +225,16 @@ class HFEngine:
                     self.model.generate(
                         **kwargs,
                         stopping_criteria=StoppingCriteriaList([_Cancelled(cancel, stop_choice)]),
-                        streamer=_TokenStreamer(lambda ids, i=index: push(("tokens", i, ids))),
+                        streamer=_TokenStreamer(
+                            lambda ids, i=index: push(("tokens", i, ids, recorder.take(ids) if recorder else []))
+                        ),
                     )
                     push(("end", index))
         except Exception as exc:  # surfaced to the request's task
             push(exc)
         finally:
+            if recorder is not None:
+                recorder.handle.remove()
             push(_DONE)
 
     def _adapter(self, name: str | None):
@@ -241,13 +274,13 @@ class HFEngine:
                     index, stop_choice = item[1], item[2]
                     tracker = _TextTracker(self.tokenizer, request.sampling.stop)
                 elif kind == "tokens" and tracker is not None and not tracker.stopped:
-                    ids = item[2]
+                    ids, logprobs = item[2], item[3]
                     text = tracker.add(ids)
                     if tracker.stopped:
                         stop_choice.set()  # this choice is done; the worker moves on to the next one
-                        yield [Delta(index, text, ids, "stop")]
+                        yield [Delta(index, text, ids, "stop", logprobs)]
                     else:
-                        yield [Delta(index, text, ids)]
+                        yield [Delta(index, text, ids, logprobs=logprobs)]
                 elif kind == "end" and tracker is not None:
                     if not tracker.stopped:
                         finish = "stop" if tracker.ids and tracker.ids[-1] in eos else "length"

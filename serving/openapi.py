@@ -38,11 +38,25 @@ class AssistantMessage(BaseModel):
     content: str
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float = Field(description="natural log of the probability under the raw model distribution")
+    bytes: list[int] = Field(description="the token's text as UTF-8 bytes")
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob] = Field(description="the top_logprobs most likely tokens, most likely first")
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprob] = Field(description="one per generated token (logprobs: true)")
+
+
 class Choice(BaseModel):
     index: int = Field(ge=0)
     message: AssistantMessage
     finish_reason: Literal["stop", "length"]
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     token_ids: list[int] | None = Field(default=None, description="the generated token ids (return_token_ids)")
 
 
@@ -70,7 +84,7 @@ class ChunkChoice(BaseModel):
     index: int = Field(ge=0)
     delta: Delta
     finish_reason: Literal["stop", "length"] | None
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     token_ids: list[int] | None = Field(default=None, description="this chunk's token ids (return_token_ids)")
 
 

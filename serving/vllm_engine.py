@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
-from onellm.serving.engines import Delta, EngineSettings, GenerationRequest, adapter_rank
+from onellm.serving.engines import Delta, EngineSettings, GenerationRequest, TokenLogprob, adapter_rank
 
 # vLLM sizes its LoRA buffers by max_lora_rank, which must be one of these.
 _LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
@@ -101,6 +101,7 @@ class VLLMEngine:
             min_tokens=sampling.min_tokens,
             stop=list(sampling.stop) or None,
             seed=sampling.seed,
+            logprobs=sampling.logprobs,
             output_kind=RequestOutputKind.DELTA,
         )
         media: dict[str, list[Preprocessed]] = {}
@@ -116,6 +117,25 @@ class VLLMEngine:
         async with aclosing(self.llm.generate(engine_input, params, request_id, lora_request=lora)) as outputs:
             async for output in outputs:
                 yield [
-                    Delta(c.index, c.text, list(c.token_ids), c.finish_reason if c.finish_reason != "abort" else None)
+                    Delta(
+                        c.index,
+                        c.text,
+                        list(c.token_ids),
+                        c.finish_reason if c.finish_reason != "abort" else None,
+                        _token_logprobs(c.token_ids, c.logprobs, sampling.logprobs),
+                    )
                     for c in output.outputs
                 ]
+
+
+def _token_logprobs(token_ids: Any, positions: Any, top: int | None) -> list[TokenLogprob]:
+    """vLLM's per-position ``{token id: Logprob}`` (the sampled token and the ranks 1..top) as TokenLogprobs."""
+    if top is None or positions is None:
+        return []
+    result = []
+    for token_id, position in zip(token_ids, positions, strict=True):
+        ranked = sorted(
+            (lp.rank, i, lp.logprob) for i, lp in position.items() if lp.rank is not None and lp.rank <= top
+        )
+        result.append(TokenLogprob(int(token_id), position[token_id].logprob, tuple((i, lp) for _, i, lp in ranked)))
+    return result

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import math
 import time
 
 import httpx
@@ -126,6 +127,32 @@ def test_streaming_matches_non_streaming(client, media, parts):
     assert usage.prompt_tokens == reference.usage.prompt_tokens
 
 
+def test_logprobs_as_openai_returns_them(client, processor, media, parts):
+    """``logprobs`` + ``top_logprobs``: one entry per generated token, its text and bytes; the greedy token is the
+    most likely one; alternatives most likely first; log-probabilities of one distribution (<= 0, summing <= 1);
+    streamed entries equal collected ones; none without ``logprobs``; another image changes the distribution."""
+    messages = parts.user(parts.image(media["png"]))
+    response, ids = greedy(client, messages, max_tokens=6, logprobs=True, top_logprobs=3)
+    content = response.choices[0].logprobs.content
+    assert len(content) == len(ids) == 6
+    for entry, token_id in zip(content, ids, strict=True):
+        assert entry.token == processor.decode([token_id]) and entry.bytes == list(entry.token.encode("utf-8"))
+        tops = [t.logprob for t in entry.top_logprobs]
+        assert len(tops) == 3 and tops == sorted(tops, reverse=True) and tops[0] <= 0
+        assert sum(math.exp(t) for t in tops) <= 1 + 1e-4
+        assert entry.top_logprobs[0].token == entry.token and entry.logprob == pytest.approx(tops[0], abs=1e-5)
+    plain, plain_ids = greedy(client, messages, max_tokens=6)
+    assert plain.choices[0].logprobs is None and plain_ids == ids
+    stream = client.chat.completions.create(
+        model="tiny", messages=messages, max_tokens=6, temperature=0, stream=True, logprobs=True, top_logprobs=3
+    )
+    streamed = [e for chunk in stream for c in chunk.choices if c.logprobs for e in c.logprobs.content]
+    assert [(e.token, e.logprob) for e in streamed] == [(e.token, e.logprob) for e in content]
+    other, _ = greedy(client, parts.user(parts.image(media["png2"])), max_tokens=1, logprobs=True, top_logprobs=3)
+    first = {t.token: t.logprob for t in other.choices[0].logprobs.content[0].top_logprobs}
+    assert first != pytest.approx({t.token: t.logprob for t in content[0].top_logprobs}, abs=1e-4)
+
+
 def test_lora_adapter_by_model_name(client, media, parts):
     messages = parts.user(parts.image(media["png"]))
     _, base = greedy(client, messages)
@@ -204,6 +231,8 @@ def _bad_requests(server, media, parts) -> list[tuple[str, dict | bytes, int, st
     wav = media["wav"]
     return [
         ("malformed base64", _chat(_url_part("data:image/png;base64,@@not*base64@@")), 400, "base64", None),
+        ("top_logprobs without logprobs", _chat("hi", top_logprobs=2), 400, "logprobs", None),
+        ("too many top_logprobs", _chat("hi", logprobs=True, top_logprobs=21), 400, "top_logprobs", None),
         (
             "non-image bytes",
             _chat(_url_part(parts.data_url(b"just some text, no image", "image/png"))),

@@ -57,3 +57,19 @@ def test_greedy_outputs_identical_across_engines(hf_server, vllm_server, media, 
             )
             mismatches.append(f"{name}: first difference at token {first}: hf {reference} vs vllm {candidate}")
     assert not mismatches, "\n".join(mismatches)
+
+
+def test_logprobs_agree_across_engines(hf_server, vllm_server, media, parts, kit):
+    """Both engines report the raw model distribution: the same top tokens with log-probabilities within 1e-3."""
+    messages = parts.user(parts.image(media["png"]), parts.audio(media["wav"]))
+    entries = []
+    for server in (hf_server, vllm_server):
+        client = OpenAI(base_url=f"{server.url}/v1", api_key=kit.API_KEY, max_retries=0, timeout=120)
+        reply = client.chat.completions.create(
+            model="tiny", messages=messages, max_tokens=8, temperature=0, logprobs=True, top_logprobs=5
+        )
+        entries.append([[(t.token, t.logprob) for t in e.top_logprobs] for e in reply.choices[0].logprobs.content])
+    reference, candidate = entries
+    assert [[t for t, _ in e] for e in candidate] == [[t for t, _ in e] for e in reference]
+    for ref, cand in zip(reference, candidate, strict=True):
+        assert [lp for _, lp in cand] == pytest.approx([lp for _, lp in ref], abs=1e-3)
