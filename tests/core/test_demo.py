@@ -20,10 +20,25 @@ STAGES = ["align_image", "align_av3d", "align_rest", "instruct"]
 
 def _demo(out: Path) -> subprocess.CompletedProcess:
     command = [
-        sys.executable, "-m", "onellm.demo", "--out", str(out), "--curriculum", "configs/tiny/curriculum.yaml",
-        "--per-modality", "20", "--limit", "2",
-        "--set", "train.steps=2", "--set", "train.warmup_steps=0", "--set", "train.save_interval=1",
-        "--set", "train.eval_samples=2",
+        sys.executable,
+        "-m",
+        "onellm.demo",
+        "--out",
+        str(out),
+        "--curriculum",
+        "configs/tiny/curriculum.yaml",
+        "--per-modality",
+        "20",
+        "--limit",
+        "2",
+        "--set",
+        "train.steps=2",
+        "--set",
+        "train.warmup_steps=0",
+        "--set",
+        "train.save_interval=1",
+        "--set",
+        "train.eval_samples=2",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900, env=env)
@@ -68,6 +83,20 @@ def test_demo_writes_report_table_and_pictures(demo_runs):
 
 
 @pytest.mark.slow
+def test_demo_ends_by_serving_its_final_checkpoint_with_vllm(demo_runs):
+    """train -> evaluate -> serve: the last stage's checkpoint answers a test image's caption question through
+    ``onellm serve``'s vLLM engine, printed and recorded."""
+    out, first, _, _ = demo_runs
+    served = json.loads((out / "served.json").read_text(encoding="utf-8"))
+    final = json.loads((out / "train" / "instruct" / "DONE").read_text(encoding="utf-8"))["outputs"]
+    assert served["engine"] == "vllm" and served["checkpoint"] == str(Path(final.get("merged") or final["checkpoint"]))
+    assert Path(served["image"]).is_file() and served["question"] and "<image>" not in served["question"]
+    assert isinstance(served["answer"], str) and served["reference"]
+    assert f"served by vLLM ({served['checkpoint']}):" in first.stdout and served["question"] in first.stdout
+    assert "## Served" in (out / "report.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.slow
 def test_demo_writes_report_json_per_modality_and_stage(demo_runs):
     out, _, _, _ = demo_runs
     data = json.loads((out / "report.json").read_text(encoding="utf-8"))
@@ -109,7 +138,7 @@ def test_demo_rerun_resumes_instead_of_starting_over(demo_runs):
     changed = [str(p) for p, mtime in stamps.items() if p.stat().st_mtime != mtime]
     assert changed == [], f"a second run rewrote {changed}"
     timings = json.loads((out / "timings.json").read_text(encoding="utf-8"))
-    assert [timings[step]["runs"][-1]["status"] for step in ("data", "train", "eval")] == ["skipped"] * 3
+    assert [timings[step]["runs"][-1]["status"] for step in ("data", "train", "eval", "serve")] == ["skipped"] * 4
     assert "step train: skipped" in second.stderr and "[onellm train] stage" not in second.stderr
 
 
@@ -165,7 +194,9 @@ def test_score_table_shows_intervals_the_blind_baseline_and_targets_met():
 def test_missing_curriculum_is_a_clear_error(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "onellm.demo", "--out", str(tmp_path), "--curriculum", str(tmp_path / "nope.yaml")],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2
     assert "nope.yaml: curriculum YAML not found" in result.stderr
