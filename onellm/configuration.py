@@ -26,6 +26,9 @@ PROJECTOR_DEFAULTS = {
     # "standardize": running feature standardisation, no LayerNorm (keeps outputs input-dependent, see
     # projectors/upm.py); "layernorm": a LayerNorm after each projection, the official OneLLM layout.
     "norm": "standardize",
+    # Where the experts' N input tokens come from: "learned" queries (OneLLM) or the learned queries plus the input
+    # tokens pooled to N regions ("pooled", for per-token "mlp" experts); see projectors/queries.py.
+    "queries": "learned",
 }
 
 

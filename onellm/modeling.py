@@ -46,6 +46,7 @@ def build_modality_parts(config: OneLLMConfig) -> tuple[UniversalEncoder, nn.Mod
         router=proj["router"],
         expert=proj["expert"],
         norm=proj["norm"],
+        queries=proj["queries"],
     )
     return encoder, tokenizers, projector
 

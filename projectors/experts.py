@@ -14,6 +14,8 @@ def register_expert(name: str):
     """Decorator: ``builder(width, depth, num_heads, mlp_ratio) -> nn.Module`` under ``name``."""
 
     def wrap(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _EXPERTS:
+            raise ValueError(f"expert kind {name!r} is already registered")
         _EXPERTS[name] = builder
         return builder
 
@@ -52,3 +54,22 @@ class Block(nn.Module):
 @register_expert("transformer")
 def transformer_expert(width: int, depth: int, num_heads: int, mlp_ratio: float) -> nn.Module:
     return nn.Sequential(*[Block(width, num_heads, mlp_ratio) for _ in range(depth)])
+
+
+class ResidualMLP(nn.Module):
+    """``x + Linear(GELU(Linear(x)))``, token by token (no attention, no normalisation)."""
+
+    def __init__(self, width: int, mlp_ratio: float):
+        super().__init__()
+        hidden = int(width * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.mlp(x)
+
+
+@register_expert("mlp")
+def mlp_expert(width: int, depth: int, num_heads: int, mlp_ratio: float) -> nn.Module:
+    """Per-token residual MLPs: each query position is mapped on its own, so the input must already be in the
+    queries (query source ``pooled``). ``num_heads`` is unused."""
+    return nn.Sequential(*[ResidualMLP(width, mlp_ratio) for _ in range(depth)])

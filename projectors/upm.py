@@ -4,7 +4,9 @@ Per input of modality m, with encoder features ``[B, S, C]`` (S = 1 + L_m):
 
     x       = Linear_in[m](Standardize[m](features))             [B, S, H]     norm "standardize" (default)
             = LayerNorm(Linear_in[m](features))                                norm "layernorm" (official OneLLM)
-    seq     = [queries[m] ; x]                                   [B, N+S, H]   N learned query tokens
+    q       = queries[m]                                         [B, N, H]     query source "learned" (OneLLM)
+            = queries[m] + pool_N(x)                                           "pooled" (see queries.py)
+    seq     = [q ; x]                                            [B, N+S, H]
     e_k     = expert_k(seq)[:, :N]                               [B, N, H]     K experts, shared by all modalities
     w       = router[m](x, queries[m])                           [B|1, 1|N, K]
     mixed   = sum_k w_k * e_k                                    [B, N, H]
@@ -32,6 +34,7 @@ import torch
 from torch import nn
 
 from onellm.projectors.experts import build_expert
+from onellm.projectors.queries import build_queries, query_sources
 from onellm.projectors.routers import Router
 
 
@@ -137,10 +140,14 @@ class UniversalProjectionModule(nn.Module):
         router: str = "pooled",
         expert: str = "transformer",
         norm: str = "standardize",
+        queries: str = "learned",
     ):
         super().__init__()
+        if queries not in query_sources():
+            raise KeyError(f"unknown query source {queries!r}; registered: {query_sources()}")
         width = width or in_width
         self.num_queries = num_queries
+        self.query_source = queries
         self.experts = nn.ModuleList(
             [build_expert(expert, width, depth, num_heads, mlp_ratio) for _ in range(num_experts)]
         )
@@ -169,8 +176,7 @@ class UniversalProjectionModule(nn.Module):
     def forward(self, features: torch.Tensor, modality: str) -> torch.Tensor:
         head = self.head(modality)
         x = head.project_in(features)
-        queries = head.queries.expand(x.shape[0], -1, -1)
-        seq = torch.cat([queries, x], dim=1)
+        seq = torch.cat([build_queries(self.query_source, head.queries, x), x], dim=1)
         weights = head.router(x, head.queries)  # [B|1, 1|N, K]
         mixed = sum(weights[..., k : k + 1] * expert(seq)[:, : self.num_queries] for k, expert in enumerate(self.experts))
         out = head.proj_out(mixed)

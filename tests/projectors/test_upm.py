@@ -83,3 +83,40 @@ def test_expand_needs_a_single_expert():
 def test_unknown_modality_head_is_named():
     with pytest.raises(KeyError, match="no head for modality 'fmri'"):
         make()(torch.randn(1, 4, 32), "fmri")
+
+
+def test_pooled_queries_summarise_regions_of_the_patch_grid():
+    """Query source "pooled": with a 4x4 patch grid and 4 queries, query i is its learned vector plus the mean of
+    the i-th 2x2 region (row-major); the class token is left out; a token sequence that is not a square grid is
+    pooled into N runs."""
+    from onellm.projectors.queries import build_queries
+
+    queries = torch.randn(1, 4, 8)
+    tokens = torch.randn(2, 1 + 16, 8)
+    grid = tokens[:, 1:].reshape(2, 4, 4, 8)
+    regions = [grid[:, r : r + 2, c : c + 2].mean((1, 2)) for r in (0, 2) for c in (0, 2)]
+    torch.testing.assert_close(build_queries("pooled", queries, tokens), queries + torch.stack(regions, 1))
+    runs = torch.randn(2, 1 + 6, 8)  # 6 tokens, 3 queries: pairs
+    expected = queries[:, :3] + runs[:, 1:].reshape(2, 3, 2, 8).mean(2)
+    torch.testing.assert_close(build_queries("pooled", queries[:, :3], runs), expected)
+    assert torch.equal(build_queries("learned", queries, tokens), queries.expand(2, -1, -1))
+    with pytest.raises(KeyError, match="unknown query source 'best'"):
+        build_queries("best", queries, tokens)
+
+
+def test_mlp_expert_with_pooled_queries_passes_each_region_through():
+    """Per-token MLP experts see only their own position: with pooled queries, changing one region of the input
+    changes that region's soft token and leaves the others as they were (no attention mixes them); with learned
+    queries the input could not reach the output at all, so the output ignores the input."""
+    torch.manual_seed(0)
+    upm = UniversalProjectionModule(
+        ["image"], in_width=8, out_width=12, num_experts=2, depth=2, num_queries=4, num_heads=2,
+        expert="mlp", queries="pooled", router="query",
+    ).eval()
+    tokens = torch.randn(1, 17, 8)
+    changed = tokens.clone()
+    changed[:, 1:].view(1, 4, 4, 8)[:, :2, :2] += 1.0  # the top-left 2x2 region
+    a, b = upm(tokens, "image")[:, 1:-1], upm(changed, "image")[:, 1:-1]
+    assert not torch.allclose(a[:, 0], b[:, 0]) and torch.allclose(a[:, 1:], b[:, 1:])
+    upm.query_source = "learned"
+    assert torch.equal(upm(tokens, "image"), upm(changed, "image"))
