@@ -8,7 +8,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
+import sys
 from pathlib import Path
+from typing import NoReturn
 
 from onellm.serving.engines import Engine, default_engine, engine_names
 from onellm.serving.media import MediaPolicy, MiB
@@ -48,12 +51,41 @@ def add_input_limit_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--max-inputs-per-request", type=int, default=8, help="media inputs in one request")
 
 
+def usage_error(command: str, message: str) -> NoReturn:
+    """One line on stderr naming ``onellm COMMAND``, exit status 2 (a user's mistake, as argparse reports them)."""
+    print(f"onellm {command}: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def checkpoint_from_args(args: argparse.Namespace, command: str) -> Path:
     """The resolved checkpoint folder; exits naming ``onellm COMMAND`` when it is not one."""
     checkpoint = args.checkpoint.resolve()
     if not (checkpoint / "config.json").is_file():
-        raise SystemExit(f"onellm {command}: {checkpoint} is not a checkpoint folder (no config.json)")
+        usage_error(
+            command,
+            f"{checkpoint} is not a checkpoint folder (no config.json); pass a folder written by `onellm train` "
+            "(e.g. runs/demo/train/instruct/merged) or `onellm build`",
+        )
     return checkpoint
+
+
+def ensure_port_free(args: argparse.Namespace, command: str) -> None:
+    """Exit before the (minutes-long) engine start when ``--host``:``--port`` cannot be bound."""
+    try:
+        infos = socket.getaddrinfo(args.host, args.port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        usage_error(command, f"--host {args.host!r} does not resolve ({exc.strerror}); use e.g. --host 127.0.0.1")
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            usage_error(
+                command,
+                f"cannot listen on {args.host}:{args.port} ({exc.strerror}); stop what holds it or pick another "
+                "port with --port N",
+            )
 
 
 def engine_from_args(args: argparse.Namespace, command: str) -> Engine:
@@ -137,10 +169,11 @@ def serve(args: argparse.Namespace) -> None:
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     checkpoint = checkpoint_from_args(args, "serve")
+    ensure_port_free(args, "serve")
     adapters = dict(args.lora)
     served = args.served_model_name or checkpoint.name
     if served in adapters:
-        raise SystemExit(f"onellm serve: adapter name {served!r} equals the served model name")
+        usage_error("serve", f"adapter name {served!r} equals the served model name; rename it (--lora NAME=PATH)")
     engine = engine_from_args(args, "serve")
     policy = media_policy_from_args(
         args,

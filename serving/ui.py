@@ -35,6 +35,7 @@ from onellm.serving.cli import (
     add_input_limit_arguments,
     checkpoint_from_args,
     engine_from_args,
+    ensure_port_free,
     media_policy_from_args,
 )
 from onellm.serving.engines import Engine, GenerationRequest, SamplingSettings, engine_lifespan
@@ -434,6 +435,7 @@ def run_ui(args: argparse.Namespace) -> None:
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     checkpoint = checkpoint_from_args(args, "ui")
+    ensure_port_free(args, "ui")
     engine = engine_from_args(args, "ui")
     page = ChatPage(
         engine,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def add_train_command(subparsers) -> argparse.ArgumentParser:
@@ -41,6 +42,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--check", action="store_true", help="validate the config(s), print the plan and exit")
 
 
+def missing_manifests(stages) -> str | None:
+    """The first training manifest a stage reads that does not exist, as one line with the command that fixes it."""
+    for stage in stages:
+        if stage.data is None:
+            continue
+        root = Path(stage.data.root)
+        manifests = [source.manifest for source in stage.data.sources]
+        manifests += [stage.data.replay.manifest] if stage.data.replay.modalities else []
+        for manifest in manifests:
+            if not (root / manifest).is_file():
+                what = "no folder" if not root.is_dir() else f"no {manifest} in it"
+                return (
+                    f"{stage.source}: data.root {str(root)!r}: {what}. Create the corpus with "
+                    f"`onellm data synth --out {root}`, or point the stage at one with --set data.root=DIR"
+                )
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     from onellm.train.config import ConfigError, is_curriculum, load_curriculum, load_stage, parse_overrides
 
@@ -57,6 +76,10 @@ def run(args: argparse.Namespace) -> int:
             stages, curriculum = [load_stage(path, overrides)], None
     except (ConfigError, FileNotFoundError) as exc:
         print(f"onellm train: {exc}", file=sys.stderr)
+        return 2
+    missing = missing_manifests(stages)
+    if missing:
+        print(f"onellm train: {missing}", file=sys.stderr)
         return 2
     if args.check:
         for stage in stages:

@@ -43,13 +43,18 @@ def spreads(synth_tiny, tmp_path_factory, accelerator, quick) -> dict[str, tuple
         "layernorm": {"norm": "layernorm"},
     }
     for name, preset_args in layouts.items():
-        overrides = quick(synth_tiny, tmp_path_factory.mktemp(name), steps=12, **{
-            "init_from.preset_args": preset_args,
-            "train.batch_size": 8,
-            "train.save_interval": 0,
-            "train.warmup_steps": 0,
-            "train.schedule": "constant",
-        })
+        overrides = quick(
+            synth_tiny,
+            tmp_path_factory.mktemp(name),
+            steps=12,
+            **{
+                "init_from.preset_args": preset_args,
+                "train.batch_size": 8,
+                "train.save_interval": 0,
+                "train.warmup_steps": 0,
+                "train.schedule": "constant",
+            },
+        )
         stage = load_stage(TINY / "align_image.yaml", overrides)
         start, processor = load_start(stage)  # exactly the model the stage starts from
         _spread(start, processor, synth_tiny, train_mode=True)  # the statistics training gathers first
@@ -85,8 +90,14 @@ def test_small_preset_alignment_keeps_at_least_half_of_the_initial_spread(tmp_pa
     data = tmp_path / "corpus"
     synthesize(data, per_modality=40, seed=0, modalities=["image"], workers=1)
     overrides = {
-        "data.root": str(data), "output_dir": str(tmp_path / "run"), "train.steps": 12, "train.batch_size": 8,
-        "train.warmup_steps": 1, "train.eval_interval": 0, "train.eval_samples": 2, "train.save_interval": 0,
+        "data.root": str(data),
+        "output_dir": str(tmp_path / "run"),
+        "train.steps": 12,
+        "train.batch_size": 8,
+        "train.warmup_steps": 1,
+        "train.eval_interval": 0,
+        "train.eval_samples": 2,
+        "train.save_interval": 0,
     }
     stage = load_stage(TINY.parent / "small" / "align_image.yaml", overrides)
     start, processor = load_start(stage)
@@ -121,8 +132,9 @@ def test_standardizer_learns_the_feature_statistics_and_keeps_them_for_inference
 def test_a_head_copied_to_a_new_modality_forgets_the_image_statistics():
     from onellm.projectors import UniversalProjectionModule, expand_experts
 
-    upm = UniversalProjectionModule(["image"], in_width=8, out_width=12, num_experts=1, depth=1, num_queries=2,
-                                    num_heads=2)
+    upm = UniversalProjectionModule(
+        ["image"], in_width=8, out_width=12, num_experts=1, depth=1, num_queries=2, num_heads=2
+    )
     upm.train()(torch.randn(2, 5, 8) + 3.0, "image")
     upm = expand_experts(upm, 2, ["image", "audio"])
     assert float(upm.heads["image"].standardize.count) == 10
