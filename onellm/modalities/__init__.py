@@ -10,7 +10,7 @@ A modality file declares, in one place, everything the rest of the stack asks ab
   path up to the projector is frozen and its features can be cached).
 
 The number of placeholder tokens an input occupies in the prompt is the same for every modality
-(``N`` query tokens + start and end tags) and is computed by :func:`onellm.tokens.placeholder_count`.
+(``N`` query tokens + start and end tags) and is computed by :func:`onellm.projectors.placeholder_count`.
 
 Adding a modality = one file in this folder that calls :func:`register_modality` (+ its test).
 """

@@ -150,3 +150,10 @@ def test_an_unknown_preset_lists_the_known_ones(tmp_path):
     done = onellm(tmp_path, "build", "huge", "--out", "x")
     assert "Traceback" not in done.stderr and done.returncode == 2
     assert "invalid choice: 'huge'" in done.stderr and "'tiny'" in done.stderr
+
+
+def test_build_7b_without_local_checkpoints_names_the_flags(tmp_path):
+    done = onellm(tmp_path, "build", "7b", "--out", "x")
+    assert_one_line(done, "7b preset", "--llm-path and --encoder-path")
+    done = onellm(tmp_path, "build", "7b", "--out", "x", "--llm-path", "nope", "--encoder-path", "nope")
+    assert_one_line(done, "llm_path 'nope' is not a folder with a HF checkpoint")
