@@ -96,36 +96,19 @@ def test_eval_of_an_unknown_task_lists_the_known_ones(tmp_path):
     assert_one_line(done, "unknown task 'no_such_task'", "synth_image_caption")
 
 
+def eval_caption_task(cwd: Path, model: str, corpus: Path, **kwargs) -> subprocess.CompletedProcess:
+    args = ("--model", model, "--tasks", "synth_image_caption", "--output", "o", "--data-dir", f"synth={corpus}")
+    return onellm(cwd, "eval", *args, **kwargs)
+
+
 def test_eval_of_a_missing_checkpoint_names_it(tmp_path, corpus):
-    done = onellm(
-        tmp_path,
-        "eval",
-        "--model",
-        "missing",
-        "--tasks",
-        "synth_image_caption",
-        "--output",
-        "o",
-        "--data-dir",
-        f"synth={corpus}",
-    )
+    done = eval_caption_task(tmp_path, "missing", corpus)
     assert_one_line(done, "'missing' is not a checkpoint folder", "save_pretrained")
 
 
 def test_eval_without_java_says_what_needs_it_and_how_to_install_it(tmp_path, corpus, fake_checkpoint):
-    done = onellm(
-        tmp_path,
-        "eval",
-        "--model",
-        str(fake_checkpoint),
-        "--tasks",
-        "synth_image_caption",
-        "--output",
-        "o",
-        "--data-dir",
-        f"synth={corpus}",
-        path=str(tmp_path / "no-bin"),  # the interpreter is an absolute path
-    )
+    # PATH without java; the interpreter runs by its absolute path
+    done = eval_caption_task(tmp_path, str(fake_checkpoint), corpus, path=str(tmp_path / "no-bin"))
     assert_one_line(done, "needs Java", "java", "apt-get install default-jre-headless")
 
 
