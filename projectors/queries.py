@@ -38,10 +38,15 @@ def query_sources() -> list[str]:
     return sorted(_SOURCES)
 
 
-def build_queries(name: str, queries: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+def query_source(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The source registered as ``name``; an unknown name is a ``KeyError`` listing the registered ones."""
     if name not in _SOURCES:
         raise KeyError(f"unknown query source {name!r}; registered: {query_sources()}")
-    return _SOURCES[name](queries, tokens)
+    return _SOURCES[name]
+
+
+def build_queries(name: str, queries: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    return query_source(name)(queries, tokens)
 
 
 @register_queries("learned")

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from onellm.projectors.experts import build_expert
-from onellm.projectors.queries import build_queries, query_sources
+from onellm.projectors.queries import build_queries, query_source
 from onellm.projectors.routers import Router
 
 
@@ -143,8 +143,7 @@ class UniversalProjectionModule(nn.Module):
         queries: str = "learned",
     ):
         super().__init__()
-        if queries not in query_sources():
-            raise KeyError(f"unknown query source {queries!r}; registered: {query_sources()}")
+        query_source(queries)  # an unknown name fails here, not on the first forward
         width = width or in_width
         self.num_queries = num_queries
         self.query_source = queries

@@ -3,8 +3,8 @@
 Image-like modalities (image, video, depth, normal) tokenise with the encoder's own frozen patch embedding, and the
 encoder is frozen in every stage, so ``model.encode(m, x)`` (``[n, 1+L, C]``) never changes during a run. Computing
 it once per distinct input saves the encoder forward on every later visit: for DINOv2 ViT-S/14 on a 112 px image,
-~50 ms per sample per step on 2 cores (measured on the CI machine kind; BENCHMARKS.md, training steps). In the instruct stage the other tokenizers are frozen too,
-and their modalities are cached the same way.
+~50 ms per sample per step on 2 cores (measured on the CI machine kind; BENCHMARKS.md, training steps). In the
+instruct stage the other tokenizers are frozen too, and their modalities are cached the same way.
 
 Keys: ``sha256(file bytes + extras)`` from the loader, combined with the modality's preprocessing options and a
 fingerprint of the weights on the path (encoder + that modality's tokenizer), so a different encoder, a tokenizer
