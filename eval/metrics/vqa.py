@@ -21,6 +21,14 @@ One asymmetry is kept on purpose, because the official script has it: the predic
 goes through rules 2-4, the ground-truth answers only through rules 2-3 and only when they are
 not all identical. VQAv2 stores its answers already normalised, so this changes nothing there;
 for other data store answers normalised (``normalize_vqa_answer``) or use ``exact_match``.
+
+``style="lmms_eval"`` (metric option) reproduces lmms-eval's VQAv2 scoring instead, which differs on two points
+(docs/eval.md has an example of each):
+
+a. when the ground-truth answers are not all identical, they also go through rule 4 (numbers, articles,
+   contractions), so a prediction "2" matches a ground truth "two";
+b. the prediction first goes through EvalAI's word step: lower-cased, every "," and "?" deleted, and "'s" split
+   off as its own word ("man's" -> "man 's"), which the ground truths never get.
 """
 
 from __future__ import annotations
@@ -224,17 +232,34 @@ def normalize_vqa_answer(answer: str) -> str:
     return normalize_words(strip_vqa_punctuation(_clean_whitespace(answer)))
 
 
-def vqa_soft_accuracy(prediction: str, answers: Sequence[str]) -> float:
-    """Accuracy of one prediction against its ground-truth answers (10 in VQAv2), in [0, 1]."""
+STYLES = ("official", "lmms_eval")
+
+
+def _evalai_words(text: str) -> str:
+    """EvalAI's first step on a prediction (lmms-eval runs it): lower-case, drop "," and "?", split off "'s"."""
+    return text.lower().replace(",", "").replace("?", "").replace("'s", " 's").strip()
+
+
+def vqa_soft_accuracy(prediction: str, answers: Sequence[str], style: str = "official") -> float:
+    """Accuracy of one prediction against its ground-truth answers (10 in VQAv2), in [0, 1].
+
+    ``style``: "official" (the VQA script) or "lmms_eval" (see the module docstring, points a and b).
+    """
+    if style not in STYLES:
+        raise ValueError(f"vqa_accuracy style {style!r} is not one of {STYLES}")
     if len(answers) < 2:
         raise ValueError(
             f"vqa_accuracy needs at least 2 ground-truth answers per question (VQAv2 has 10), got {len(answers)}: "
             "with one answer the leave-one-out formula always gives 0; use exact_match for single-answer data"
         )
-    pred = normalize_vqa_answer(prediction)
+    lmms = style == "lmms_eval"
+    pred = normalize_vqa_answer(_evalai_words(prediction) if lmms else prediction)
     gts = [_clean_whitespace(a) for a in answers]
     if len(set(gts)) > 1:
         gts = [strip_vqa_punctuation(a) for a in gts]
+        if lmms:
+            gts = [normalize_words(a) for a in gts]
+            pred = normalize_words(strip_vqa_punctuation(pred))
     matches = sum(gt == pred for gt in gts)
     # Leaving out answer j removes one match exactly when answer j itself matches.
     return mean([min(1.0, (matches - (gt == pred)) / 3) for gt in gts])
@@ -246,12 +271,17 @@ class VQAAccuracy(Metric):
 
     outputs = ("vqa_accuracy",)
 
+    def __init__(self, style: str = "official") -> None:
+        if style not in STYLES:
+            raise ValueError(f"vqa_accuracy: option style={style!r} is not one of {STYLES}")
+        self.style = style
+
     def compute(self, predictions: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, MetricResult]:
         check_inputs(self.name, predictions, references)
         per_sample = []
         for i, (pred, answers) in enumerate(zip(predictions, references, strict=True)):
             try:
-                per_sample.append(vqa_soft_accuracy(pred, answers))
+                per_sample.append(vqa_soft_accuracy(pred, answers, self.style))
             except ValueError as exc:
                 raise ValueError(f"references[{i}]: {exc}") from None
         return {"vqa_accuracy": MetricResult("vqa_accuracy", mean(per_sample), per_sample)}

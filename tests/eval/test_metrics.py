@@ -517,6 +517,35 @@ def test_vqa_accuracy_metric():
     assert result.comparable
 
 
+def test_lmms_eval_style_also_normalises_disagreeing_ground_truths():
+    # lmms-eval difference (a): the number/article step reaches the ground truths when they disagree
+    answers = ["two"] * 3 + ["2"] * 7
+    assert vqa_soft_accuracy("2", answers) == pytest.approx(1.0)  # seven "2" are enough officially too
+    assert vqa_soft_accuracy("two", answers) == pytest.approx(1.0)  # "two" -> "2" on the prediction side
+    answers = ["two"] * 8 + ["three"] * 2
+    assert vqa_soft_accuracy("2", answers) == 0.0  # official: "two" stays "two" in the ground truths
+    assert vqa_soft_accuracy("2", answers, style="lmms_eval") == pytest.approx(1.0)
+    assert vqa_soft_accuracy("the dog", ["a dog"] * 9 + ["cat"], style="lmms_eval") == pytest.approx(1.0)
+    assert vqa_soft_accuracy("the dog", ["a dog"] * 9 + ["cat"]) == 0.0
+
+
+def test_lmms_eval_style_splits_the_possessive_of_the_prediction():
+    # lmms-eval difference (b): EvalAI's word step turns "man's" into "man 's" on the prediction only
+    answers = ["man's"] * 10
+    assert vqa_soft_accuracy("man's", answers) == pytest.approx(1.0)
+    assert vqa_soft_accuracy("man's", answers, style="lmms_eval") == 0.0
+    # and it deletes "?" and "," before the punctuation rules
+    assert vqa_soft_accuracy("yes?", ["yes"] * 10, style="lmms_eval") == pytest.approx(1.0)
+
+
+def test_vqa_accuracy_style_option():
+    lmms = get_metric("vqa_accuracy", style="lmms_eval")
+    result = lmms.compute(["2", "man's"], [["two"] * 8 + ["three"] * 2, ["man's"] * 10])["vqa_accuracy"]
+    assert result.per_sample == pytest.approx([1.0, 0.0])
+    with pytest.raises(ValueError, match=r"option style='lmms' is not one of \('official', 'lmms_eval'\)"):
+        get_metric("vqa_accuracy", style="lmms")
+
+
 def test_vqa_accuracy_names_the_sample_with_one_answer():
     with pytest.raises(ValueError, match=r"references\[1\]: vqa_accuracy needs at least 2"):
         get_metric("vqa_accuracy").compute(["a", "b"], [["a", "a"], ["b"]])
