@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from onellm.instruct_data.schema import Record, read_manifest
+from onellm.registry import Registry
 
 # Keys every source mapping may have, with their types; each kind adds its own.
 SOURCE_COMMON_KEYS: dict[str, type] = {"kind": str, "dataset": str, "default_dir": str, "hint": str}
@@ -116,25 +117,21 @@ class SourceLoader:
         raise NotImplementedError
 
 
-_REGISTRY: dict[str, SourceLoader] = {}
+_REGISTRY: Registry[SourceLoader] = Registry("source kind", same=lambda old, new: type(old) is type(new))
 
 
 def register_source(cls: type[SourceLoader]) -> type[SourceLoader]:
-    if cls.kind in _REGISTRY and type(_REGISTRY[cls.kind]) is not cls:
-        raise ValueError(f"source kind {cls.kind!r} is registered twice")
-    _REGISTRY[cls.kind] = cls()
+    if cls.kind not in _REGISTRY or type(_REGISTRY[cls.kind]) is not cls:
+        _REGISTRY.add(cls.kind, cls())  # a different class under a taken kind is an error naming both
     return cls
 
 
 def get_source(kind: str) -> SourceLoader:
-    try:
-        return _REGISTRY[kind]
-    except KeyError:
-        raise KeyError(f"unknown source kind {kind!r}; known: {', '.join(source_kinds())}") from None
+    return _REGISTRY[kind]
 
 
 def source_kinds() -> list[str]:
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def _relative(folder: Path, name: str) -> Path:

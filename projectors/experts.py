@@ -7,24 +7,17 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-_EXPERTS: dict[str, Callable[..., nn.Module]] = {}
+from onellm.registry import Registry
+
+_EXPERTS: Registry[Callable[..., nn.Module]] = Registry("expert kind")
 
 
 def register_expert(name: str):
     """Decorator: ``builder(width, depth, num_heads, mlp_ratio) -> nn.Module`` under ``name``."""
-
-    def wrap(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in _EXPERTS:
-            raise ValueError(f"expert kind {name!r} is already registered")
-        _EXPERTS[name] = builder
-        return builder
-
-    return wrap
+    return _EXPERTS.register(name)
 
 
 def build_expert(kind: str, width: int, depth: int, num_heads: int, mlp_ratio: float) -> nn.Module:
-    if kind not in _EXPERTS:
-        raise KeyError(f"unknown expert kind {kind!r}; registered: {sorted(_EXPERTS)}")
     return _EXPERTS[kind](width=width, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio)
 
 

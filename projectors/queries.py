@@ -19,29 +19,22 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-_SOURCES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {}
+from onellm.registry import Registry
+
+_SOURCES: Registry[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = Registry("query source")
 
 
 def register_queries(name: str):
     """Decorator: ``source(queries [1, N, H], tokens [B, S, H]) -> [B, N, H]`` under ``name``."""
-
-    def wrap(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
-        if name in _SOURCES:
-            raise ValueError(f"query source {name!r} is already registered")
-        _SOURCES[name] = fn
-        return fn
-
-    return wrap
+    return _SOURCES.register(name)
 
 
 def query_sources() -> list[str]:
-    return sorted(_SOURCES)
+    return _SOURCES.names()
 
 
 def query_source(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The source registered as ``name``; an unknown name is a ``KeyError`` listing the registered ones."""
-    if name not in _SOURCES:
-        raise KeyError(f"unknown query source {name!r}; registered: {query_sources()}")
     return _SOURCES[name]
 
 

@@ -14,17 +14,14 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-_ROUTERS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {}
+from onellm.registry import Registry
+
+_ROUTERS: Registry[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = Registry("router mode")
 
 
 def register_router(mode: str):
     """Decorator: ``select(features [B, S, H], queries [1, N, H]) -> router input [B|1, 1|N, H]``."""
-
-    def wrap(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
-        _ROUTERS[mode] = fn
-        return fn
-
-    return wrap
+    return _ROUTERS.register(mode)
 
 
 @register_router("pooled")
@@ -38,7 +35,7 @@ def _query(features: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
 
 
 def router_modes() -> list[str]:
-    return sorted(_ROUTERS)
+    return _ROUTERS.names()
 
 
 class Router(nn.Module):
@@ -46,8 +43,7 @@ class Router(nn.Module):
 
     def __init__(self, width: int, num_experts: int, mode: str):
         super().__init__()
-        if mode not in _ROUTERS:
-            raise KeyError(f"unknown router mode {mode!r}; registered: {router_modes()}")
+        _ROUTERS[mode]  # an unknown mode is a KeyError listing the known ones
         self.mode = mode
         self.mlp = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, num_experts))
         nn.init.zeros_(self.mlp[-1].weight)

@@ -16,6 +16,8 @@ from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
+from onellm.registry import Registry
+
 
 @dataclass(frozen=True)
 class GenerationConfig:
@@ -102,7 +104,7 @@ class Backend(ABC):
         """Release the model / engine / connection pool. Idempotent."""
 
 
-_REGISTRY: dict[str, type[Backend]] = {}
+_REGISTRY: Registry[type[Backend]] = Registry("backend")
 
 BackendT = TypeVar("BackendT", bound=type[Backend])
 
@@ -111,11 +113,8 @@ def register_backend(name: str) -> Callable[[BackendT], BackendT]:
     """Class decorator: make ``cls`` available as ``get_backend(name)``; a second class under one name is an error."""
 
     def decorate(cls: BackendT) -> BackendT:
-        known = _REGISTRY.get(name)
-        if known is not None and known is not cls:
-            raise ValueError(f"backend name {name!r} is already registered by {known.__module__}.{known.__qualname__}")
+        _REGISTRY.add(name, cls)
         cls.name = name
-        _REGISTRY[name] = cls
         return cls
 
     return decorate
@@ -123,15 +122,11 @@ def register_backend(name: str) -> Callable[[BackendT], BackendT]:
 
 def get_backend(name: str, **options: Any) -> Backend:
     """Instantiate the backend registered as ``name`` (options go to its constructor)."""
-    try:
-        cls = _REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"unknown backend {name!r}; known backends: {', '.join(backend_names())}") from None
-    return cls(**options)
+    return _REGISTRY[name](**options)
 
 
 def backend_names() -> list[str]:
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:

@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
+from onellm.registry import Registry
+
 
 @dataclass(frozen=True)
 class MetricResult:
@@ -57,7 +59,7 @@ class Metric(ABC):
         """Return ``{result_name: MetricResult}`` for the whole set, in ``outputs`` order."""
 
 
-_REGISTRY: dict[str, type[Metric]] = {}
+_REGISTRY: Registry[type[Metric]] = Registry("metric")
 
 MetricT = TypeVar("MetricT", bound=type[Metric])
 
@@ -72,14 +74,8 @@ def register_metric(name: str) -> Callable[[MetricT], MetricT]:
     def decorate(cls: MetricT) -> MetricT:
         if not (isinstance(cls, type) and issubclass(cls, Metric)):
             raise TypeError(f"register_metric({name!r}) decorates Metric subclasses; got {cls!r}")
-        known = _REGISTRY.get(name)
-        if known is not None and known is not cls:
-            raise ValueError(
-                f"metric name {name!r} is already registered by {known.__module__}.{known.__qualname__}; "
-                f"cannot register {cls.__module__}.{cls.__qualname__} under it"
-            )
+        _REGISTRY.add(name, cls)
         cls.name = name
-        _REGISTRY[name] = cls
         return cls
 
     return decorate
@@ -90,16 +86,12 @@ def get_metric(name: str, **options: Any) -> Metric:
 
     Raises KeyError naming the known metrics when ``name`` is unknown (a typo in a task YAML).
     """
-    try:
-        cls = _REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"unknown metric {name!r}; known metrics: {', '.join(metric_names())}") from None
-    return cls(**options)
+    return _REGISTRY[name](**options)
 
 
 def metric_names() -> list[str]:
     """Registered metric names, sorted."""
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def check_inputs(metric: str, predictions: Sequence[str], references: Sequence[Sequence[str]]) -> None:

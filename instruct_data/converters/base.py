@@ -12,32 +12,23 @@ from pathlib import Path
 from typing import Any
 
 from onellm.instruct_data.schema import ModalityInput, Record, Turn, caption_prompt, record_problems, write_manifest
+from onellm.registry import Registry
 
 ConverterFn = Callable[..., "ConvertReport"]
-_REGISTRY: dict[str, ConverterFn] = {}
+_REGISTRY: Registry[ConverterFn] = Registry("converter")
 
 
 def register_converter(name: str) -> Callable[[ConverterFn], ConverterFn]:
     """Decorator: register ``convert`` under ``name`` (the CLI's ``onellm data convert NAME``)."""
-
-    def decorate(fn: ConverterFn) -> ConverterFn:
-        if name in _REGISTRY and _REGISTRY[name] is not fn:
-            raise ValueError(f"converter {name!r} is registered twice ({_REGISTRY[name].__module__}, {fn.__module__})")
-        _REGISTRY[name] = fn
-        return fn
-
-    return decorate
+    return _REGISTRY.register(name)
 
 
 def get_converter(name: str) -> ConverterFn:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"unknown converter {name!r}; known: {', '.join(converter_names())}") from None
+    return _REGISTRY[name]
 
 
 def converter_names() -> list[str]:
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 @dataclass

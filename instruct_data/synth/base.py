@@ -17,7 +17,9 @@ from typing import Any, ClassVar
 import numpy as np
 from PIL import Image, ImageDraw
 
-_REGISTRY: dict[str, type[Generator]] = {}
+from onellm.registry import Registry
+
+_REGISTRY: Registry[type[Generator]] = Registry("synthetic generator for modality", sort=False)
 
 
 @dataclass
@@ -82,21 +84,15 @@ def register_generator(cls: type[Generator]) -> type[Generator]:
     """Class decorator: register a generator under its modality name."""
     if not cls.modality:
         raise ValueError(f"generator class {cls.__name__} needs a `modality` name")
-    if cls.modality in _REGISTRY and _REGISTRY[cls.modality] is not cls:
-        raise ValueError(f"synthetic generator for {cls.modality!r} is registered twice")
-    _REGISTRY[cls.modality] = cls
-    return cls
+    return _REGISTRY.add(cls.modality, cls)
 
 
 def get_generator(modality: str) -> type[Generator]:
-    try:
-        return _REGISTRY[modality]
-    except KeyError:
-        raise KeyError(f"no synthetic generator for modality {modality!r}; known: {', '.join(_REGISTRY)}") from None
+    return _REGISTRY[modality]
 
 
 def generator_names() -> list[str]:
-    return list(_REGISTRY)
+    return _REGISTRY.names()
 
 
 # --- deterministic seeding -----------------------------------------------------------------------------------------

@@ -21,8 +21,12 @@ import importlib
 import pkgutil
 
 from onellm.modalities.base import MediaError, Modality, Source
+from onellm.registry import Registry
 
-_REGISTRY: dict[str, Modality] = {}
+# Registered instances; a class registered again (a module re-import) keeps its instance.
+_REGISTRY: Registry[Modality] = Registry(
+    "modality", same=lambda old, new: type(old) is type(new), order=lambda n: (_REGISTRY[n].order, n)
+)
 
 
 def register_modality(cls: type[Modality]) -> type[Modality]:
@@ -30,9 +34,8 @@ def register_modality(cls: type[Modality]) -> type[Modality]:
     name = cls.name
     if not name or not name.isidentifier():
         raise ValueError(f"modality class {cls.__name__} needs a `name` that is an identifier, got {name!r}")
-    if name in _REGISTRY and type(_REGISTRY[name]) is not cls:
-        raise ValueError(f"modality {name!r} is registered twice ({type(_REGISTRY[name]).__name__}, {cls.__name__})")
-    _REGISTRY[name] = cls()
+    if name not in _REGISTRY or type(_REGISTRY[name]) is not cls:
+        _REGISTRY.add(name, cls())  # a different class under a taken name is an error naming both
     return cls
 
 
@@ -44,15 +47,12 @@ def _load_builtin() -> None:
 
 def get_modality(name: str) -> Modality:
     """The registered modality ``name``; the error lists the known ones."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"unknown modality {name!r}; registered: {', '.join(modality_names())}") from None
+    return _REGISTRY[name]
 
 
 def modality_names() -> list[str]:
     """Registered modality names in curriculum order (``Modality.order``: image first)."""
-    return sorted(_REGISTRY, key=lambda n: (_REGISTRY[n].order, n))
+    return _REGISTRY.names()
 
 
 def marker(name: str) -> str:

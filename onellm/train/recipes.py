@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from onellm.instruct_data.collator import Collator
+from onellm.registry import Registry
 from onellm.train.common import (
     add_lora,
     build_data,
@@ -36,15 +37,11 @@ from onellm.train.config import StageConfig
 from onellm.train.loop import LoopResult, Trainer
 from onellm.train.report import first_last, plot_losses, stage_summary
 
-RECIPES: dict[str, Callable] = {}
+RECIPES: Registry[Callable] = Registry("recipe")
 
 
 def register_recipe(name: str):
-    def wrap(fn: Callable) -> Callable:
-        RECIPES[name] = fn
-        return fn
-
-    return wrap
+    return RECIPES.register(name)
 
 
 def run_stage(stage: StageConfig, accelerator) -> dict[str, str]:

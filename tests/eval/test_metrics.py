@@ -383,7 +383,7 @@ def test_unknown_metric_lists_known_names():
 
 
 def test_register_metric_rejects_duplicates_and_non_metrics(monkeypatch):
-    monkeypatch.setattr(metrics_base, "_REGISTRY", dict(metrics_base._REGISTRY))
+    monkeypatch.setattr(metrics_base, "_REGISTRY", metrics_base._REGISTRY.copy())
 
     @register_metric("always_one")
     class AlwaysOne(Metric):
