@@ -1,7 +1,8 @@
 """`OneLLMConfig`: the one serialisable description of a onellm model (the HF / vLLM boundary).
 
 Sub-configs: ``text_config`` (any causal-LM config), ``vision_config`` (CLIP / SigLIP / DINOv2 vision config),
-``projector_config`` (UPM shape), ``modality_configs`` (per-modality options; its keys are the enabled
+``projector_config`` (UPM shape), ``vision_feature_layers`` (the encoder blocks whose outputs the UPM reads,
+concatenated along channels; ``[-1]``: the last), ``modality_configs`` (per-modality options; its keys are the enabled
 modalities), ``modality_token_ids`` (the tokenizer id of each modality's placeholder token).
 Builders unpack it into keyword arguments; modules never read it.
 """
@@ -29,6 +30,10 @@ PROJECTOR_DEFAULTS = {
     # Where the experts' N input tokens come from: "learned" queries (OneLLM) or the learned queries plus the input
     # tokens pooled to N regions ("pooled", for per-token "mlp" experts); see projectors/queries.py.
     "queries": "learned",
+    # None: the soft tokens leave the out-projection unnormalised. A number: each soft token is RMS-normalised and
+    # scaled by a learned per-channel gain initialised to this value (presets pass the LLM's text-embedding RMS), so
+    # soft tokens enter the LLM at the scale of words however the projector's weights grow (see projectors/upm.py).
+    "out_rms": None,
 }
 
 
@@ -41,6 +46,7 @@ class OneLLMConfig(PreTrainedConfig):
     projector_config: dict | None = None
     modality_configs: dict | None = None
     modality_token_ids: dict | None = None
+    vision_feature_layers: list | None = None
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
@@ -63,6 +69,7 @@ class OneLLMConfig(PreTrainedConfig):
         for name, options in self.modality_configs.items():
             get_modality(name).options(**options)  # unknown modality / option -> error naming it
         self.modality_token_ids = dict(self.modality_token_ids or {})
+        self.vision_feature_layers = [int(k) for k in (self.vision_feature_layers or [-1])]
         # The LLM decides whether its input and output embeddings are tied (SmolLM2 ties them).
         if not self.tie_word_embeddings and getattr(self.text_config, "tie_word_embeddings", False):
             self.tie_word_embeddings = True

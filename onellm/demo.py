@@ -35,6 +35,13 @@ DEFAULT_CURRICULUM = Path("configs/small/curriculum.yaml")
 # 80/10/10 splits: 50 test items per modality = 50 captions + 150 questions, issue 11's minimum evaluation size.
 # Writing the corpus took 18-27 s on 2 busy cores (4000 items; 2-3 s at the former 100 items/modality).
 DEFAULT_PER_MODALITY = 500
+# Profiles: (curriculum, items per modality). "default" is what `make demo` runs (about 20 min on 2 idle cores);
+# "long" runs the same stages with 10x the optimizer steps on 5x the corpus (issue 11's long profile: at most 3 h on
+# 2 cores; BENCHMARKS.md has its measured time and scores). --curriculum / --per-modality override either.
+PROFILES = {
+    "default": (DEFAULT_CURRICULUM, DEFAULT_PER_MODALITY),
+    "long": (Path("configs/small/curriculum-long.yaml"), 2500),
+}
 # Test items per modality scored after an intermediate stage other than the first (see eval_plan): 10 captions and
 # 30 questions (QA's 95% interval about +-0.17 at an accuracy of 0.5), the former whole test split. At 20 items the
 # two middle stages took 47% of the demo's evaluation (1583 of 3393 s on 2 busy cores).
@@ -735,14 +742,20 @@ def run_demo(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     parser.add_argument(
-        "--curriculum", type=Path, default=DEFAULT_CURRICULUM, help=f"curriculum YAML (default {DEFAULT_CURRICULUM})"
+        "--profile",
+        choices=sorted(PROFILES),
+        default="default",
+        help="default: the ~20-minute curriculum; long: 10x the steps on 5x the corpus (up to 3 h on 2 cores)",
+    )
+    parser.add_argument(
+        "--curriculum", type=Path, default=None, help=f"curriculum YAML (default: the profile's, {DEFAULT_CURRICULUM})"
     )
     parser.add_argument(
         "--per-modality",
         type=int,
-        default=DEFAULT_PER_MODALITY,
-        help=f"synthetic items per modality (default {DEFAULT_PER_MODALITY}: 80%% train, 10%% val, 10%% test = 50 test "
-        "items, each with a caption and 3 questions)",
+        default=None,
+        help=f"synthetic items per modality (default: the profile's, {DEFAULT_PER_MODALITY}: 80%% train, 10%% val, "
+        "10%% test = 50 test items, each with a caption and 3 questions)",
     )
     parser.add_argument("--seed", type=int, default=0, help="corpus seed (default 0)")
     parser.add_argument(
@@ -770,6 +783,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from onellm.train.config import ConfigError, parse_overrides
 
+    curriculum, per_modality = PROFILES[args.profile]
+    args.curriculum = args.curriculum or curriculum
+    args.per_modality = args.per_modality if args.per_modality is not None else per_modality
     if args.per_modality < 3:
         print("onellm demo: --per-modality must be >= 3 (each split needs items)", file=sys.stderr)
         return 2

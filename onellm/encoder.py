@@ -2,6 +2,10 @@
 
 Flow for a batch of modality tokens ``[B, L, C]`` (positions already added by the tokenizer):
 prepend the class token (+ its position), pre-norm, all blocks, post-norm over ALL tokens -> ``[B, 1+L, C]``.
+With ``feature_layers`` other than ``(-1,)`` the output concatenates, along channels, the post-normed hidden states
+of those blocks (``-1`` the last, ``-2`` the one before, ``k >= 1`` block k) -> ``[B, 1+L, C * len(feature_layers)]``:
+a vision transformer's middle blocks keep what its last ones were trained to discard (DINOv2's colour-jitter
+augmentations make its last block's features nearly colour-blind; LLaVA reads CLIP's second-to-last block).
 Image-like modalities also borrow the model's patch embedding and position table (:meth:`embed_image`),
 interpolated bicubically when the patch grid differs from the one it was trained on.
 
@@ -17,6 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from onellm.registry import Registry
+
 
 @dataclass
 class EncoderParts:
@@ -26,21 +32,16 @@ class EncoderParts:
     class_token: torch.Tensor | None  # [C] / [1, 1, C]; None when the family has none (SigLIP)
     positions: torch.Tensor  # [(1 if class token) + grid*grid, C] (any leading singleton dims)
     pre_norm: nn.Module
-    blocks: Callable[[torch.Tensor], torch.Tensor]
+    blocks: nn.ModuleList  # each maps [B, S, C] -> [B, S, C]
     post_norm: nn.Module
 
 
-_ADAPTERS: dict[str, Callable[[nn.Module], EncoderParts]] = {}
+_ADAPTERS: Registry[Callable[[nn.Module], EncoderParts]] = Registry("encoder model_type")
 
 
 def register_encoder(model_type: str):
     """Decorator: ``fn(vision_model) -> EncoderParts`` for HF configs with this ``model_type``."""
-
-    def wrap(fn: Callable[[nn.Module], EncoderParts]) -> Callable[[nn.Module], EncoderParts]:
-        _ADAPTERS[model_type] = fn
-        return fn
-
-    return wrap
+    return _ADAPTERS.register(model_type)
 
 
 @register_encoder("clip_vision_model")
@@ -48,7 +49,7 @@ def _clip(model: nn.Module) -> EncoderParts:
     emb = model.embeddings
     return EncoderParts(
         emb.patch_embedding, emb.class_embedding, emb.position_embedding.weight, model.pre_layrnorm,
-        lambda x: model.encoder(inputs_embeds=x).last_hidden_state, model.post_layernorm,
+        model.encoder.layers, model.post_layernorm,
     )
 
 
@@ -57,7 +58,7 @@ def _siglip(model: nn.Module) -> EncoderParts:
     emb = model.embeddings
     return EncoderParts(
         emb.patch_embedding, None, emb.position_embedding.weight, nn.Identity(),
-        lambda x: model.encoder(inputs_embeds=x).last_hidden_state, model.post_layernorm,
+        model.encoder.layers, model.post_layernorm,
     )
 
 
@@ -66,24 +67,31 @@ def _dinov2(model: nn.Module) -> EncoderParts:
     emb = model.embeddings
     return EncoderParts(
         emb.patch_embeddings.projection, emb.cls_token, emb.position_embeddings, nn.Identity(),
-        lambda x: model.encoder(x).last_hidden_state, model.layernorm,
+        model.encoder.layer, model.layernorm,
     )
 
 
 def supported_encoders() -> list[str]:
-    return sorted(_ADAPTERS)
+    return _ADAPTERS.names()
 
 
 class UniversalEncoder(nn.Module):
     """Wraps a CLIPVisionModel, SiglipVisionModel or Dinov2Model so it accepts token embeddings."""
 
-    def __init__(self, vision_model: nn.Module):
+    def __init__(self, vision_model: nn.Module, feature_layers: tuple[int, ...] | list[int] = (-1,)):
         super().__init__()
         model_type = vision_model.config.model_type
         if model_type not in _ADAPTERS:
             raise ValueError(f"encoder model_type {model_type!r} is not supported; supported: {supported_encoders()}")
+        depth = vision_model.config.num_hidden_layers
+        if not feature_layers or any(not (-depth <= k <= depth and k != 0) for k in feature_layers):
+            raise ValueError(
+                f"vision_feature_layers {list(feature_layers)}: each must be a block index in 1..{depth} or "
+                f"-{depth}..-1 (the encoder has {depth} blocks)"
+            )
         self.model = vision_model
         self._model_type = model_type
+        self.feature_layers = tuple(int(k) for k in feature_layers)
 
     @property
     def parts(self) -> EncoderParts:
@@ -92,6 +100,11 @@ class UniversalEncoder(nn.Module):
     @property
     def width(self) -> int:
         return self.model.config.hidden_size
+
+    @property
+    def out_width(self) -> int:
+        """Channels of :meth:`forward`'s output: the width times the number of feature layers."""
+        return self.width * len(self.feature_layers)
 
     @property
     def patch_size(self) -> int:
@@ -122,10 +135,17 @@ class UniversalEncoder(nn.Module):
         return tokens + self._grid_positions(pixels.shape[-1] // self.patch_size)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """``[B, L, C]`` modality tokens -> ``[B, 1+L, C]`` (``[B, L, C]`` for families without a class token)."""
+        """``[B, L, C]`` modality tokens -> ``[B, 1+L, C']`` (``[B, L, C']`` for families without a class token),
+        ``C' = C * len(feature_layers)``."""
         parts = self.parts
         tokens = tokens.to(parts.patch_embed.weight.dtype)
         if parts.class_token is not None:
             cls = parts.class_token.reshape(1, 1, -1) + parts.positions.reshape(-1, self.width)[:1]
             tokens = torch.cat([cls.expand(tokens.shape[0], -1, -1), tokens], dim=1)
-        return parts.post_norm(parts.blocks(parts.pre_norm(tokens)))
+        depth = len(parts.blocks)
+        wanted = [k if k > 0 else depth + 1 + k for k in self.feature_layers]  # 1-based block numbers
+        hidden, outputs = parts.pre_norm(tokens), {}
+        for number, block in enumerate(parts.blocks[: max(wanted)], start=1):  # later blocks are not needed
+            hidden = block(hidden, None)
+            outputs[number] = hidden
+        return torch.cat([parts.post_norm(outputs[k]) for k in wanted], dim=-1)

@@ -25,30 +25,23 @@ from onellm.projectors.upm import UniversalProjectionModule, placeholder_count
 IGNORE_INDEX = -100
 
 
+def build_projector(config: OneLLMConfig, encoder: UniversalEncoder, **changes) -> UniversalProjectionModule:
+    """The UPM that ``config.projector_config`` describes (with ``changes``, e.g. ``num_experts=1``), reading
+    ``encoder``'s output channels."""
+    return UniversalProjectionModule(
+        config.modalities, in_width=encoder.out_width, out_width=config.text_config.hidden_size,
+        **{**config.projector_config, **changes},
+    )
+
+
 def build_modality_parts(config: OneLLMConfig) -> tuple[UniversalEncoder, nn.ModuleDict, UniversalProjectionModule]:
     """The encoder, the modality tokenizers and the UPM described by ``config`` (the HF and vLLM models share it)."""
-    encoder = UniversalEncoder(AutoModel.from_config(config.vision_config))
+    encoder = UniversalEncoder(AutoModel.from_config(config.vision_config), config.vision_feature_layers)
     width, patch = encoder.width, encoder.patch_size
     tokenizers = nn.ModuleDict(
         {m: get_modality(m).build_tokenizer(width, patch, **config.modality_options(m)) for m in config.modalities}
     )
-    proj = config.projector_config
-    projector = UniversalProjectionModule(
-        config.modalities,
-        in_width=width,
-        out_width=config.text_config.hidden_size,
-        width=proj["width"],
-        num_experts=proj["num_experts"],
-        depth=proj["depth"],
-        num_queries=proj["num_queries"],
-        num_heads=proj["num_heads"],
-        mlp_ratio=proj["mlp_ratio"],
-        router=proj["router"],
-        expert=proj["expert"],
-        norm=proj["norm"],
-        queries=proj["queries"],
-    )
-    return encoder, tokenizers, projector
+    return encoder, tokenizers, build_projector(config, encoder)
 
 
 class OneLLMPreTrainedModel(PreTrainedModel):

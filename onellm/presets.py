@@ -31,29 +31,26 @@ from onellm.configuration import OneLLMConfig
 from onellm.modalities import get_modality, modality_names
 from onellm.modeling import OneLLMForConditionalGeneration
 from onellm.processing import CHAT_TEMPLATE, OneLLMProcessor
+from onellm.registry import Registry
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-_PRESETS: dict[str, Callable[..., tuple[OneLLMForConditionalGeneration, OneLLMProcessor]]] = {}
+_PRESETS: Registry[Callable[..., tuple[OneLLMForConditionalGeneration, OneLLMProcessor]]] = Registry(
+    "preset", sort=False
+)
 
 
 def register_preset(name: str):
-    def wrap(fn):
-        _PRESETS[name] = fn
-        return fn
-
-    return wrap
+    return _PRESETS.register(name)
 
 
 def preset_names() -> list[str]:
-    return list(_PRESETS)
+    return _PRESETS.names()
 
 
 def build_preset(name: str, **kwargs) -> tuple[OneLLMForConditionalGeneration, OneLLMProcessor]:
     """Build preset ``name`` -> (model, processor). Keyword arguments go to the preset's builder."""
-    if name not in _PRESETS:
-        raise KeyError(f"unknown preset {name!r}; known: {preset_names()}")
     return _PRESETS[name](**kwargs)
 
 
@@ -81,6 +78,7 @@ def assemble(
     modality_configs: dict,
     llm: torch.nn.Module | None = None,
     vision: torch.nn.Module | None = None,
+    vision_feature_layers: list[int] | None = None,
 ) -> tuple[OneLLMForConditionalGeneration, OneLLMProcessor]:
     """One model + processor from parts; pretrained ``llm``/``vision`` weights are copied in when given."""
     token_ids = add_marker_tokens(tokenizer, list(modality_configs))
@@ -97,6 +95,7 @@ def assemble(
         projector_config=projector_config,
         modality_configs=modality_configs,
         modality_token_ids=token_ids,
+        vision_feature_layers=vision_feature_layers,
     )
     model = OneLLMForConditionalGeneration(config)
     if llm is not None:
@@ -105,6 +104,11 @@ def assemble(
         model.encoder.model.load_state_dict(vision.state_dict())
     processor = OneLLMProcessor(tokenizer, modality_configs=modality_configs, num_queries=projector_config["num_queries"])
     return model.eval(), processor
+
+
+def text_embedding_rms(llm: torch.nn.Module) -> float:
+    """RMS of the LLM's input embedding table: the scale at which words enter it (SmolLM2-135M: 0.136)."""
+    return round(float(llm.get_input_embeddings().weight.detach().float().pow(2).mean().sqrt()), 4)
 
 
 # --- tiny ---------------------------------------------------------------------------------------
@@ -156,7 +160,8 @@ TINY_MODALITIES = {
 @register_preset("tiny")
 def build_tiny(
     seed: int = 0, modalities: list[str] | None = None, router: str = "pooled", num_experts: int = 3,
-    norm: str = "standardize", queries: str = "learned", expert: str = "transformer",
+    norm: str = "standardize", queries: str = "learned", expert: str = "transformer", out_rms: float | None = None,
+    feature_layers: list[int] | None = None,
 ):
     """Random weights, every modality; builds in well under a second. Attention head dim 32 (vLLM CPU needs >= 32)."""
     torch.manual_seed(seed)
@@ -172,10 +177,10 @@ def build_tiny(
     )
     projector = {
         "num_experts": num_experts, "depth": 1, "num_queries": 4, "num_heads": 2, "router": router, "norm": norm,
-        "queries": queries, "expert": expert,
+        "queries": queries, "expert": expert, "out_rms": out_rms,
     }
     chosen = {m: TINY_MODALITIES[m] for m in (modalities or list(TINY_MODALITIES))}
-    return assemble(text, vision, tokenizer, projector, chosen)
+    return assemble(text, vision, tokenizer, projector, chosen, vision_feature_layers=feature_layers)
 
 
 # --- small --------------------------------------------------------------------------------------
@@ -194,11 +199,15 @@ SMALL_MODALITIES = {
 @register_preset("small")
 def build_small(
     cache_dir: str | Path | None = None, modalities: list[str] | None = None, num_experts: int = 3,
-    queries: str = "pooled", expert: str = "mlp", num_queries: int = 16,
+    queries: str = "pooled", expert: str = "mlp", num_queries: int = 16, out_rms: float | str | None = None,
+    feature_layers: list[int] | None = None, depth: int = 2,
 ):
     """SmolLM2-135M-Instruct + DINOv2 ViT-S/14, converted once from the PyPI wheels into the cache.
 
-    ``queries="learned", expert="transformer", num_queries=8`` gives OneLLM's projector layout at this size.
+    ``queries="learned", expert="transformer", num_queries=8`` gives OneLLM's projector layout at this size;
+    ``num_queries=64`` (the 8x8 patch grid, unpooled) LLaVA's per-token MLP connector; ``depth=0`` a linear one.
+    ``out_rms``: RMS-normalise the soft tokens to this scale ("text": the LLM's text-embedding RMS, 0.136);
+    ``feature_layers``: the encoder blocks the UPM reads (default the last). BENCHMARKS.md has what each measured.
     """
     from onellm.weights import dinov2_small_path, smollm2_path
 
@@ -210,11 +219,13 @@ def build_small(
     # each soft token carries one region of the input from the first step. With OneLLM's learned queries and
     # attention experts the projector collapsed to one soft prompt for every input at this budget (BENCHMARKS.md).
     projector = {
-        "num_experts": num_experts, "depth": 2, "num_queries": num_queries, "num_heads": 6, "router": "pooled",
-        "queries": queries, "expert": expert,
+        "num_experts": num_experts, "depth": depth, "num_queries": num_queries, "num_heads": 6, "router": "pooled",
+        "queries": queries, "expert": expert, "out_rms": text_embedding_rms(llm) if out_rms == "text" else out_rms,
     }
     chosen = {m: SMALL_MODALITIES[m] for m in (modalities or list(SMALL_MODALITIES))}
-    return assemble(llm.config, vision.config, tokenizer, projector, chosen, llm=llm, vision=vision)
+    return assemble(
+        llm.config, vision.config, tokenizer, projector, chosen, llm=llm, vision=vision, vision_feature_layers=feature_layers
+    )
 
 
 # --- 7b -----------------------------------------------------------------------------------------

@@ -92,6 +92,17 @@ class FeatureStandardizer(nn.Module):
 NORMS = ("standardize", "layernorm")
 
 
+def _out_norm(width: int, layernorm: bool, out_rms: float | None) -> nn.Module:
+    if layernorm:
+        return nn.LayerNorm(width)
+    if out_rms is None:
+        return nn.Identity()
+    norm = nn.RMSNorm(width, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.fill_(out_rms)
+    return norm
+
+
 class ModalityHead(nn.Module):
     """The per-modality parts of the UPM: in/out projections, queries, router, start/end tags.
 
@@ -102,7 +113,7 @@ class ModalityHead(nn.Module):
 
     def __init__(
         self, in_width: int, width: int, out_width: int, num_queries: int, num_experts: int, router: str,
-        norm: str = "standardize",
+        norm: str = "standardize", out_rms: float | None = None,
     ):
         super().__init__()
         if norm not in NORMS:
@@ -112,9 +123,9 @@ class ModalityHead(nn.Module):
         self.proj_in = nn.Sequential(nn.Linear(in_width, width), nn.LayerNorm(width) if layernorm else nn.Identity())
         self.queries = nn.Parameter(torch.randn(1, num_queries, width) * 0.02)
         self.router = Router(width, num_experts, router)
-        self.proj_out = nn.Sequential(
-            nn.Linear(width, out_width), nn.LayerNorm(out_width) if layernorm else nn.Identity()
-        )
+        if layernorm and out_rms is not None:
+            raise ValueError("projector out_rms applies to norm 'standardize' (norm 'layernorm' ends in a LayerNorm)")
+        self.proj_out = nn.Sequential(nn.Linear(width, out_width), _out_norm(out_width, layernorm, out_rms))
         self.start_tag = nn.Parameter(torch.randn(1, 1, out_width) * 0.02)
         self.end_tag = nn.Parameter(torch.randn(1, 1, out_width) * 0.02)
 
@@ -141,6 +152,7 @@ class UniversalProjectionModule(nn.Module):
         expert: str = "transformer",
         norm: str = "standardize",
         queries: str = "learned",
+        out_rms: float | None = None,
     ):
         super().__init__()
         query_source(queries)  # an unknown name fails here, not on the first forward
@@ -151,7 +163,8 @@ class UniversalProjectionModule(nn.Module):
             [build_expert(expert, width, depth, num_heads, mlp_ratio) for _ in range(num_experts)]
         )
         self.heads = nn.ModuleDict(
-            {m: ModalityHead(in_width, width, out_width, num_queries, num_experts, router, norm) for m in modalities}
+            {m: ModalityHead(in_width, width, out_width, num_queries, num_experts, router, norm, out_rms)
+                for m in modalities}
         )
 
     @property

@@ -225,7 +225,8 @@ def build_app(engine: Engine, processor: OneLLMProcessor, settings: ServerSettin
             )
             if body.stream:
                 response = await stream_response(request, body, generation, admitted)
-                release = False  # the stream releases its slot when it ends
+                # a started stream releases its slot when it ends; a client gone before the first token (499) not
+                release = not isinstance(response, StreamingResponse)
                 return response
             try:
                 return await until_disconnected(request, complete(body, generation, admitted))

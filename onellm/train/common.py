@@ -27,7 +27,7 @@ from onellm.instruct_data.loader import (
 )
 from onellm.instruct_data.mixture import Mixture, Source, select, with_replay
 from onellm.instruct_data.schema import Record, record_problems
-from onellm.modeling import OneLLMForConditionalGeneration
+from onellm.modeling import OneLLMForConditionalGeneration, build_projector
 from onellm.processing import OneLLMProcessor
 from onellm.projectors.upm import UniversalProjectionModule, expand_experts
 from onellm.train.checkpoint import write_atomically
@@ -134,10 +134,7 @@ def _load_model(path: Path, quantize_llm: bool, stage: StageConfig) -> OneLLMFor
 
 def fresh_projector(model: OneLLMForConditionalGeneration, num_experts: int) -> UniversalProjectionModule:
     """A randomly initialised UPM of the model's shape with ``num_experts`` experts (stage 1 uses one)."""
-    shape = {**model.config.projector_config, "num_experts": num_experts}
-    return UniversalProjectionModule(
-        model.config.modalities, in_width=model.encoder.width, out_width=model.config.text_config.hidden_size, **shape
-    )
+    return build_projector(model.config, model.encoder, num_experts=num_experts)
 
 
 def set_projector(model: OneLLMForConditionalGeneration, projector: UniversalProjectionModule) -> None:

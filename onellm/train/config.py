@@ -357,10 +357,28 @@ def is_curriculum(path: str | Path) -> bool:
     return isinstance(data, dict) and "stages" in data
 
 
+def _stage_entry(path: Path, index: int, entry: Any) -> tuple[str, dict[str, Any]]:
+    """A curriculum's ``stages[index]``: ``PATH`` or ``{stage: PATH, set: {...}}`` -> (path, its own overrides)."""
+    where = f"{path}: stages[{index}]"
+    if isinstance(entry, str):
+        return entry, {}
+    if not isinstance(entry, dict) or not isinstance(entry.get("stage"), str):
+        raise ConfigError(f"{where}: expected a stage YAML path or a mapping {{stage: PATH, set: {{...}}}}")
+    unknown = sorted(set(entry) - {"stage", "set"})
+    if unknown:
+        raise ConfigError(f"{where}: {unknown[0]}: unknown key; allowed here: stage, set")
+    own = entry.get("set") or {}
+    if not isinstance(own, dict):
+        raise ConfigError(f"{where}: set: expected a mapping of dotted keys to values")
+    return entry["stage"], own
+
+
 def load_curriculum(path: str | Path, overrides: dict[str, Any] | None = None) -> CurriculumConfig:
     """A curriculum YAML: ``stages`` (stage YAML paths relative to this file, run in order) and ``set`` (dotted
     overrides applied to every stage, e.g. ``output_dir``). Command-line overrides win over ``set``; an override
-    of a section a stage lacks (``train.*`` for expand_experts) skips that stage."""
+    of a section a stage lacks (``train.*`` for expand_experts) skips that stage. A stage entry may also be a
+    mapping ``{stage: PATH, set: {dotted: value}}``: overrides for that stage alone (a longer profile of the same
+    stages), applied before the curriculum's and the command line's."""
     path = Path(path)
     data = _read_yaml(path)
     if not isinstance(data, dict):
@@ -369,13 +387,16 @@ def load_curriculum(path: str | Path, overrides: dict[str, Any] | None = None) -
     if unknown:
         raise ConfigError(f"{path}: {unknown[0]}: unknown key; allowed here: stages, set")
     stages = data.get("stages")
-    if not isinstance(stages, list) or not stages or not all(isinstance(s, str) for s in stages):
+    if not isinstance(stages, list) or not stages:
         raise ConfigError(f"{path}: stages: expected a non-empty list of stage YAML paths")
     shared = data.get("set") or {}
     if not isinstance(shared, dict):
         raise ConfigError(f"{path}: set: expected a mapping of dotted keys to values")
     merged = {**shared, **(overrides or {})}
-    loaded = [load_stage(path.parent / stage, merged, shared=True) for stage in stages]
+    loaded = [
+        load_stage(path.parent / stage, {**own, **merged}, shared=True)
+        for stage, own in (_stage_entry(path, i, entry) for i, entry in enumerate(stages))
+    ]
     names = [s.name for s in loaded]
     if len(set(names)) != len(names):
         raise ConfigError(f"{path}: stages: stage names must be unique, got {names}")

@@ -39,6 +39,7 @@ def path_fingerprint(model: nn.Module, modality: str, encoder_digest=None) -> st
 
 def _encoder_digest(model: nn.Module):
     digest = hashlib.sha256()
+    digest.update(f"feature_layers:{getattr(model.encoder, 'feature_layers', (-1,))}".encode())
     _hash_state(digest, model.encoder)
     return digest
 

@@ -45,6 +45,27 @@ def test_parity_with_the_hf_forward(kind):
     assert torch.allclose(ours, reference, atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["clip", "siglip", "dinov2"])
+def test_feature_layers_concatenate_post_normed_blocks(kind):
+    model = build(kind)
+    pixels = torch.randn(2, 3, 32, 32)
+    last, both = UniversalEncoder(model), UniversalEncoder(model, feature_layers=[1, -1])
+    assert (last.out_width, both.out_width) == (32, 64)
+    with torch.no_grad():
+        ours = both(both.embed_image(pixels))
+        hidden = model(pixel_values=pixels, output_hidden_states=True).hidden_states  # embeddings, block 1, block 2
+        norm = model.layernorm if kind == "dinov2" else model.post_layernorm
+        assert torch.allclose(ours[..., :32], norm(hidden[1]), atol=1e-5)
+        assert torch.allclose(ours[..., 32:], last(last.embed_image(pixels)), atol=1e-5)
+
+
+def test_feature_layers_out_of_range_are_named():
+    with pytest.raises(ValueError, match=r"vision_feature_layers \[0\]: each must be a block index in 1..2 or -2..-1"):
+        UniversalEncoder(build("clip"), feature_layers=[0])
+    with pytest.raises(ValueError, match="the encoder has 2 blocks"):
+        UniversalEncoder(build("clip"), feature_layers=[-3])
+
+
 def test_interpolates_positions_for_another_grid():
     encoder = UniversalEncoder(build("clip"))
     tokens = encoder.embed_image(torch.randn(1, 3, 48, 48))  # 6x6 grid from a 4x4 table

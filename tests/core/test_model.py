@@ -154,3 +154,28 @@ def test_labels_never_train_placeholders(tiny, media_paths):
     masked = labels.masked_fill(labels == processor.token_id("image"), -100)
     with torch.no_grad():
         assert torch.allclose(model(**batch, labels=labels).loss, model(**batch, labels=masked).loss)
+
+
+def test_feature_layers_and_word_scale_outputs_round_trip(media_paths, tmp_path):
+    # two encoder blocks read (the UPM's input is twice the encoder width) and soft tokens at a fixed RMS
+    from onellm.presets import build_preset
+
+    model, processor = build_preset("tiny", modalities=["image"], feature_layers=[1, -1], out_rms=0.25)
+    assert model.encoder.out_width == 2 * model.encoder.width
+    assert model.projector.heads["image"].standardize.mean.shape == (2 * model.encoder.width,)
+    batch = processor(text="<image>\nwhat?", image=[media_paths["image"]])
+    with torch.no_grad():
+        soft = model.embed_modality("image", batch["mm_inputs"]["image"])[:, 1:-1]
+    assert torch.allclose(soft.pow(2).mean(-1).sqrt(), torch.full(soft.shape[:2], 0.25), atol=1e-3)
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForImageTextToText.from_pretrained(tmp_path)
+    assert reloaded.config.vision_feature_layers == [1, -1] and reloaded.config.projector_config["out_rms"] == 0.25
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, reloaded(**batch).logits)
+
+
+def test_out_rms_needs_the_standardising_head():
+    from onellm.presets import build_preset
+
+    with pytest.raises(ValueError, match="out_rms applies to norm 'standardize'"):
+        build_preset("tiny", modalities=["image"], norm="layernorm", out_rms=0.25)

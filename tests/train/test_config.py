@@ -117,6 +117,23 @@ def test_overrides_and_curriculum_sharing(tmp_path):
     assert all(Path(s.output_dir) == tmp_path for s in curriculum.stages)
 
 
+def test_curriculum_entries_can_override_one_stage(tmp_path):
+    # the long profile: the same stage files, each with its own step count; the command line still wins
+    long = load_curriculum(REPO / "configs/small/curriculum-long.yaml")
+    assert [s.train.steps if s.train else None for s in long.stages] == [1500, None, 240, 240, 600]
+    short = load_curriculum(REPO / "configs/small/curriculum-long.yaml", {"train.steps": 40, "train.warmup_steps": 2})
+    assert [s.train.steps if s.train else None for s in short.stages] == [40, None, 40, 40, 40]
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump(STAGE))
+    for entry, message in (
+        ({"stage": "a.yaml", "steps": 3}, r"stages\[0\]: steps: unknown key; allowed here: stage, set"),
+        ({"set": {"train.steps": 3}}, r"stages\[0\]: expected a stage YAML path or a mapping"),
+        ({"stage": "a.yaml", "set": [1]}, r"stages\[0\]: set: expected a mapping"),
+    ):
+        (tmp_path / "c.yaml").write_text(yaml.safe_dump({"stages": [entry]}))
+        with pytest.raises(ConfigError, match=message):
+            load_curriculum(tmp_path / "c.yaml")
+
+
 def test_curriculum_stage_order_is_checked(tmp_path):
     first = {**STAGE, "name": "b", "init_from": {"stage": "a"}}
     (tmp_path / "b.yaml").write_text(yaml.safe_dump(first))

@@ -79,6 +79,17 @@ def test_fingerprint_covers_the_modality_tokenizer(tiny):
             model.mm_tokenizers["audio"].positions.sub_(1.0)
 
 
+def test_fingerprint_covers_the_encoder_feature_layers(tiny):
+    model, _ = tiny
+    before = path_fingerprint(model, "image")
+    layers = model.encoder.feature_layers
+    model.encoder.feature_layers = (1, -1)
+    try:
+        assert path_fingerprint(model, "image") != before
+    finally:
+        model.encoder.feature_layers = layers
+
+
 def test_loss_on_label_positions_only_equals_the_models_own_loss(tiny, media_paths):
     from onellm.instruct_data.collator import Collator
     from onellm.train.loop import label_loss_sum
