@@ -188,16 +188,12 @@ def eval_plan(curriculum) -> list[StageEval]:
     (stage, modality) pairs score the whole test split. The others show the trend on INTERMEDIATE_ITEMS items: of the
     default curriculum's 21 (stage, modality) pairs, 9 score the whole split and 12 a fifth of it.
     """
-    from onellm.train.common import DONE
-
     stages = [stage for stage in curriculum.stages if stage.recipe != "expand_experts"]
     plan: list[StageEval] = []
     seen: list[str] = []
     for index, stage in enumerate(stages):
         seen.extend(m for m in stage.modalities if m not in seen)
-        info = json.loads((stage.stage_dir / DONE).read_text(encoding="utf-8"))
-        outputs = info["outputs"]
-        checkpoint = Path(outputs.get("merged") or outputs["checkpoint"])
+        checkpoint = stage.folder.checkpoint
         whole = index in (0, len(stages) - 1)
         plan.append(
             StageEval(stage.name, checkpoint, list(seen), dict.fromkeys(seen, None if whole else INTERMEDIATE_ITEMS))
@@ -553,14 +549,12 @@ def plot_scores(scores: Scores, path: Path) -> None:
 
 
 def stage_rows(curriculum) -> list[str]:
-    from onellm.train.common import DONE
-
     rows = [
         "| stage | recipe | modalities | steps | first loss | last loss | val loss | seconds |",
         "|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for stage in curriculum.stages:
-        info = json.loads((stage.stage_dir / DONE).read_text(encoding="utf-8"))
+        info = stage.folder.record() or {}
         cells = [info.get(k) for k in ("first_loss", "last_loss", "val_loss")]
         rows.append(
             f"| {stage.name} | {stage.recipe} | {', '.join(stage.modalities) or '—'} | {info.get('steps', 0)} | "

@@ -7,10 +7,8 @@ import copy
 import fnmatch
 import hashlib
 import json
-import os
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,11 +28,12 @@ from onellm.instruct_data.schema import Record, record_problems
 from onellm.modeling import OneLLMForConditionalGeneration, build_projector
 from onellm.processing import OneLLMProcessor
 from onellm.projectors.upm import UniversalProjectionModule, expand_experts
+from onellm.train import stage_folder
 from onellm.train.checkpoint import write_atomically
 from onellm.train.config import LoraSettings, StageConfig
 from onellm.train.groups import group_of, parameter_groups, set_trainable
 
-DONE = "DONE"
+DONE = stage_folder.DONE
 
 
 def log(message: str) -> None:
@@ -58,16 +57,11 @@ def make_accelerator():
 
 
 def is_done(stage: StageConfig) -> bool:
-    return (stage.stage_dir / DONE).is_file()
+    return stage_folder.StageFolder(stage.stage_dir, stage.name).done
 
 
 def mark_done(stage: StageConfig, outputs: dict[str, str], extra: dict[str, Any] | None = None) -> None:
-    info = {"stage": stage.name, "outputs": outputs, "finished": time.strftime("%Y-%m-%d %H:%M:%S"), **(extra or {})}
-    # Written to a temp file and renamed: a kill mid-write must not leave a truncated DONE that every later run
-    # trips over.
-    tmp = stage.stage_dir / f".{DONE}.tmp"
-    tmp.write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, stage.stage_dir / DONE)
+    stage_folder.StageFolder(stage.stage_dir, stage.name).mark_done(outputs, extra)
 
 
 def init_path(stage: StageConfig) -> Path | None:

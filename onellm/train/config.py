@@ -29,6 +29,7 @@ from typing import Any, Literal
 import yaml
 
 from onellm.modalities import modality_names
+from onellm.train.stage_folder import StageFolder
 
 
 class ConfigError(ValueError):
@@ -146,6 +147,11 @@ class StageConfig:
     @property
     def stage_dir(self) -> Path:
         return Path(self.output_dir) / self.name
+
+    @property
+    def folder(self) -> StageFolder:
+        """The stage's output folder: its DONE marker, outputs and loss history."""
+        return StageFolder(self.stage_dir, self.name)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

@@ -5,7 +5,6 @@ The curriculum's own outputs (``<output_dir>/summary.md`` and ``loss.png``) cove
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from onellm.train.config import CurriculumConfig
@@ -29,16 +28,10 @@ def write_curriculum_report(curriculum: CurriculumConfig) -> Path:
     output_dir = output_dirs.pop() if len(output_dirs) == 1 else Path(curriculum.stages[-1].output_dir)
     curves = []
     for stage in curriculum.stages:
-        history = stage.stage_dir / "history.json"
-        if history.is_file():
-            data = json.loads(history.read_text(encoding="utf-8"))
+        history = stage.folder.history()
+        if history is not None:
             result = LoopResult(
-                steps=data["steps"],
-                resumed_from=0,
-                seconds=0.0,
-                samples=0,
-                losses=[tuple(x) for x in data["losses"]],
-                val=[tuple(x) for x in data["val"]],
+                steps=history.steps, resumed_from=0, seconds=0.0, samples=0, losses=history.losses, val=history.val
             )
             curves.append((stage.name, result))
     if curves:

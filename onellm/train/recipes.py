@@ -13,7 +13,6 @@ that have it. An interrupted training stage resumes from its newest checkpoint (
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,7 +23,6 @@ from onellm.train.common import (
     build_data,
     freeze,
     gathered_state,
-    is_done,
     load_start,
     log,
     mark_done,
@@ -46,10 +44,9 @@ def register_recipe(name: str):
 
 def run_stage(stage: StageConfig, accelerator) -> dict[str, str]:
     """Run one stage unless it has finished (then return its recorded outputs)."""
-    if is_done(stage):
-        info = json.loads((stage.stage_dir / "DONE").read_text(encoding="utf-8"))
-        log(f"stage {stage.name}: already finished ({stage.stage_dir / 'DONE'}); skipping")
-        return info["outputs"]
+    if stage.folder.done:
+        log(f"stage {stage.name}: already finished ({stage.stage_dir}); skipping")
+        return stage.folder.outputs
     log(f"stage {stage.name} ({stage.recipe}) from {stage.source} -> {stage.stage_dir}")
     outputs = RECIPES[stage.recipe](stage, accelerator)
     accelerator.wait_for_everyone()
@@ -224,8 +221,7 @@ def _finish(
     if accelerator.is_main_process:
         stage_dir = stage.stage_dir
         plot_losses([(stage.name, result)], stage_dir / "loss.png", f"{stage.name}: training and validation loss")
-        history = {"steps": result.steps, "losses": result.losses, "val": result.val}
-        (stage_dir / "history.json").write_text(json.dumps(history) + "\n", encoding="utf-8")
+        stage.folder.write_history(result.steps, result.losses, result.val)
         data_lines = [line for report in data.reports for line in report.summary(limit=20).splitlines()]
         summary = stage_summary(
             stage=stage,

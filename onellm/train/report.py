@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -129,11 +128,10 @@ def curriculum_summary(output_dir: Path, stages: list[Any]) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for stage in stages:
-        done = stage.stage_dir / "DONE"
-        if not done.is_file():
+        info = stage.folder.record()
+        if info is None:
             lines.append(f"| {stage.name} | {stage.recipe} | - | - | - | - | - | not finished |")
             continue
-        info = json.loads(done.read_text(encoding="utf-8"))
         first, last, val = info.get("first_loss"), info.get("last_loss"), info.get("val_loss")
         fmt = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
         outputs = ", ".join(

@@ -81,7 +81,7 @@ def test_done_marker_is_replaced_atomically(tmp_path, monkeypatch):
     """A crash while DONE is written leaves no DONE (the stage reruns), never a truncated one."""
     from types import SimpleNamespace
 
-    from onellm.train import common
+    from onellm.train import common, stage_folder
 
     stage = SimpleNamespace(name="s", stage_dir=tmp_path)
     calls = []
@@ -90,7 +90,7 @@ def test_done_marker_is_replaced_atomically(tmp_path, monkeypatch):
         calls.append((src, dst))
         raise KeyboardInterrupt  # killed between writing the temp file and the rename
 
-    monkeypatch.setattr(common.os, "replace", crash)
+    monkeypatch.setattr(stage_folder.os, "replace", crash)
     with pytest.raises(KeyboardInterrupt):
         common.mark_done(stage, {"checkpoint": "x"})
     assert not common.is_done(stage) and calls[0][1] == tmp_path / common.DONE
@@ -111,3 +111,22 @@ def test_a_writer_killed_between_the_two_renames_leaves_nothing_behind_next_time
     ckpt.commit(tmp, tmp_path / "final")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["final"]
     assert (tmp_path / "final" / "weights.bin").read_bytes() == b"new"
+
+
+def test_stage_folder_owns_done_and_history(tmp_path):
+    from pathlib import Path
+
+    from onellm.train.stage_folder import StageFolder
+
+    folder = StageFolder(tmp_path / "instruct")
+    folder.path.mkdir()
+    assert not folder.done and folder.record() is None and folder.history() is None
+    with pytest.raises(FileNotFoundError, match=r"stage 'instruct' has not finished: .*instruct/DONE is missing"):
+        _ = folder.checkpoint
+    folder.write_history(3, [(1, 2.5), (3, 1.5)], [(3, 1.7)])
+    folder.mark_done({"checkpoint": "c", "merged": "m"}, {"steps": 3})
+    assert folder.done and folder.record()["steps"] == 3 and folder.record()["stage"] == "instruct"
+    assert folder.checkpoint == Path("m")  # the merged model when the stage wrote one
+    assert StageFolder(folder.path, "x").outputs == {"checkpoint": "c", "merged": "m"}
+    history = folder.history()
+    assert (history.steps, history.losses, history.val) == (3, [(1, 2.5), (3, 1.5)], [(3, 1.7)])
