@@ -25,7 +25,7 @@ _COMMANDS = [
     ("onellm.serving.cli", "add_serve_command"),
     ("onellm.eval.cli", "add_eval_command"),
     ("onellm.diagnose", "add_diagnose_command"),
-    ("onellm.demo", "add_demo_command"),
+    ("onellm.demo.cli", "add_demo_command"),
     ("onellm.serving.ui", "add_ui_command"),
 ]
 

