@@ -30,6 +30,7 @@ from torch.utils.data import Dataset
 from onellm.instruct_data.collator import encode_conversation
 from onellm.instruct_data.schema import ModalityInput, Record, scan_manifest
 from onellm.modalities import MediaError, get_modality
+from onellm.modalities.base import MISSING_FILE, NAN, TOO_LONG, UNDECODABLE, WRONG_SHAPE
 from onellm.processing import OneLLMProcessor
 
 # Rejection reasons, in the order a record is checked.
@@ -37,11 +38,6 @@ SCHEMA = "schema"
 EMPTY_ANSWER = "empty answer"
 PLACEHOLDER_COUNT = "placeholder count"
 UNSUPPORTED = "unsupported modality"
-MISSING_FILE = "missing file"
-UNDECODABLE = "undecodable"
-WRONG_SHAPE = "wrong shape"
-NAN = "NaN"
-TOO_LONG = "too long"
 REASONS = (SCHEMA, EMPTY_ANSWER, PLACEHOLDER_COUNT, UNSUPPORTED, MISSING_FILE, UNDECODABLE, WRONG_SHAPE, NAN, TOO_LONG)
 ON_ERROR = ("skip", "fail")
 
@@ -129,20 +125,6 @@ def content_key(source: Any, extras: dict[str, Any]) -> str:
         digest.update(Path(source).read_bytes())
     digest.update(json.dumps(extras, sort_keys=True).encode())
     return digest.hexdigest()[:32]
-
-
-def _reason_of(error: MediaError) -> str:
-    """Map a modality's error message to a rejection reason (the message itself is kept as the detail)."""
-    problem = error.problem
-    if "not found" in problem:
-        return MISSING_FILE
-    if "NaN" in problem:
-        return NAN
-    if "longer than" in problem:
-        return TOO_LONG
-    if "shape" in problem or "expected" in problem or "too short" in problem:
-        return WRONG_SHAPE
-    return UNDECODABLE
 
 
 class _Preprocessor:
@@ -257,7 +239,7 @@ def _check_one(modality: str, source: Any, extras: dict, preprocess: _Preprocess
     try:
         tensor = preprocess(modality, source, extras)
     except MediaError as error:
-        return _reason_of(error), error.problem
+        return error.reason, error.problem
     expected = preprocess.shape(modality)
     if tuple(tensor.shape) != expected:
         return WRONG_SHAPE, f"preprocessed to {list(tensor.shape)}, expected {list(expected)}"
@@ -390,7 +372,7 @@ class ManifestDataset(Dataset):
             try:
                 media.append((item.modality, self.processor.preprocess(item.modality, source, extras)))
             except MediaError as error:
-                raise MediaError(error.modality, error.source, f"{error.problem} (record {record.id})") from None
+                raise MediaError(error.modality, error.source, f"{error.problem} (record {record.id})", error.reason) from None
             keys.append(self._key(source, extras))
         return {
             "id": record.id,

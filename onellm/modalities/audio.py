@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from onellm.modalities import register_modality
-from onellm.modalities.base import Modality, Source
+from onellm.modalities.base import TOO_LONG, WRONG_SHAPE, Modality, Source
 
 SAMPLE_RATE = 16_000
 # AudioSet statistics of the 128-bin fbank (the AST convention OneLLM follows).
@@ -126,15 +126,15 @@ class AudioModality(Modality):
             if waveform.ndim == 2:  # [samples, channels]
                 waveform = waveform.mean(axis=1)
             if waveform.ndim != 1:
-                raise self.fail(source, f"expected a [samples] or [samples, channels] waveform, found {list(waveform.shape)}")
+                raise self.fail(source, f"expected a [samples] or [samples, channels] waveform, found {list(waveform.shape)}", WRONG_SHAPE)
             rate = int((extras or {}).get("sample_rate", SAMPLE_RATE))
         else:
             waveform, rate = self.decode(source)
         self.check_finite(source, waveform)
         if waveform.size < 400:  # one 25 ms Kaldi window at 16 kHz
-            raise self.fail(source, f"too short: {waveform.size} samples, need at least one 25 ms window")
+            raise self.fail(source, f"too short: {waveform.size} samples, need at least one 25 ms window", WRONG_SHAPE)
         if waveform.size / rate > opts["max_seconds"]:
-            raise self.fail(source, f"{waveform.size / rate:.1f} s is longer than the {opts['max_seconds']} s limit")
+            raise self.fail(source, f"{waveform.size / rate:.1f} s is longer than the {opts['max_seconds']} s limit", TOO_LONG)
         waveform = resample(waveform, rate)
         extractor = fbank_extractor(opts["num_mel_bins"], opts["target_length"])
         fbank = extractor(waveform.astype(np.float32), sampling_rate=SAMPLE_RATE, return_tensors="np")

@@ -15,13 +15,26 @@ from torch import nn
 Source = str | os.PathLike | bytes | np.ndarray | torch.Tensor
 
 
-class MediaError(ValueError):
-    """A modality input could not be used. The message names the input and the problem."""
+# Why an input could not be used: MediaError.reason, one of these codes (the data loader counts rejections by it).
+MISSING_FILE = "missing file"
+UNDECODABLE = "undecodable"
+WRONG_SHAPE = "wrong shape"
+NAN = "NaN"
+TOO_LONG = "too long"
+MEDIA_REASONS = (MISSING_FILE, UNDECODABLE, WRONG_SHAPE, NAN, TOO_LONG)
 
-    def __init__(self, modality: str, source: str, problem: str):
+
+class MediaError(ValueError):
+    """A modality input could not be used. The message names the input and the problem; ``reason`` is its code
+    (one of ``MEDIA_REASONS``)."""
+
+    def __init__(self, modality: str, source: str, problem: str, reason: str = UNDECODABLE):
+        if reason not in MEDIA_REASONS:
+            raise ValueError(f"MediaError reason {reason!r} is not one of {MEDIA_REASONS}")
         self.modality = modality
         self.source = source
         self.problem = problem
+        self.reason = reason
         super().__init__(f"{modality} input {source}: {problem}")
 
 
@@ -93,8 +106,8 @@ class Modality:
         return encoded
 
     # --- helpers for subclasses ---------------------------------------------------------------
-    def fail(self, source: Source, problem: str) -> MediaError:
-        return MediaError(self.name, describe_source(source), problem)
+    def fail(self, source: Source, problem: str, reason: str = UNDECODABLE) -> MediaError:
+        return MediaError(self.name, describe_source(source), problem, reason)
 
     def read_bytes(self, source: Source) -> bytes:
         """The raw bytes of a path or bytes source; a clear error when the file is missing or empty."""
@@ -103,10 +116,10 @@ class Modality:
         elif isinstance(source, (str, os.PathLike)):
             path = Path(source)
             if not path.is_file():
-                raise self.fail(source, "file not found")
+                raise self.fail(source, "file not found", MISSING_FILE)
             data = path.read_bytes()
         else:
-            raise self.fail(source, f"expected a file path or bytes, got {type(source).__name__}")
+            raise self.fail(source, f"expected a file path or bytes, got {type(source).__name__}", WRONG_SHAPE)
         if not data:
             raise self.fail(source, "file is empty")
         return data
@@ -129,10 +142,10 @@ class Modality:
                 kind = "CSV" if is_csv else ".npy"
                 raise self.fail(source, f"not a readable {kind} array ({exc})") from None
         if not np.issubdtype(array.dtype, np.number):
-            raise self.fail(source, f"expected a numeric array, found dtype {array.dtype}")
+            raise self.fail(source, f"expected a numeric array, found dtype {array.dtype}", WRONG_SHAPE)
         return array.astype(np.float32, copy=False)
 
     def check_finite(self, source: Source, array: np.ndarray | torch.Tensor) -> None:
         bad = ~np.isfinite(array) if isinstance(array, np.ndarray) else ~torch.isfinite(array)
         if bad.any():
-            raise self.fail(source, f"contains {int(bad.sum())} NaN/inf value(s)")
+            raise self.fail(source, f"contains {int(bad.sum())} NaN/inf value(s)", NAN)

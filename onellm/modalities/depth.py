@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from onellm.modalities import register_modality
-from onellm.modalities.base import Modality, Source
+from onellm.modalities.base import WRONG_SHAPE, Modality, Source
 from onellm.modalities.image import ImageLikeModality, fit_square_array, normalise, open_image
 
 
@@ -36,7 +36,7 @@ class DepthModality(ImageLikeModality):
         if depth.ndim == 3 and depth.shape[-1] in (3, 4):  # a grey map saved as RGB(A): take one channel
             depth = depth[..., 0]
         if depth.ndim != 2:
-            raise self.fail(source, f"expected an [H, W] depth map, found shape {list(depth.shape)}")
+            raise self.fail(source, f"expected an [H, W] depth map, found shape {list(depth.shape)}", WRONG_SHAPE)
         self.check_finite(source, depth)
         valid = depth > 0  # 0 marks missing depth in sensor maps
         if not valid.any():

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from onellm.modalities import register_modality
-from onellm.modalities.base import Modality, Source
+from onellm.modalities.base import WRONG_SHAPE, Modality, Source
 
 
 class FMRITokenizer(nn.Module):
@@ -49,9 +49,9 @@ class FMRIModality(Modality):
         elif voxels.ndim == 2 and 1 in voxels.shape:
             voxels = voxels.reshape(-1)
         if voxels.ndim != 1:
-            raise self.fail(source, f"expected a voxel vector [V], found shape {list(voxels.shape)}")
+            raise self.fail(source, f"expected a voxel vector [V], found shape {list(voxels.shape)}", WRONG_SHAPE)
         if voxels.shape[0] != opts["num_voxels"]:
-            raise self.fail(source, f"expected {opts['num_voxels']} voxels, found {voxels.shape[0]}")
+            raise self.fail(source, f"expected {opts['num_voxels']} voxels, found {voxels.shape[0]}", WRONG_SHAPE)
         self.check_finite(source, voxels)
         voxels = voxels.astype(np.float64)  # float32 statistics overflow for values near its maximum (3.4e38)
         voxels = (voxels - voxels.mean()) / max(float(voxels.std()), 1e-6)

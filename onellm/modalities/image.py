@@ -11,7 +11,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import nn
 
 from onellm.modalities import register_modality
-from onellm.modalities.base import Modality, Source
+from onellm.modalities.base import WRONG_SHAPE, Modality, Source
 
 # CLIP's statistics; presets replace them with the encoder's own (DINOv2 uses ImageNet's).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -93,7 +93,7 @@ class ImageModality(ImageLikeModality):
         if isinstance(source, (np.ndarray, torch.Tensor)):
             array = self.load_array(source)
             if array.ndim != 3 or array.shape[-1] != 3:
-                raise self.fail(source, f"expected an [H, W, 3] RGB array, found shape {list(array.shape)}")
+                raise self.fail(source, f"expected an [H, W, 3] RGB array, found shape {list(array.shape)}", WRONG_SHAPE)
             self.check_finite(source, array)
             scale = 255.0 if array.max() > 1.0 else 1.0
             image = Image.fromarray(np.clip(array / scale * 255.0, 0, 255).astype(np.uint8))

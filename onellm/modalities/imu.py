@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from onellm.modalities import register_modality
-from onellm.modalities.base import Modality, Source
+from onellm.modalities.base import WRONG_SHAPE, Modality, Source
 
 GRAVITY = 9.80665  # accelerometer channels are divided by g so both sensor groups are O(1)
 
@@ -50,7 +50,7 @@ class IMUModality(Modality):
             if times.size > 1 and np.all(np.diff(times) > 0):
                 rate = (times.size - 1) / float(times[-1] - times[0])
         if array.ndim != 2 or array.shape[1] != 6:
-            raise self.fail(source, f"expected [T, 6] (accelerometer xyz + gyroscope xyz), found shape {list(array.shape)}")
+            raise self.fail(source, f"expected [T, 6] (accelerometer xyz + gyroscope xyz), found shape {list(array.shape)}", WRONG_SHAPE)
         if array.shape[0] < 2:
             raise self.fail(source, f"needs at least 2 samples, found {array.shape[0]}")
         self.check_finite(source, array)

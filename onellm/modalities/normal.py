@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from onellm.modalities import register_modality
-from onellm.modalities.base import Source
+from onellm.modalities.base import WRONG_SHAPE, Source
 from onellm.modalities.depth import load_map
 from onellm.modalities.image import ImageLikeModality, fit_square_array, normalise
 
@@ -22,7 +22,7 @@ class NormalModality(ImageLikeModality):
         opts = self.options(**options)
         normals = load_map(self, source)
         if normals.ndim != 3 or normals.shape[-1] not in (3, 4):
-            raise self.fail(source, f"expected an [H, W, 3] normal map, found shape {list(normals.shape)}")
+            raise self.fail(source, f"expected an [H, W, 3] normal map, found shape {list(normals.shape)}", WRONG_SHAPE)
         normals = normals[..., :3]
         self.check_finite(source, normals)
         if normals.min() < 0:  # unit vectors in [-1, 1] (a .npy map)

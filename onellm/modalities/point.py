@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from onellm.modalities import register_modality
-from onellm.modalities.base import Modality, Source
+from onellm.modalities.base import WRONG_SHAPE, Modality, Source
 
 
 def farthest_point_sample(xyz: torch.Tensor, count: int) -> torch.Tensor:
@@ -110,7 +110,7 @@ class PointModality(Modality):
             data = self.read_bytes(source)
             points = read_ply(self, source, data) if data.startswith(b"ply") else self.load_array(data)
         if points.ndim != 2 or points.shape[1] not in (3, 6):
-            raise self.fail(source, f"expected a [P, 3] (xyz) or [P, 6] (xyz + rgb) array, found shape {list(points.shape)}")
+            raise self.fail(source, f"expected a [P, 3] (xyz) or [P, 6] (xyz + rgb) array, found shape {list(points.shape)}", WRONG_SHAPE)
         if points.shape[0] < 1:
             raise self.fail(source, "the point cloud is empty")
         self.check_finite(source, points)

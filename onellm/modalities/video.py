@@ -15,7 +15,7 @@ from PIL import Image
 from torch import nn
 
 from onellm.modalities import register_modality
-from onellm.modalities.base import Modality, Source
+from onellm.modalities.base import TOO_LONG, WRONG_SHAPE, Modality, Source
 from onellm.modalities.image import CLIP_MEAN, CLIP_STD, PatchTokenizer, fit_square, normalise
 
 # Cap on decoded frames before sampling: about 10 minutes at 30 fps; longer videos are refused, not truncated.
@@ -59,7 +59,7 @@ class VideoModality(Modality):
                 for frame in container.decode(video=0):
                     frames.append(frame.to_image())
                     if len(frames) > MAX_DECODED_FRAMES:
-                        raise self.fail(source, f"longer than {MAX_DECODED_FRAMES} frames")
+                        raise self.fail(source, f"longer than {MAX_DECODED_FRAMES} frames", TOO_LONG)
         except (av.error.FFmpegError, ValueError) as exc:
             raise self.fail(source, f"not a decodable video ({exc})") from None
         if not frames:
@@ -71,7 +71,7 @@ class VideoModality(Modality):
         if isinstance(source, (np.ndarray, torch.Tensor)):
             array = self.load_array(source)  # [T, H, W, 3] in [0, 1] or [0, 255]
             if array.ndim != 4 or array.shape[-1] != 3:
-                raise self.fail(source, f"expected a [T, H, W, 3] frame array, found shape {list(array.shape)}")
+                raise self.fail(source, f"expected a [T, H, W, 3] frame array, found shape {list(array.shape)}", WRONG_SHAPE)
             self.check_finite(source, array)
             scale = 255.0 if array.max() > 1.0 else 1.0
             frames = [Image.fromarray(np.clip(f / scale * 255.0, 0, 255).astype(np.uint8)) for f in array]

@@ -221,3 +221,21 @@ def test_decompression_bomb_is_refused(tmp_path):
     Image.new("1", (9000, 9000)).save(path)  # 81 MP of 1-bit pixels: tiny file, huge decode
     with pytest.raises(MediaError, match="pixel limit"):
         get_modality("image").preprocess(path)
+
+
+def test_media_errors_carry_a_reason_code(tmp_path):
+    from onellm.modalities.base import MISSING_FILE, NAN, TOO_LONG, UNDECODABLE, WRONG_SHAPE
+
+    cases = [
+        ("image", tmp_path / "absent.png", {}, MISSING_FILE),
+        ("image", b"not an image", {}, UNDECODABLE),
+        ("image", np.zeros((4, 4), dtype=np.uint8), {}, WRONG_SHAPE),
+        ("fmri", npy_bytes(np.full(2048, np.nan, dtype=np.float32)), {"num_voxels": 2048}, NAN),
+        ("audio", wav_bytes(seconds=2.0), {"max_seconds": 1.0}, TOO_LONG),
+    ]
+    for name, source, options, reason in cases:
+        with pytest.raises(MediaError) as caught:
+            get_modality(name).preprocess(source, **options)
+        assert caught.value.reason == reason, (name, caught.value)
+    with pytest.raises(ValueError, match="reason 'typo' is not one of"):
+        MediaError("image", "x.png", "bad", "typo")
