@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from onellm.commands import mount, standalone
 from onellm.eval.sources import ROOT_ENV, DataDirs
 
 API_KEY_ENVS = ("ONELLM_API_KEY", "OPENAI_API_KEY")
@@ -88,16 +89,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_eval_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Mount ``eval`` on the main ``onellm`` parser; the command sets ``func`` (args -> exit code)."""
-    parser = subparsers.add_parser(
-        "eval",
-        help="score a checkpoint or an OpenAI-compatible endpoint on captioning / QA tasks",
-        description=DESCRIPTION,
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_arguments(parser)
-    parser.set_defaults(func=run)
-    return parser
+    what = "score a checkpoint or an OpenAI-compatible endpoint on captioning / QA tasks"
+    return mount(subparsers, "eval", what, add_arguments, run, DESCRIPTION, EXAMPLES)
 
 
 def _list_tasks(include_paths: Sequence[str]) -> int:
@@ -180,14 +173,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="onellm eval",
-        description=DESCRIPTION,
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return standalone("onellm eval", add_arguments, run, argv, DESCRIPTION, EXAMPLES)
 
 
 if __name__ == "__main__":  # vLLM spawns processes that re-import __main__: keep the run under this guard

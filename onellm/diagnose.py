@@ -42,6 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from onellm.commands import mount, standalone
 from onellm.instruct_data.schema import Record
 
 # Issue 11's bar for the held-out test split after the last stage (QA: absolute margin over the blind baseline).
@@ -704,23 +705,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_diagnose_command(subparsers: Any) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "diagnose",
-        help="does the model look at its inputs? projector spread, probes, shuffled-input loss, QA vs blind baseline",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_arguments(parser)
-    parser.set_defaults(func=run)
-    return parser
+    what = "does the model look at its inputs? projector spread, probes, shuffled-input loss, QA vs blind baseline"
+    return mount(subparsers, "diagnose", what, add_arguments, run, __doc__)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="onellm diagnose", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return standalone("onellm diagnose", add_arguments, run, argv, __doc__)
 
 
 if __name__ == "__main__":

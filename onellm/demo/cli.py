@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from onellm.commands import mount, standalone
 from onellm.demo import __doc__ as DEMO_DOC
 from onellm.demo.pipeline import DEFAULT_CURRICULUM, DEFAULT_OUT, DEFAULT_PER_MODALITY, PROFILES, DemoError, run_demo
 
@@ -77,23 +78,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_demo_command(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "demo",
-        help="build the small preset, train the whole curriculum, evaluate every modality, write a report",
-        description=DEMO_DOC,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_arguments(parser)
-    parser.set_defaults(func=run)
-    return parser
+    what = "build the small preset, train the whole curriculum, evaluate every modality, write a report"
+    return mount(subparsers, "demo", what, add_arguments, run, DEMO_DOC)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="onellm demo", description=DEMO_DOC, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return standalone("onellm demo", add_arguments, run, argv, DEMO_DOC)
 
 
 if __name__ == "__main__":

@@ -14,18 +14,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from onellm.commands import mount, standalone
+
 
 def add_train_command(subparsers) -> argparse.ArgumentParser:
     """Mount ``train`` on an argparse subparsers object (``onellm train ...``)."""
-    parser = subparsers.add_parser(
-        "train",
-        help="train one stage or a whole curriculum from YAML",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_arguments(parser)
-    parser.set_defaults(func=run)
-    return parser
+    return mount(subparsers, "train", "train one stage or a whole curriculum from YAML", add_arguments, run, __doc__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -101,11 +95,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m onellm.train`` (what ``onellm train`` runs; also usable under torchrun / accelerate launch)."""
-    parser = argparse.ArgumentParser(
-        prog="onellm train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return standalone("onellm train", add_arguments, run, argv, __doc__)
 
 
 __all__ = ["add_train_command", "main", "run"]
