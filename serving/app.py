@@ -443,7 +443,14 @@ def build_app(engine: Engine, processor: OneLLMProcessor, settings: ServerSettin
                 message = f"the request did not finish within {settings.request_timeout:g} s"
                 yield f"data: {json.dumps(error_body(504, message, code='timeout'))}\n\n"
                 yield "data: [DONE]\n\n"
-            except Exception as exc:  # the response has started: report in the stream, then end it
+            except Exception as exc:
+                if isinstance(exc.__context__, (asyncio.CancelledError, GeneratorExit)):
+                    # The client left and closing the engine's stream then failed (an abort can raise): still a
+                    # departed client, and nothing more may be sent; end quietly so the close completes.
+                    logger.warning("closing the stream of a departed client failed: %s: %s", type(exc).__name__, exc)
+                    metrics.disconnected()
+                    return
+                # the response has started: report in the stream, then end it
                 logger.exception("generation failed mid-stream")
                 yield f"data: {json.dumps(error_body(500, f'generation failed: {type(exc).__name__}: {exc}'))}\n\n"
                 yield "data: [DONE]\n\n"
