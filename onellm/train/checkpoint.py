@@ -83,12 +83,31 @@ def commit(tmp: Path, target: Path) -> Path:
     return target
 
 
+class CheckpointWriteError(OSError):
+    """Writing a checkpoint failed (a full disk, a quota, a read-only folder): names the folder, the cause and what
+    is still intact. The half-written temp dir is gone; nothing under a real name changed."""
+
+
+def write_failed(target: Path, exc: OSError, intact: Path | None) -> CheckpointWriteError:
+    kept = f"the previous checkpoint {intact} is intact" if intact is not None else "no earlier checkpoint was kept"
+    return CheckpointWriteError(
+        exc.errno, f"could not write {target}: {exc.strerror or exc}; {kept}. Free space and run the same command "
+        "again to resume"
+    )
+
+
 def write_atomically(target: Path, write: Callable[[Path], None]) -> Path:
-    """Run ``write(tmp_dir)`` then rename ``tmp_dir`` to ``target``; a failure removes the temp dir."""
+    """Run ``write(tmp_dir)`` then rename ``tmp_dir`` to ``target``; a failure removes the temp dir (an OSError
+    becomes a :class:`CheckpointWriteError` naming ``target``)."""
     tmp = temp_dir(target)
     try:
         write(tmp)
         return commit(tmp, target)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, CheckpointWriteError):
+            raise
+        raise write_failed(target, exc, target if target.exists() else None) from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -210,4 +229,5 @@ __all__ = [
     "temp_dir",
     "trainable_state",
     "write_atomically",
+    "CheckpointWriteError",
 ]

@@ -80,15 +80,20 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         print(f"onellm train: {missing}", file=sys.stderr)
         return 2
+    from onellm.train.checkpoint import CheckpointWriteError
     from onellm.train.common import make_accelerator
     from onellm.train.curriculum import run_curriculum
     from onellm.train.recipes import run_stage
 
     accelerator = make_accelerator()
-    if curriculum is not None:
-        run_curriculum(curriculum, accelerator)
-    else:
-        run_stage(stages[0], accelerator)
+    try:
+        if curriculum is not None:
+            run_curriculum(curriculum, accelerator)
+        else:
+            run_stage(stages[0], accelerator)
+    except CheckpointWriteError as exc:
+        print(f"onellm train: {exc.strerror}", file=sys.stderr)
+        return 1
     accelerator.end_training()
     return 0
 

@@ -290,12 +290,17 @@ class Trainer:
             ckpt.save_rng(tmp, self.rank)
         self.acc.wait_for_everyone()
         if self.acc.is_main_process:
-            if self.sharded:
-                torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
-                (tmp / "state.json").write_text(json.dumps(state, indent=1) + "\n", encoding="utf-8")
-            else:
-                ckpt.save_training_state(tmp, self.core_for_state, self.optimizer, self.scheduler, state)
-            ckpt.commit(tmp, target)
+            try:
+                if self.sharded:
+                    torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
+                    (tmp / "state.json").write_text(json.dumps(state, indent=1) + "\n", encoding="utf-8")
+                else:
+                    ckpt.save_training_state(tmp, self.core_for_state, self.optimizer, self.scheduler, state)
+                ckpt.commit(tmp, target)
+            except OSError as exc:  # a full disk: name the folder, keep the last complete checkpoint
+                ckpt.remove_partial(self.checkpoints)
+                previous = ckpt.list_checkpoints(self.checkpoints)
+                raise ckpt.write_failed(target, exc, previous[-1][1] if previous else None) from exc
             ckpt.prune(self.checkpoints, self.cfg.save_limit)
         self.acc.wait_for_everyone()
 
