@@ -29,7 +29,10 @@ ONELLM = [sys.executable, "-m", "onellm.cli"]
 # name -> (what it is, stage overrides). "default" is the small preset as shipped.
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "default": ("4x4 pooled regions -> per-token MLP experts (the small preset)", []),
-    "linear": ("4x4 pooled regions -> linear (in/out projections only, depth 0)", ["init_from.preset_args.depth=0"]),
+    "linear": (
+        "4x4 pooled regions -> linear (in/out projections only, depth 0)",
+        ["init_from.preset_args.depth=0", "trainable={projector.image: 2.0e-3}"],  # no expert weights to train
+    ),
     "llava": ("all 64 patch tokens -> per-token MLP (LLaVA's connector)", ["init_from.preset_args.num_queries=64"]),
     "onellm": (
         "8 learned queries -> attention experts (OneLLM's layout)",
