@@ -11,7 +11,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from onellm.instruct_data.schema import ModalityInput, Record, Turn, caption_prompt, record_problems, write_manifest
+from onellm.instruct_data.schema import (
+    ModalityInput,
+    Record,
+    Turn,
+    caption_prompt,
+    qa_prompt,
+    record_problems,
+    write_manifest,
+)
 from onellm.registry import Registry
 
 ConverterFn = Callable[..., "ConvertReport"]
@@ -148,6 +156,79 @@ def describe_entry(path: str | os.PathLike, field_name: str, index: int, entry_i
     """``questions.json questions[3] (id 42)``: where a JSON entry is, for rejection lists."""
     where = f"{Path(path).name} {field_name}[{index}]"
     return f"{where} (id {entry_id})" if entry_id is not None else where
+
+
+@dataclass
+class CocoQA:
+    """A VQA-style questions file joined with its annotations file on ``question_id`` (VQAv2, OK-VQA)."""
+
+    subtype: str  # "val2014": builds COCO image names
+    # (where, question_id, question, annotation) for the matched ones, in question order; iterating it also
+    # rejects the unmatched ones in place, so rejections stay in file order
+    pairs: Iterator[tuple[str, Any, dict, dict]]
+
+
+def join_coco_qa(
+    questions_json: str | os.PathLike, annotations_json: str | os.PathLike, collector: Collector, layout: str
+) -> CocoQA:
+    """Read both files, check their layout (``layout`` names the dataset in errors), and join them: a question
+    without an annotation, an annotation without a question and a non-object entry are rejected by name."""
+    questions = load_json(questions_json)
+    annotations = load_json(annotations_json)
+    require_keys(questions, ("questions",), questions_json, f"a {layout} questions file")
+    require_keys(annotations, ("annotations",), annotations_json, f"a {layout} annotations file")
+    subtype = questions.get("data_subtype") or annotations.get("data_subtype")
+    if not subtype:
+        raise ValueError(f"{questions_json}: no 'data_subtype' (e.g. val2014) to build COCO image file names from")
+    q_name, a_name = Path(questions_json).name, Path(annotations_json).name
+    by_question: dict[Any, tuple[int, dict]] = {}
+    for index, ann in enumerate(annotations["annotations"]):
+        if isinstance(ann, dict):
+            by_question[ann.get("question_id")] = (index, ann)
+        else:
+            collector.reject(describe_entry(a_name, "annotations", index), "annotation must be an object")
+
+    def pairs() -> Iterator[tuple[str, Any, dict, dict]]:
+        asked = set()
+        for index, question in enumerate(questions["questions"]):
+            if not isinstance(question, dict):
+                collector.reject(describe_entry(q_name, "questions", index), "question must be an object")
+                continue
+            qid = question.get("question_id")
+            where = describe_entry(q_name, "questions", index, qid)
+            asked.add(qid)
+            if qid not in by_question:
+                collector.reject(where, f"no annotation with question_id {qid!r} in {a_name}")
+                continue
+            yield where, qid, question, by_question[qid][1]
+        for qid, (index, _) in by_question.items():
+            if qid not in asked:
+                where = describe_entry(a_name, "annotations", index, qid)
+                collector.reject(where, f"no question with this id in {q_name}")
+
+    return CocoQA(subtype, pairs())
+
+
+def coco_qa_record(source: str, subtype: str, media_prefix: str, qid: Any, question: dict, ann: dict,
+                   answer: str, answers: list[str]) -> Record | None:
+    """One image QA record of a joined pair, or None when the question text or an integer image_id is missing."""
+    image_id = question.get("image_id")
+    if not isinstance(image_id, int) or not str(question.get("question", "")).strip():
+        return None
+    return Record(
+        id=f"{source}-{qid}",
+        inputs=[ModalityInput("image", path=media_path(media_prefix, f"COCO_{subtype}_{image_id:012d}.jpg"))],
+        conversation=[Turn("user", qa_prompt("image", question["question"])), Turn("assistant", answer)],
+        task="qa",
+        references=answers,
+        meta={
+            "source": source,
+            "question_id": qid,
+            "image_id": image_id,
+            "question_type": ann.get("question_type"),
+            "answer_type": ann.get("answer_type"),
+        },
+    )
 
 
 # LLaVA-style conversations: [{"from": "human" | "gpt", "value": "..."}]. OneLLM also writes "assistant".

@@ -13,18 +13,14 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from pathlib import Path
 
 from onellm.instruct_data.converters.base import (
     Collector,
     ConvertReport,
-    describe_entry,
-    load_json,
-    media_path,
+    coco_qa_record,
+    join_coco_qa,
     register_converter,
-    require_keys,
 )
-from onellm.instruct_data.schema import ModalityInput, Record, Turn, qa_prompt
 
 
 def majority_answer(answers: list[str]) -> str:
@@ -48,62 +44,18 @@ def convert(
         annotations_json: mscoco_val2014_annotations.json (or train2014).
         media_prefix: folder of the COCO images under the media root, e.g. coco/val2014.
     """
-    questions = load_json(questions_json)
-    annotations = load_json(annotations_json)
-    require_keys(questions, ("questions",), questions_json, "an OK-VQA questions file")
-    require_keys(annotations, ("annotations",), annotations_json, "an OK-VQA annotations file")
-    subtype = questions.get("data_subtype") or annotations.get("data_subtype")
-    if not subtype:
-        raise ValueError(f"{questions_json}: no 'data_subtype' (e.g. val2014) to build COCO image file names from")
-    q_name, a_name = Path(questions_json).name, Path(annotations_json).name
     collector = Collector("okvqa")
-    by_question: dict[object, tuple[int, dict]] = {}
-    for index, ann in enumerate(annotations["annotations"]):
-        if isinstance(ann, dict):
-            by_question[ann.get("question_id")] = (index, ann)
-        else:
-            collector.reject(describe_entry(a_name, "annotations", index), "annotation must be an object")
-    asked = set()
-    for index, question in enumerate(questions["questions"]):
-        if not isinstance(question, dict):
-            collector.reject(describe_entry(q_name, "questions", index), "question must be an object")
-            continue
-        qid = question.get("question_id")
-        where = describe_entry(q_name, "questions", index, qid)
-        asked.add(qid)
-        if qid not in by_question:
-            collector.reject(where, f"no annotation with question_id {qid!r} in {a_name}")
-            continue
-        ann = by_question[qid][1]
+    joined = join_coco_qa(questions_json, annotations_json, collector, "OK-VQA")
+    for where, qid, question, ann in joined.pairs:
         raw = ann.get("answers") if isinstance(ann.get("answers"), list) else []
         answers = [str(a.get("answer") or "").strip() if isinstance(a, dict) else "" for a in raw]
         if not answers or not all(answers):
             found = ann.get("answers")
             collector.reject(where, f"'answers' must be a non-empty list of {{'answer': text}}, found {found!r:.80}")
             continue
-        image_id = question.get("image_id")
-        if not isinstance(image_id, int) or not str(question.get("question", "")).strip():
+        record = coco_qa_record("okvqa", joined.subtype, media_prefix, qid, question, ann, majority_answer(answers), answers)
+        if record is None:
             collector.reject(where, "missing question text or integer image_id")
             continue
-        record = Record(
-            id=f"okvqa-{qid}",
-            inputs=[ModalityInput("image", path=media_path(media_prefix, f"COCO_{subtype}_{image_id:012d}.jpg"))],
-            conversation=[
-                Turn("user", qa_prompt("image", question["question"])),
-                Turn("assistant", majority_answer(answers)),
-            ],
-            task="qa",
-            references=answers,
-            meta={
-                "source": "okvqa",
-                "question_id": qid,
-                "image_id": image_id,
-                "question_type": ann.get("question_type"),
-                "answer_type": ann.get("answer_type"),
-            },
-        )
         collector.add(record, where)
-    for qid, (index, _) in by_question.items():
-        if qid not in asked:
-            collector.reject(describe_entry(a_name, "annotations", index, qid), f"no question with this id in {q_name}")
     return collector.write(out_manifest)
