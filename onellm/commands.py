@@ -18,6 +18,11 @@ def _parser_options(description: str | None, epilog: str | None) -> dict[str, An
     return {"description": description, "epilog": epilog, "formatter_class": argparse.RawDescriptionHelpFormatter}
 
 
+def add_overrides_argument(parser: argparse.ArgumentParser, help: str) -> None:
+    """``--set KEY=VALUE`` (repeatable) into ``args.overrides``: dotted stage keys, parsed by the training config."""
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help)
+
+
 def mount(
     subparsers: Any, name: str, help: str, add_arguments: AddArguments, run: Run,
     description: str | None = None, epilog: str | None = None,
@@ -39,4 +44,4 @@ def standalone(
     return run(parser.parse_args(argv))
 
 
-__all__ = ["mount", "standalone"]
+__all__ = ["add_overrides_argument", "mount", "standalone"]

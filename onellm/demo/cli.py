@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from onellm.commands import mount, standalone
+from onellm.commands import add_overrides_argument, mount, standalone
 from onellm.demo import __doc__ as DEMO_DOC
 from onellm.demo.pipeline import DEFAULT_CURRICULUM, DEFAULT_OUT, DEFAULT_PER_MODALITY, PROFILES, DemoError, run_demo
 
@@ -30,14 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "10%% test = 50 test items, each with a caption and 3 questions)",
     )
     parser.add_argument("--seed", type=int, default=0, help="corpus seed (default 0)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a key of every stage, as in `onellm train --set` (e.g. train.steps=4)",
-    )
+    add_overrides_argument(parser, "override a key of every stage, as in `onellm train --set` (e.g. train.steps=4)")
     parser.add_argument(
         "--limit",
         type=int,

@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from onellm.commands import mount, standalone
+from onellm.commands import add_overrides_argument, mount, standalone
 
 
 def add_train_command(subparsers) -> argparse.ArgumentParser:
@@ -25,13 +25,8 @@ def add_train_command(subparsers) -> argparse.ArgumentParser:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", nargs="?", help="a stage YAML, or a curriculum YAML (one with `stages:`)")
     parser.add_argument("--curriculum", metavar="YAML", help="a curriculum YAML: run its stages in order")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a stage key for every stage, e.g. --set train.steps=20 --set output_dir=runs/x (repeatable)",
+    add_overrides_argument(
+        parser, "override a stage key for every stage, e.g. --set train.steps=20 --set output_dir=runs/x (repeatable)"
     )
     parser.add_argument("--check", action="store_true", help="validate the config(s), print the plan and exit")
 
