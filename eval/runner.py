@@ -41,6 +41,7 @@ from onellm.eval.backends.base import Backend, BackendError, MediaItem, Request,
 from onellm.eval.metrics import Metric, MetricResult, get_metric
 from onellm.eval.sources import DataDirs, EvalDataError, SourceContext, get_source
 from onellm.eval.task import Task, TaskConfigError, question_text
+from onellm.instruct_data.loader import input_extras, media_path
 from onellm.instruct_data.schema import Record
 from onellm.modalities import MediaError, marker, modality_names
 
@@ -84,12 +85,11 @@ def _media(record: Record, media_root: Path) -> tuple[list[MediaItem], list[Path
     """The record's inputs as media items (absolute paths), and those whose file is missing."""
     items, missing = [], []
     for item in record.inputs:
-        extras = {"sample_rate": item.sample_rate} if item.sample_rate is not None else {}
+        extras = input_extras(item, media_root)
         if item.array is not None:
             items.append(MediaItem(item.modality, np.asarray(item.array), extras))
             continue
-        path = Path(item.path)
-        path = path if path.is_absolute() else media_root / path
+        path = media_path(item.path, media_root)
         if not path.is_file():
             missing.append(path)
         items.append(MediaItem(item.modality, str(path), extras))

@@ -103,13 +103,26 @@ class ValidationReport:
 
 def resolve_input(item: ModalityInput, media_root: str | os.PathLike | None) -> tuple[Any, dict[str, Any]]:
     """``(source, extras)`` for the processor: a path joined to ``media_root`` (unless absolute) or an array."""
-    extras = {"sample_rate": item.sample_rate} if item.sample_rate is not None else {}
+    extras = input_extras(item, media_root)
     if item.array is not None:
         return np.asarray(item.array, dtype=np.float32), extras
-    path = Path(item.path)
-    if not path.is_absolute() and media_root is not None:
-        path = Path(media_root) / path
-    return path, extras
+    return media_path(item.path, media_root), extras
+
+
+def media_path(path: str, media_root: str | os.PathLike | None) -> Path:
+    """``path`` joined to ``media_root`` unless it is absolute."""
+    path = Path(path)
+    return path if path.is_absolute() or media_root is None else Path(media_root) / path
+
+
+def input_extras(item: ModalityInput, media_root: str | os.PathLike | None) -> dict[str, Any]:
+    """Per-input facts the modality's preprocessing reads: ``sample_rate``; ``rgb`` (the paired RGB image's path)."""
+    extras: dict[str, Any] = {}
+    if item.sample_rate is not None:
+        extras["sample_rate"] = item.sample_rate
+    if item.rgb_path is not None:
+        extras["rgb"] = str(media_path(item.rgb_path, media_root))
+    return extras
 
 
 def content_key(source: Any, extras: dict[str, Any]) -> str:
@@ -123,7 +136,10 @@ def content_key(source: Any, extras: dict[str, Any]) -> str:
         digest.update(np.ascontiguousarray(source, dtype=np.float32).tobytes())
     else:
         digest.update(Path(source).read_bytes())
-    digest.update(json.dumps(extras, sort_keys=True).encode())
+    if "rgb" in extras:  # the paired image counts by content too
+        rgb = Path(extras["rgb"])
+        digest.update(rgb.read_bytes() if rgb.is_file() else b"missing")
+    digest.update(json.dumps({k: v for k, v in extras.items() if k != "rgb"}, sort_keys=True).encode())
     return digest.hexdigest()[:32]
 
 

@@ -7,6 +7,7 @@ onellm serve CHECKPOINT
 onellm ui CHECKPOINT                 a chat web page on the engine onellm serve uses
 onellm eval --model CHECKPOINT | --api URL --tasks a,b
 onellm diagnose CHECKPOINT --data DIR  does the model look at its inputs? (spread, probes, shuffled loss, QA vs blind)
+onellm convert official CKPT --params params.json --out DIR   the released OneLLM weights -> a onellm folder
 onellm demo                          the whole stack on the small preset (what `make demo` runs)
 """
 
@@ -25,6 +26,7 @@ _COMMANDS = [
     ("onellm.serving.cli", "add_serve_command"),
     ("onellm.eval.cli", "add_eval_command"),
     ("onellm.diagnose", "add_diagnose_command"),
+    ("onellm.convert.cli", "add_convert_command"),
     ("onellm.demo.cli", "add_demo_command"),
     ("onellm.serving.ui", "add_ui_command"),
 ]

@@ -13,7 +13,7 @@ from transformers import AutoConfig, PreTrainedConfig
 from transformers.models.auto import CONFIG_MAPPING
 
 from onellm.modalities import get_modality
-from onellm.projectors.routers import router_modes
+from onellm.projectors.routers import router_modes, router_norms
 
 PROJECTOR_DEFAULTS = {
     "num_experts": 3,
@@ -34,6 +34,11 @@ PROJECTOR_DEFAULTS = {
     # scaled by a learned per-channel gain initialised to this value (presets pass the LLM's text-embedding RMS), so
     # soft tokens enter the LLM at the scale of words however the projector's weights grow (see projectors/upm.py).
     "out_rms": None,
+    # Feed-forward width of each expert block (None: width * mlp_ratio); router MLP width (None: the projector width);
+    # how router logits become weights ("softmax", or "sigmoid" divided by the sum as in the official OneLLM code).
+    "expert_hidden": None,
+    "router_hidden": None,
+    "router_norm": "softmax",
 }
 
 
@@ -65,6 +70,10 @@ class OneLLMConfig(PreTrainedConfig):
             raise ValueError(f"projector_config has unknown key(s) {unknown}; known: {sorted(PROJECTOR_DEFAULTS)}")
         if self.projector_config["router"] not in router_modes():
             raise ValueError(f"projector_config.router={self.projector_config['router']!r}; expected one of {router_modes()}")
+        if self.projector_config["router_norm"] not in router_norms():
+            raise ValueError(
+                f"projector_config.router_norm={self.projector_config['router_norm']!r}; expected one of {router_norms()}"
+            )
         self.modality_configs = dict(self.modality_configs or {"image": {}})
         for name, options in self.modality_configs.items():
             get_modality(name).options(**options)  # unknown modality / option -> error naming it

@@ -134,13 +134,17 @@ class UniversalEncoder(nn.Module):
         tokens = parts.patch_embed(pixels.to(parts.patch_embed.weight.dtype)).flatten(2).transpose(1, 2)
         return tokens + self._grid_positions(pixels.shape[-1] // self.patch_size)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, class_position: torch.Tensor | None = None) -> torch.Tensor:
         """``[B, L, C]`` modality tokens -> ``[B, 1+L, C']`` (``[B, L, C']`` for families without a class token),
-        ``C' = C * len(feature_layers)``."""
+        ``C' = C * len(feature_layers)``.
+
+        ``class_position`` (``[C]``): the position added to the class token instead of the encoder's own first row,
+        for tokenizers with a position table that covers the class token too (OneLLM's audio, point, IMU, fMRI)."""
         parts = self.parts
         tokens = tokens.to(parts.patch_embed.weight.dtype)
         if parts.class_token is not None:
-            cls = parts.class_token.reshape(1, 1, -1) + parts.positions.reshape(-1, self.width)[:1]
+            position = parts.positions.reshape(-1, self.width)[:1] if class_position is None else class_position
+            cls = parts.class_token.reshape(1, 1, -1) + position.reshape(1, 1, -1).to(tokens.dtype)
             tokens = torch.cat([cls.expand(tokens.shape[0], -1, -1), tokens], dim=1)
         depth = len(parts.blocks)
         wanted = [k if k > 0 else depth + 1 + k for k in self.feature_layers]  # 1-based block numbers

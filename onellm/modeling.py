@@ -25,6 +25,15 @@ from onellm.projectors.upm import UniversalProjectionModule, placeholder_count
 IGNORE_INDEX = -100
 
 
+def mask_placeholder_logits(logits: torch.Tensor, token_ids: list[int]) -> torch.Tensor:
+    """``logits [..., V]`` with the modality placeholder tokens at the lowest value: a model never emits a marker.
+
+    Their output rows are untrained (zero in converted checkpoints), so with small logits a marker could win a greedy
+    step. The HF model and the vLLM model both apply this, so both engines sample from the same distribution."""
+    ids = torch.tensor(sorted(token_ids), device=logits.device)
+    return logits.index_fill(-1, ids, torch.finfo(logits.dtype).min)
+
+
 def build_projector(config: OneLLMConfig, encoder: UniversalEncoder, **changes) -> UniversalProjectionModule:
     """The UPM that ``config.projector_config`` describes (with ``changes``, e.g. ``num_experts=1``), reading
     ``encoder``'s output channels."""
@@ -99,8 +108,8 @@ class OneLLMForConditionalGeneration(OneLLMPreTrainedModel, GenerationMixin):
     # --- the modality path --------------------------------------------------------------------
     def encode(self, modality: str, values: torch.Tensor) -> torch.Tensor:
         """Preprocessed inputs ``[n, *input_shape]`` -> encoder features ``[n, 1+L, C]`` (cacheable when frozen)."""
-        tokens = self.mm_tokenizers[modality](values, self.encoder)
-        encoded = self.encoder(tokens)
+        tokenizer = self.mm_tokenizers[modality]
+        encoded = self.encoder(tokenizer(values, self.encoder), getattr(tokenizer, "class_position", None))
         return get_modality(modality).pool_encoded(encoded, values.shape[0], **self.config.modality_options(modality))
 
     def embed_modality(
@@ -168,7 +177,7 @@ class OneLLMForConditionalGeneration(OneLLMPreTrainedModel, GenerationMixin):
             if labels is not None:
                 placeholders = torch.isin(input_ids, torch.tensor(list(self.config.modality_token_ids.values()), device=input_ids.device))
                 labels = labels.masked_fill(placeholders, IGNORE_INDEX)
-        return self.language_model(
+        out = self.language_model(
             attention_mask=attention_mask,
             position_ids=position_ids,
             past_key_values=past_key_values,
@@ -177,6 +186,9 @@ class OneLLMForConditionalGeneration(OneLLMPreTrainedModel, GenerationMixin):
             logits_to_keep=logits_to_keep,
             **kwargs,
         )
+        if out.logits is not None and self.config.modality_token_ids:
+            out.logits = mask_placeholder_logits(out.logits, list(self.config.modality_token_ids.values()))
+        return out
 
     def prepare_inputs_for_generation(
         self, *args: Any, mm_inputs: Any = None, mm_features: Any = None, is_first_iteration: bool = False, **kwargs: Any

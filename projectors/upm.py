@@ -113,7 +113,8 @@ class ModalityHead(nn.Module):
 
     def __init__(
         self, in_width: int, width: int, out_width: int, num_queries: int, num_experts: int, router: str,
-        norm: str = "standardize", out_rms: float | None = None,
+        norm: str = "standardize", out_rms: float | None = None, router_norm: str = "softmax",
+        router_hidden: int | None = None,
     ):
         super().__init__()
         if norm not in NORMS:
@@ -122,7 +123,7 @@ class ModalityHead(nn.Module):
         self.standardize = nn.Identity() if layernorm else FeatureStandardizer(in_width)
         self.proj_in = nn.Sequential(nn.Linear(in_width, width), nn.LayerNorm(width) if layernorm else nn.Identity())
         self.queries = nn.Parameter(torch.randn(1, num_queries, width) * 0.02)
-        self.router = Router(width, num_experts, router)
+        self.router = Router(width, num_experts, router, router_norm, router_hidden)
         if layernorm and out_rms is not None:
             raise ValueError("projector out_rms applies to norm 'standardize' (norm 'layernorm' ends in a LayerNorm)")
         self.proj_out = nn.Sequential(nn.Linear(width, out_width), _out_norm(out_width, layernorm, out_rms))
@@ -153,6 +154,9 @@ class UniversalProjectionModule(nn.Module):
         norm: str = "standardize",
         queries: str = "learned",
         out_rms: float | None = None,
+        expert_hidden: int | None = None,
+        router_norm: str = "softmax",
+        router_hidden: int | None = None,
     ):
         super().__init__()
         query_source(queries)  # an unknown name fails here, not on the first forward
@@ -160,10 +164,11 @@ class UniversalProjectionModule(nn.Module):
         self.num_queries = num_queries
         self.query_source = queries
         self.experts = nn.ModuleList(
-            [build_expert(expert, width, depth, num_heads, mlp_ratio) for _ in range(num_experts)]
+            [build_expert(expert, width, depth, num_heads, mlp_ratio, expert_hidden) for _ in range(num_experts)]
         )
         self.heads = nn.ModuleDict(
-            {m: ModalityHead(in_width, width, out_width, num_queries, num_experts, router, norm, out_rms)
+            {m: ModalityHead(in_width, width, out_width, num_queries, num_experts, router, norm, out_rms, router_norm,
+                             router_hidden)
                 for m in modalities}
         )
 
@@ -214,7 +219,8 @@ def expand_experts(projector: UniversalProjectionModule, num_experts: int, modal
         if m not in projector.heads and isinstance(head.standardize, FeatureStandardizer):
             head.standardize.reset()  # the image statistics do not describe another modality's features
         width = head.queries.shape[-1]
-        head.router = Router(width, num_experts, head.router.mode)
+        old = head.router
+        head.router = Router(width, num_experts, old.mode, old.norm, old.mlp[0].out_features)
         heads[m] = head
     upm.heads = nn.ModuleDict(heads)
     return upm

@@ -61,7 +61,7 @@ import onellm  # noqa: F401  (registers the config/processor with the transforme
 from onellm.configuration import OneLLMConfig
 from onellm.modalities import MediaError, get_modality
 from onellm.modeling import OneLLMForConditionalGeneration as HFOneLLM
-from onellm.modeling import build_modality_parts
+from onellm.modeling import build_modality_parts, mask_placeholder_logits
 from onellm.processing import OneLLMProcessor
 from onellm.projectors import placeholder_count
 from onellm.serving.checkpoint_names import CheckpointKeyError, CheckpointNames
@@ -322,7 +322,10 @@ class OneLLMForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsLoRA
         return self.language_model.model(input_ids, positions, intermediate_tensors, inputs_embeds=inputs_embeds)
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
-        return self.language_model.compute_logits(hidden_states)
+        logits = self.language_model.compute_logits(hidden_states)
+        if logits is None or not self.config.modality_token_ids:
+            return logits
+        return mask_placeholder_logits(logits, list(self.config.modality_token_ids.values()))
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """Checkpoint weights -> this model. The encoder is transformers' module: its weights take the names

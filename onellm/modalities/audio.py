@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from onellm.modalities import register_modality
-from onellm.modalities.base import TOO_LONG, WRONG_SHAPE, Modality, Source
+from onellm.modalities.base import TOO_LONG, WRONG_SHAPE, Modality, Source, class_position
 
 SAMPLE_RATE = 16_000
 # AudioSet statistics of the 128-bin fbank (the AST convention OneLLM follows).
@@ -71,11 +71,14 @@ def wav_truncation(data: bytes) -> str | None:
 class AudioTokenizer(nn.Module):
     """fbank ``[B, 1, M, T]`` -> ``[B, L, C]`` with L = ((M-k)//s+1) * ((T-k)//s+1), plus a learned position table."""
 
-    def __init__(self, width: int, num_mel_bins: int, target_length: int, kernel: int, stride: int):
+    def __init__(
+        self, width: int, num_mel_bins: int, target_length: int, kernel: int, stride: int, own_class_position: bool = False
+    ):
         super().__init__()
         self.conv = nn.Conv2d(1, width, kernel_size=kernel, stride=stride)
         num_tokens = ((num_mel_bins - kernel) // stride + 1) * ((target_length - kernel) // stride + 1)
         self.positions = nn.Parameter(torch.randn(1, num_tokens, width) * 0.02)
+        self.class_position = class_position(width, own_class_position)
 
     def forward(self, fbank: torch.Tensor, encoder: nn.Module) -> torch.Tensor:
         tokens = self.conv(fbank.to(self.conv.weight.dtype)).flatten(2).transpose(1, 2)
@@ -87,7 +90,11 @@ class AudioModality(Modality):
     name = "audio"
     order = 2
     # target_length frames of 10 ms: 1024 (~10 s) in OneLLM; presets for CPU training use a few seconds.
-    defaults = {"num_mel_bins": 128, "target_length": 1024, "kernel": 16, "stride": 10, "max_seconds": 600.0}
+    # class_position: the position table also covers the encoder's class token (OneLLM's layout).
+    defaults = {
+        "num_mel_bins": 128, "target_length": 1024, "kernel": 16, "stride": 10, "max_seconds": 600.0,
+        "class_position": False,
+    }
 
     def input_shape(self, **options: Any) -> tuple[int, ...]:
         opts = self.options(**options)
@@ -144,4 +151,6 @@ class AudioModality(Modality):
 
     def build_tokenizer(self, width: int, patch_size: int, **options: Any) -> nn.Module:
         opts = self.options(**options)
-        return AudioTokenizer(width, opts["num_mel_bins"], opts["target_length"], opts["kernel"], opts["stride"])
+        return AudioTokenizer(
+            width, opts["num_mel_bins"], opts["target_length"], opts["kernel"], opts["stride"], opts["class_position"]
+        )

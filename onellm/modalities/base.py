@@ -49,6 +49,22 @@ def describe_source(source: Source) -> str:
     return f"<{type(source).__name__}>"
 
 
+def class_position(width: int, enabled: bool) -> nn.Parameter | None:
+    """A tokenizer's own position for the encoder's class token (``[C]``), or None to keep the encoder's.
+
+    OneLLM gives audio, point, IMU and fMRI one position table covering the class token and the input tokens; a
+    tokenizer built with ``class_position`` option on keeps that table's first row here, and the encoder adds it to
+    the class token (:meth:`onellm.encoder.UniversalEncoder.forward`)."""
+    return nn.Parameter(torch.zeros(width)) if enabled else None
+
+
+def pick_variant(modality: str, option: str, value: str, variants: dict[str, Any]) -> Any:
+    """``variants[value]``, or an error naming the modality option and the known values."""
+    if value not in variants:
+        raise ValueError(f"modality {modality!r}: option {option}={value!r} is not one of {sorted(variants)}")
+    return variants[value]
+
+
 class Modality:
     """Base class. Subclasses set the class attributes and implement the three methods."""
 

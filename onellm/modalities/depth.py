@@ -1,6 +1,8 @@
 """Depth map: 16/8-bit PNG or .npy [H, W] -> min-max scaled over valid pixels -> 3 channels -> the image path.
 
-A record may pair the map with its RGB image (`rgb_path`); the pair is carried by the data layer.
+A record may pair the map with its RGB image (`rgb_path`; the data layer passes it as ``extras["rgb"]``). With the
+option ``rgb_pair`` (OneLLM's released weights) the input is the pair ``[2, 3, S, S]`` (RGB image, map), encoded
+like two video frames and averaged; without it the RGB image is not used.
 """
 
 from __future__ import annotations
@@ -13,6 +15,47 @@ import torch
 from onellm.modalities import register_modality
 from onellm.modalities.base import WRONG_SHAPE, Modality, Source
 from onellm.modalities.image import ImageLikeModality, fit_square_array, normalise, open_image
+from onellm.modalities.video import FrameTokenizer
+
+
+class MapModality(ImageLikeModality):
+    """A map rendered as a 3-channel image (depth, surface normals); optionally paired with its RGB image."""
+
+    defaults = {**ImageLikeModality.defaults, "rgb_pair": False}
+
+    def input_shape(self, **options: Any) -> tuple[int, ...]:
+        shape = super().input_shape(**options)
+        return (2, *shape) if self.options(**options)["rgb_pair"] else shape
+
+    def preprocess_map(self, source: Source, **options: Any) -> torch.Tensor:
+        """The map alone as ``[3, S, S]``."""
+        raise NotImplementedError
+
+    def preprocess(self, source: Source, extras: dict | None = None, **options: Any) -> torch.Tensor:
+        opts = self.options(**options)
+        rendered = self.preprocess_map(source, **opts)
+        if not opts["rgb_pair"]:
+            return rendered
+        rgb = (extras or {}).get("rgb")
+        if rgb is None:
+            raise self.fail(source, "this model reads the map with its RGB image; give the pair (rgb_path)", WRONG_SHAPE)
+        from onellm.modalities import get_modality
+
+        image = get_modality("image").preprocess(rgb, image_size=opts["image_size"], mean=opts["mean"], std=opts["std"])
+        return torch.stack([image, rendered])
+
+    def dummy_input(self, **options: Any) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(0)
+        return torch.randn(self.input_shape(**options), generator=generator)
+
+    def build_tokenizer(self, width: int, patch_size: int, **options: Any):
+        return FrameTokenizer() if self.options(**options)["rgb_pair"] else super().build_tokenizer(width, patch_size)
+
+    def pool_encoded(self, encoded: torch.Tensor, batch: int, **options: Any) -> torch.Tensor:
+        """The pair's two encodings averaged token-wise (as the official code averages them)."""
+        if not self.options(**options)["rgb_pair"]:
+            return encoded
+        return encoded.unflatten(0, (batch, -1)).mean(dim=1)
 
 
 def load_map(modality: Modality, source: Source) -> np.ndarray:
@@ -26,11 +69,11 @@ def load_map(modality: Modality, source: Source) -> np.ndarray:
 
 
 @register_modality
-class DepthModality(ImageLikeModality):
+class DepthModality(MapModality):
     name = "depth"
     order = 4
 
-    def preprocess(self, source: Source, extras: dict | None = None, **options: Any) -> torch.Tensor:
+    def preprocess_map(self, source: Source, **options: Any) -> torch.Tensor:
         opts = self.options(**options)
         depth = load_map(self, source)
         if depth.ndim == 3 and depth.shape[-1] in (3, 4):  # a grey map saved as RGB(A): take one channel

@@ -1,6 +1,10 @@
-"""fMRI: .npy voxel vector [V] -> z-scored -> reshaped into tokens of `voxels_per_token` -> Linear.
+"""fMRI: .npy voxel vector [V] -> z-scored -> tokens, by one of two registered layouts (option ``layout``):
 
-OneLLM uses the NSD subject-1 visual-cortex vector (V = 15724 voxels); presets set V per dataset.
+- ``chunks`` (default): the vector cut into runs of ``voxels_per_token`` voxels, each through one shared Linear;
+- ``interleaved`` (OneLLM's released weights): one Linear from all V voxels to ``tokens`` x C outputs, channel c of
+  token t being output c * tokens + t.
+
+OneLLM uses the NSD subject-1 visual-cortex vector (V = 15724 voxels, 8 tokens); presets set V per dataset.
 """
 
 from __future__ import annotations
@@ -13,18 +17,19 @@ import torch
 from torch import nn
 
 from onellm.modalities import register_modality
-from onellm.modalities.base import WRONG_SHAPE, Modality, Source
+from onellm.modalities.base import WRONG_SHAPE, Modality, Source, class_position, pick_variant
 
 
 class FMRITokenizer(nn.Module):
     """``[B, V]`` -> ``[B, ceil(V / k), C]``: zero-pad to a multiple of k voxels, Linear(k -> C), position table."""
 
-    def __init__(self, width: int, num_voxels: int, voxels_per_token: int):
+    def __init__(self, width: int, num_voxels: int, voxels_per_token: int, own_class_position: bool = False, **_: Any):
         super().__init__()
         self.voxels_per_token = voxels_per_token
         self.num_tokens = math.ceil(num_voxels / voxels_per_token)
         self.proj = nn.Linear(voxels_per_token, width)
         self.positions = nn.Parameter(torch.randn(1, self.num_tokens, width) * 0.02)
+        self.class_position = class_position(width, own_class_position)
 
     def forward(self, voxels: torch.Tensor, encoder: nn.Module) -> torch.Tensor:
         padded = nn.functional.pad(voxels, (0, self.num_tokens * self.voxels_per_token - voxels.shape[1]))
@@ -32,11 +37,31 @@ class FMRITokenizer(nn.Module):
         return self.proj(tokens.to(self.proj.weight.dtype)) + self.positions
 
 
+class InterleavedFMRITokenizer(nn.Module):
+    """``[B, V]`` -> ``[B, T, C]``: Linear(V -> C * T), output c * T + t is channel c of token t; position table."""
+
+    def __init__(self, width: int, num_voxels: int, tokens: int, own_class_position: bool = False, **_: Any):
+        super().__init__()
+        self.num_tokens = tokens
+        self.proj = nn.Linear(num_voxels, width * tokens)
+        self.positions = nn.Parameter(torch.randn(1, tokens, width) * 0.02)
+        self.class_position = class_position(width, own_class_position)
+
+    def forward(self, voxels: torch.Tensor, encoder: nn.Module) -> torch.Tensor:
+        out = self.proj(voxels.to(self.proj.weight.dtype))  # [B, C * T]
+        return out.view(voxels.shape[0], -1, self.num_tokens).transpose(1, 2) + self.positions
+
+
+LAYOUTS = {"chunks": FMRITokenizer, "interleaved": InterleavedFMRITokenizer}
+
+
 @register_modality
 class FMRIModality(Modality):
     name = "fmri"
     order = 7
-    defaults = {"num_voxels": 15724, "voxels_per_token": 64}
+    # voxels_per_token: layout "chunks"; tokens: layout "interleaved". class_position: the position table also
+    # covers the encoder's class token (OneLLM's layout).
+    defaults = {"num_voxels": 15724, "voxels_per_token": 64, "layout": "chunks", "tokens": 8, "class_position": False}
 
     def input_shape(self, **options: Any) -> tuple[int, ...]:
         return (self.options(**options)["num_voxels"],)
@@ -59,4 +84,8 @@ class FMRIModality(Modality):
 
     def build_tokenizer(self, width: int, patch_size: int, **options: Any) -> nn.Module:
         opts = self.options(**options)
-        return FMRITokenizer(width, opts["num_voxels"], opts["voxels_per_token"])
+        tokenizer = pick_variant(self.name, "layout", opts["layout"], LAYOUTS)
+        return tokenizer(
+            width, opts["num_voxels"], voxels_per_token=opts["voxels_per_token"], tokens=opts["tokens"],
+            own_class_position=opts["class_position"],
+        )

@@ -1,7 +1,8 @@
 """IMU: .npy / .csv / array [T, 6] (accelerometer xyz m/s^2, gyroscope xyz rad/s) -> fixed rate and length.
 
-Tokenizer: Conv1d over the 6 channels with stride = kernel, plus a learned position table.
-OneLLM reads Ego4D IMU at 200 Hz for 10 s (2000 samples); presets choose smaller numbers for CPU runs.
+Tokenizer: Conv1d over the 6 channels (stride = kernel unless ``stride`` is set), plus a learned position table.
+OneLLM reads Ego4D IMU at 200 Hz for 10 s (2000 samples); presets choose smaller numbers for CPU runs. Its released
+weights use a stride of 1 and no bias on the convolution, and a position table that covers the class token.
 """
 
 from __future__ import annotations
@@ -14,18 +15,23 @@ import torch
 from torch import nn
 
 from onellm.modalities import register_modality
-from onellm.modalities.base import WRONG_SHAPE, Modality, Source
+from onellm.modalities.base import WRONG_SHAPE, Modality, Source, class_position
 
 GRAVITY = 9.80665  # accelerometer channels are divided by g so both sensor groups are O(1)
 
 
 class IMUTokenizer(nn.Module):
-    """``[B, 6, T]`` -> ``[B, T // kernel, C]``."""
+    """``[B, 6, T]`` -> ``[B, (T - kernel) // stride + 1, C]``."""
 
-    def __init__(self, width: int, num_samples: int, kernel: int):
+    def __init__(
+        self, width: int, num_samples: int, kernel: int, stride: int | None = None, bias: bool = True,
+        own_class_position: bool = False,
+    ):
         super().__init__()
-        self.conv = nn.Conv1d(6, width, kernel_size=kernel, stride=kernel)
-        self.positions = nn.Parameter(torch.randn(1, num_samples // kernel, width) * 0.02)
+        stride = stride or kernel
+        self.conv = nn.Conv1d(6, width, kernel_size=kernel, stride=stride, bias=bias)
+        self.positions = nn.Parameter(torch.randn(1, (num_samples - kernel) // stride + 1, width) * 0.02)
+        self.class_position = class_position(width, own_class_position)
 
     def forward(self, signal: torch.Tensor, encoder: nn.Module) -> torch.Tensor:
         return self.conv(signal.to(self.conv.weight.dtype)).transpose(1, 2) + self.positions
@@ -35,7 +41,10 @@ class IMUTokenizer(nn.Module):
 class IMUModality(Modality):
     name = "imu"
     order = 6
-    defaults = {"sample_rate": 200, "num_samples": 2000, "kernel": 10}
+    # stride None: the kernel (non-overlapping windows). class_position: the table also covers the class token.
+    defaults = {
+        "sample_rate": 200, "num_samples": 2000, "kernel": 10, "stride": None, "bias": True, "class_position": False,
+    }
 
     def input_shape(self, **options: Any) -> tuple[int, ...]:
         return (6, self.options(**options)["num_samples"])
@@ -72,4 +81,6 @@ class IMUModality(Modality):
 
     def build_tokenizer(self, width: int, patch_size: int, **options: Any) -> nn.Module:
         opts = self.options(**options)
-        return IMUTokenizer(width, opts["num_samples"], opts["kernel"])
+        return IMUTokenizer(
+            width, opts["num_samples"], opts["kernel"], opts["stride"], opts["bias"], opts["class_position"]
+        )

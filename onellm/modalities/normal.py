@@ -9,16 +9,16 @@ import torch
 
 from onellm.modalities import register_modality
 from onellm.modalities.base import WRONG_SHAPE, Source
-from onellm.modalities.depth import load_map
-from onellm.modalities.image import ImageLikeModality, fit_square_array, normalise
+from onellm.modalities.depth import MapModality, load_map
+from onellm.modalities.image import fit_square_array, normalise
 
 
 @register_modality
-class NormalModality(ImageLikeModality):
+class NormalModality(MapModality):
     name = "normal"
     order = 5
 
-    def preprocess(self, source: Source, extras: dict | None = None, **options: Any) -> torch.Tensor:
+    def preprocess_map(self, source: Source, **options: Any) -> torch.Tensor:
         opts = self.options(**options)
         normals = load_map(self, source)
         if normals.ndim != 3 or normals.shape[-1] not in (3, 4):

@@ -1,7 +1,12 @@
 """Point cloud: .npy / .ply / array [P, 3] or [P, 6] (xyz + rgb) -> centred, unit-sphere scaled, fixed count.
 
-Tokenizer (pure torch, no CUDA extension): farthest-point-sampled centres, k nearest neighbours per
-centre, a shared 1x1 convolution (per-point MLP) over [relative xyz, rgb], max over the neighbours.
+Tokenizers (pure torch, no CUDA extension), registered by the option ``tokenizer``:
+
+- ``mlp`` (default): farthest-point-sampled centres and k nearest neighbours in xyz, a shared per-point MLP over
+  [relative xyz, rgb], max over the neighbours, plus an embedding of the centre and a position table;
+- ``official`` (OneLLM's released weights): centres and neighbours chosen on the colour channels 3:6 (as the official
+  code does), one shared linear map (its 1x1 convolution) of the raw 6 channels, max over the neighbours, a
+  position table that also covers the encoder's class token.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import torch
 from torch import nn
 
 from onellm.modalities import register_modality
-from onellm.modalities.base import WRONG_SHAPE, Modality, Source
+from onellm.modalities.base import WRONG_SHAPE, Modality, Source, class_position, pick_variant
 
 
 def farthest_point_sample(xyz: torch.Tensor, count: int) -> torch.Tensor:
@@ -37,6 +42,7 @@ class PointTokenizer(nn.Module):
 
     def __init__(self, width: int, num_groups: int, group_size: int, hidden: int = 128):
         super().__init__()
+        self.class_position = None
         self.num_groups, self.group_size = num_groups, group_size
         # 1x1 convolutions over the neighbour axis == a shared per-point MLP.
         self.point_mlp = nn.Sequential(nn.Linear(6, hidden), nn.GELU(), nn.Linear(hidden, width))
@@ -47,12 +53,42 @@ class PointTokenizer(nn.Module):
         points = points.to(self.centre_embed.weight.dtype)
         xyz, rgb = points[..., :3], points[..., 3:]
         rows = torch.arange(points.shape[0], device=points.device).unsqueeze(1)
-        centres = xyz[rows, farthest_point_sample(xyz.detach(), self.num_groups)]  # [B, G, 3]
-        neighbours = torch.cdist(centres, xyz).topk(self.group_size, dim=-1, largest=False).indices  # [B, G, k]
+        chosen, neighbours = group_neighbours(xyz, self.num_groups, self.group_size)  # [B, G], [B, G, k]
+        centres = xyz[rows, chosen]  # [B, G, 3]
         rows = rows.unsqueeze(-1)
         local = torch.cat([xyz[rows, neighbours] - centres.unsqueeze(2), rgb[rows, neighbours]], dim=-1)  # [B, G, k, 6]
         features = self.point_mlp(local).amax(dim=2)  # [B, G, C]
         return features + self.centre_embed(centres) + self.positions
+
+
+def group_neighbours(keys: torch.Tensor, num_groups: int, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Farthest-point-sampled centres on ``keys`` ``[B, P, d]`` and each centre's ``group_size`` nearest points:
+    (centre indices ``[B, G]``, neighbour indices ``[B, G, k]``)."""
+    rows = torch.arange(keys.shape[0], device=keys.device).unsqueeze(1)
+    centres = farthest_point_sample(keys.detach(), num_groups)
+    neighbours = torch.cdist(keys[rows, centres], keys).topk(group_size, dim=-1, largest=False).indices
+    return centres, neighbours
+
+
+class OfficialPointTokenizer(nn.Module):
+    """OneLLM's point tokenizer: ``[B, P, 6]`` -> ``[B, G, C]``. Groups are chosen on channels 3:6; each neighbour's
+    raw 6 channels go through one linear map (the official 1x1 convolution), max over the group, plus positions."""
+
+    def __init__(self, width: int, num_groups: int, group_size: int):
+        super().__init__()
+        self.num_groups, self.group_size = num_groups, group_size
+        self.proj = nn.Linear(6, width)
+        self.positions = nn.Parameter(torch.randn(1, num_groups, width) * 0.02)
+        self.class_position = class_position(width, True)
+
+    def forward(self, points: torch.Tensor, encoder: nn.Module) -> torch.Tensor:
+        points = points.to(self.proj.weight.dtype)
+        _, neighbours = group_neighbours(points[..., 3:6], self.num_groups, self.group_size)
+        rows = torch.arange(points.shape[0], device=points.device).view(-1, 1, 1)
+        return self.proj(points[rows, neighbours]).amax(dim=2) + self.positions  # [B, G, k, C] -> [B, G, C]
+
+
+TOKENIZERS = {"mlp": PointTokenizer, "official": OfficialPointTokenizer}
 
 
 def read_ply(modality: Modality, source: Source, data: bytes) -> np.ndarray:
@@ -97,7 +133,7 @@ class PointModality(Modality):
     name = "point"
     order = 3
     # OneLLM: 8192 points; presets for CPU training use fewer points and groups.
-    defaults = {"num_points": 8192, "num_groups": 512, "group_size": 32}
+    defaults = {"num_points": 8192, "num_groups": 512, "group_size": 32, "tokenizer": "mlp"}
 
     def input_shape(self, **options: Any) -> tuple[int, ...]:
         return (self.options(**options)["num_points"], 6)
@@ -132,4 +168,5 @@ class PointModality(Modality):
 
     def build_tokenizer(self, width: int, patch_size: int, **options: Any) -> nn.Module:
         opts = self.options(**options)
-        return PointTokenizer(width, opts["num_groups"], opts["group_size"])
+        tokenizer = pick_variant(self.name, "tokenizer", opts["tokenizer"], TOKENIZERS)
+        return tokenizer(width, opts["num_groups"], opts["group_size"])

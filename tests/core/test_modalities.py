@@ -168,6 +168,41 @@ def test_depth_and_normal_maps_from_arrays():
     assert torch.allclose(out[0], torch.zeros(32, 32), atol=1e-5) and torch.allclose(out[1], torch.full((32, 32), 0.5))
 
 
+@pytest.mark.parametrize("name", ["depth", "normal"])
+def test_map_paired_with_its_rgb_image(tmp_path, name):
+    """Option rgb_pair (OneLLM's released weights): the input is [RGB image, map], encoded like two frames."""
+    modality = get_modality(name)
+    rgb = tmp_path / "rgb.png"
+    rgb.write_bytes(png_bytes((40, 40)))
+    array = np.linspace(1, 2, 32 * 32 * 3, dtype=np.float32).reshape(32, 32, 3) if name == "normal" else (
+        np.linspace(1, 2, 32 * 32, dtype=np.float32).reshape(32, 32))
+    options = {"image_size": 28, "rgb_pair": True}
+    pair = modality.preprocess(array, extras={"rgb": str(rgb)}, **options)
+    assert pair.shape == modality.input_shape(**options) == (2, 3, 28, 28)
+    assert torch.equal(pair[0], get_modality("image").preprocess(rgb, image_size=28))
+    assert torch.equal(pair[1], modality.preprocess(array, image_size=28))
+    with pytest.raises(MediaError, match="RGB image") as error:
+        modality.preprocess(array, **options)
+    assert error.value.reason == "wrong shape"
+
+
+def test_official_tokenizer_options_give_official_token_counts():
+    """IMU stride 1 without bias, fMRI interleaved, point grouped on colour: token counts and class positions."""
+    imu = get_modality("imu").build_tokenizer(16, 8, num_samples=40, kernel=10, stride=1, bias=False, class_position=True)
+    assert imu.conv.bias is None and imu(torch.zeros(2, 6, 40), None).shape == (2, 31, 16)
+    assert imu.class_position.shape == (16,)
+    fmri = get_modality("fmri").build_tokenizer(16, 8, num_voxels=20, layout="interleaved", tokens=4)
+    voxels = torch.randn(2, 20)
+    out = fmri(voxels, None) - fmri.positions
+    flat = fmri.proj(voxels)  # output c * T + t is channel c of token t
+    assert out.shape == (2, 4, 16) and torch.allclose(out[:, 1, 3], flat[:, 3 * 4 + 1])
+    point = get_modality("point").build_tokenizer(16, 8, num_groups=8, group_size=4, tokenizer="official")
+    cloud = get_modality("point").dummy_input(num_points=64).unsqueeze(0)
+    assert point(cloud, None).shape == (1, 8, 16)
+    with pytest.raises(ValueError, match="layout='rows' is not one of"):
+        get_modality("fmri").build_tokenizer(16, 8, layout="rows")
+
+
 def test_fmri_repeated_trials_are_averaged():
     trials = np.random.default_rng(0).normal(size=(3, 2048)).astype(np.float32)
     fmri = get_modality("fmri")
