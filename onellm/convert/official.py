@@ -73,7 +73,7 @@ OFFICIAL_CHAT_TEMPLATE = (
     "{{ bos_token }}"
     "{% for message in messages %}{% if message['content'] is not string %}{% for part in message['content'] %}"
     "{% if part['type'] != 'text' %}{{ '<' + part['type'] + '>' }}{% endif %}{% endfor %}{% endif %}{% endfor %}"
-    "{{ '" + OFFICIAL_SYSTEM + "\\n\\n###' }}"
+    "{{ " + json.dumps(OFFICIAL_SYSTEM + "\n\n###") + " }}"
     "{% for message in messages %}"
     "{{ 'Human' if message['role'] == 'user' else 'Assistant' }}{{ ': ' }}"
     "{% if message['content'] is string %}{{ message['content'] }}"
@@ -501,6 +501,7 @@ def convert_official(
         raise ConversionError(f"the tokenizer gave the modality markers ids {ids}; {config.modality_token_ids} expected")
     dtype = source.tensor("tok_embeddings.weight").dtype
     config.dtype = dtype
+    config.architectures = ["OneLLMForConditionalGeneration"]
     out.mkdir(parents=True, exist_ok=True)
     summary = write_shards(converted_tensors(source, config), out, max_shard_bytes)
     config.save_pretrained(out)

@@ -7,37 +7,27 @@ fixture's sizes is written here: every shape comes from its files, so any fixtur
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from official_fixture import (
+    AVAILABLE,
+    FIXTURE,
+    MANIFEST,
+    REPO,
+    SKIP_REASON,
+    constants,
+    convert_fixture,
+    stand_in_tokenizer,
+)
 
 from onellm.convert.official import MODALITIES, ConversionError, convert_official
 from onellm.modeling import OneLLMForConditionalGeneration
 
-REPO = Path(__file__).resolve().parents[2]
-FIXTURE = Path(os.environ.get("ONELLM_OFFICIAL_FIXTURE", REPO.parent / "shared/fixtures/onellm_official"))
-if not (FIXTURE / "manifest.json").is_file():
-    pytest.skip(f"no official parity fixture at {FIXTURE} (set ONELLM_OFFICIAL_FIXTURE)", allow_module_level=True)
+if not AVAILABLE:
+    pytest.skip(SKIP_REASON, allow_module_level=True)
 
-MANIFEST = json.loads((FIXTURE / "manifest.json").read_text())
 ATOL_LOGITS, ATOL_HIDDEN = 1e-4, 1e-4
-
-
-def stand_in_tokenizer(folder: Path, size: int) -> Path:
-    """A word-level tokenizer with ``size`` tokens and LLaMA's special ids (the real tokenizer.model is not shipped)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, size)}}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -54,15 +44,8 @@ def inputs():
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
-    root = tmp_path_factory.mktemp("official")
-    vocab = MANIFEST["config"]["llm"]["vocab_size"]
-    tokenizer = stand_in_tokenizer(root / "tokenizer", vocab)
-    out = root / "converted"
-    summary = convert_official(
-        FIXTURE / "weights.safetensors", FIXTURE / "params.json", out, tokenizer=tokenizer,
-        clip_head_width=MANIFEST["config"]["clip"]["head_width"], expert_heads=MANIFEST["config"]["upm"]["expert_heads"],
-        max_shard_bytes=4 << 20,  # several shards: the index path is exercised
-    )
+    # several shards: the index path is exercised
+    out, summary = convert_fixture(tmp_path_factory.mktemp("official"), max_shard_bytes=4 << 20)
     model = OneLLMForConditionalGeneration.from_pretrained(out).eval()
     return out, summary, model
 
@@ -193,9 +176,8 @@ def test_unknown_and_missing_keys_are_named(tmp_path):
     from safetensors.torch import load_file, save_file
 
     weights = load_file(FIXTURE / "weights.safetensors")
-    tokenizer = stand_in_tokenizer(tmp_path / "tok", MANIFEST["config"]["llm"]["vocab_size"])
-    options = {"clip_head_width": MANIFEST["config"]["clip"]["head_width"],
-               "expert_heads": MANIFEST["config"]["upm"]["expert_heads"]}
+    tokenizer = stand_in_tokenizer(tmp_path / "tok")
+    options = constants()
 
     extra = dict(weights, **{"llma.surprise.weight": torch.zeros(2)})
     save_file(extra, tmp_path / "extra.safetensors")
@@ -212,11 +194,11 @@ def test_cli_converts_and_answers_mistakes_in_one_line(tmp_path):
     import subprocess
     import sys
 
-    tokenizer = stand_in_tokenizer(tmp_path / "tok", MANIFEST["config"]["llm"]["vocab_size"])
+    tokenizer = stand_in_tokenizer(tmp_path / "tok")
     base = [sys.executable, "-m", "onellm.cli", "convert", "official", str(FIXTURE / "weights.safetensors"),
             "--params", str(FIXTURE / "params.json"), "--tokenizer", str(tokenizer),
-            "--clip-head-width", str(MANIFEST["config"]["clip"]["head_width"]),
-            "--expert-heads", str(MANIFEST["config"]["upm"]["expert_heads"])]
+            "--clip-head-width", str(constants()["clip_head_width"]),
+            "--expert-heads", str(constants()["expert_heads"])]
     done = subprocess.run([*base, "--out", str(tmp_path / "out")], capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 0, done.stderr
     assert "converted" in done.stdout and (tmp_path / "out" / "config.json").is_file()

@@ -13,20 +13,17 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from greedy_tokens import collect
 from openai import OpenAI
 from safetensors.torch import load_file, save_file
 
 pytestmark = pytest.mark.slow
 TINY = Path(__file__).resolve().parents[2] / "configs" / "tiny"
-RUNNER = Path(__file__).with_name("greedy_tokens.py")
 MAX_TOKENS = 8
 ADAPTER = "matrix-lora"
 # family -> whether its LLM ties the LM head to the embeddings (SmolLM2 does; LLaMA-2, the 7b preset's, does not)
@@ -125,18 +122,8 @@ def jobs(written, media, parts) -> list[dict]:
 
 
 def greedy_tokens(engine: str, jobs: list[dict], folder: Path) -> dict[tuple[str, str], dict]:
-    """Run tests/serving/greedy_tokens.py for ``engine`` -> {(family, kind): {request: {prompt_ids, token_ids}}}."""
-    (folder / "jobs.json").write_text(json.dumps(jobs))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("PYTHONPATH", None)
-    log = folder / f"{engine}.log"
-    with log.open("wb") as handle:
-        code = subprocess.run(
-            [sys.executable, str(RUNNER), engine, str(folder / "jobs.json"), str(folder / f"{engine}.json")],
-            stdout=handle, stderr=subprocess.STDOUT, env=env, timeout=900,
-        ).returncode  # fmt: skip
-    assert code == 0, f"{engine} runner failed ({code}); log:\n{log.read_text()[-5000:]}"
-    results = json.loads((folder / f"{engine}.json").read_text())
+    """Greedy tokens from ``engine`` -> {(family, kind): {request: {prompt_ids, token_ids}}}."""
+    results = collect(engine, jobs, folder)
     return {(job["family"], job["kind"]): result for job, result in zip(jobs, results, strict=True)}
 
 

@@ -124,5 +124,22 @@ def main(engine: str, jobs_file: str, out_file: str) -> None:
     Path(out_file).write_text(json.dumps(outputs))
 
 
+def collect(engine: str, jobs: list[dict], folder: Path) -> list[dict]:
+    """Run this file as a subprocess for ``engine`` on ``jobs`` (files and log in ``folder``); the results, job by job."""
+    import subprocess
+
+    (folder / "jobs.json").write_text(json.dumps(jobs))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("PYTHONPATH", None)
+    log = folder / f"{engine}.log"
+    with log.open("wb") as handle:
+        code = subprocess.run(
+            [sys.executable, __file__, engine, str(folder / "jobs.json"), str(folder / f"{engine}.json")],
+            stdout=handle, stderr=subprocess.STDOUT, env=env, timeout=900,
+        ).returncode  # fmt: skip
+    assert code == 0, f"{engine} runner failed ({code}); log:\n{log.read_text()[-5000:]}"
+    return json.loads((folder / f"{engine}.json").read_text())
+
+
 if __name__ == "__main__":  # vLLM may spawn processes: starting an engine must be guarded
     main(*sys.argv[1:])
