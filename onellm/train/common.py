@@ -112,7 +112,8 @@ def _load_model(path: Path, quantize_llm: bool, stage: StageConfig) -> OneLLMFor
         return OneLLMForConditionalGeneration.from_pretrained(str(path))
     from transformers import BitsAndBytesConfig
 
-    compute = torch.bfloat16 if stage.train and stage.train.precision == "bf16" else torch.float32
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    compute = torch.bfloat16 if stage.train and stage.train.resolved_precision(device) == "bf16" else torch.float32
     quantization = BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",

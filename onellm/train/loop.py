@@ -183,7 +183,7 @@ class Trainer:
         }
 
     def _autocast(self):
-        if self.cfg.precision == "bf16":
+        if self.cfg.resolved_precision(self.acc.device.type) == "bf16":
             return torch.autocast(self.acc.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 

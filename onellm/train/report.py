@@ -84,7 +84,7 @@ def stage_summary(
         f"- modalities: {', '.join(stage.modalities)}; mixture: {mixture}",
         f"- steps: {result.steps} x global batch {train.batch_size * world_size * train.grad_accum} "
         f"({train.batch_size} x {world_size} process(es) x {train.grad_accum} accumulation); "
-        f"{train.schedule} schedule, {train.warmup_steps} warmup steps, {train.precision}",
+        f"{train.schedule} schedule, {train.warmup_steps} warmup steps, {_precision(train)}",
         f"- samples seen: {result.samples}; this run: {result.seconds:.1f} s, median {result.step_seconds:.3f} s/step, "
         f"{train.batch_size * world_size * train.grad_accum / max(result.step_seconds, 1e-9):.1f} samples/s"
         + (f" (resumed at step {result.resumed_from})" if result.resumed_from else ""),
@@ -146,4 +146,13 @@ def curriculum_summary(output_dir: Path, stages: list[Any]) -> str:
     return "\n".join(lines)
 
 
+def _precision(train) -> str:
+    if train.precision != "auto":
+        return train.precision
+    import torch
+
+    return f"auto: {train.resolved_precision('cuda' if torch.cuda.is_available() else 'cpu')}"
+
+
 __all__ = ["curriculum_summary", "first_last", "plot_losses", "smooth", "stage_summary"]
+

@@ -79,7 +79,7 @@ def broken(**changes):
         ({"train__stepz": 3}, "train.stepz: unknown key"),
         ({"train__steps": "ten"}, "train.steps: expected int"),
         ({"train__steps": 0}, "train.steps: must be >= 1"),
-        ({"train__precision": "fp8"}, "train.precision: expected one of ['fp32', 'bf16']"),
+        ({"train__precision": "fp8"}, "train.precision: expected one of ['fp32', 'bf16', 'auto']"),
         ({"train__batch_size": KeyError}, "train.batch_size: required key is missing"),
         ({"data__sources": [{"modalities": ["smell"]}]}, "data.sources[0].modalities: unknown modality 'smell'"),
         ({"data__sources": [{"modalities": ["image"], "weight": -1}]}, "data.sources[0].weight: must be > 0"),

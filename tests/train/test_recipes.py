@@ -151,3 +151,24 @@ def test_bf16_stage_trains_under_autocast(synth_tiny, tmp_path, quick, accelerat
     assert "bf16" in (stage.stage_dir / "summary.md").read_text()
     # weights are kept in fp32 (autocast computes in bf16): the checkpoint loads as fp32
     assert load(stage.stage_dir / "final").projector.experts[0].parameters().__next__().dtype == torch.float32
+
+
+def test_auto_precision_follows_the_hardware(synth_tiny, tmp_path, quick, accelerator, monkeypatch):
+    """precision auto: bf16 autocast where bf16 is native (AVX512-BF16 / AMX CPUs, bf16 GPUs), else fp32; the stage
+    summary says which was used."""
+    from onellm.train import config as config_module
+    from onellm.train.config import TrainConfig, fast_bf16, load_stage
+    from onellm.train.recipes import run_stage
+
+    train = TrainConfig(steps=1, batch_size=1, precision="auto")
+    monkeypatch.setattr(config_module, "fast_bf16", lambda device: False)
+    assert train.resolved_precision("cpu") == "fp32"
+    monkeypatch.setattr(config_module, "fast_bf16", lambda device: device == "cpu")
+    assert train.resolved_precision("cpu") == "bf16" and train.resolved_precision("mps") == "fp32"
+    monkeypatch.undo()
+    assert TrainConfig(steps=1, batch_size=1, precision="bf16").resolved_precision("cpu") == "bf16"
+
+    stage = load_stage(TINY / "align_image.yaml", quick(synth_tiny, tmp_path, steps=2, **{"train.precision": "auto"}))
+    run_stage(stage, accelerator)
+    used = "bf16" if fast_bf16("cpu") else "fp32"
+    assert f"auto: {used}" in (stage.stage_dir / "summary.md").read_text()
