@@ -7,6 +7,8 @@ fixture's sizes is written here: every shape comes from its files, so any fixtur
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -207,3 +209,35 @@ def test_cli_converts_and_answers_mistakes_in_one_line(tmp_path):
     assert again.stderr.strip().splitlines() == [
         f"onellm convert official: {tmp_path / 'out'}: the output folder exists and is not empty"
     ]
+
+
+def test_other_dimensions_convert_and_run(tmp_path):
+    """Nothing of the fixture's sizes is built in: a checkpoint with other widths, depths, expert and query counts,
+    vocabulary, voxel and point-group counts (a .pth, as released) converts, and the model reads every modality."""
+    from official_fixture import official_state
+
+    state = official_state(dim=96, layers=3, vocab=1000, ffn=256, clip_width=64, clip_layers=1, patch=16, grid=4,
+                           experts=2, depth=1, queries=6, expert_hidden=96, voxels=50, point_groups=16, seed=3)
+    torch.save(state, tmp_path / "consolidated.00-of-01.pth")
+    (tmp_path / "params.json").write_text(json.dumps({"dim": 96, "n_heads": 4, "n_layers": 3, "norm_eps": 1e-5}))
+    stand_in_tokenizer(tmp_path / "tok", 1000)
+    out = tmp_path / "out"
+    convert_official(tmp_path / "consolidated.00-of-01.pth", tmp_path / "params.json", out, tmp_path / "tok",
+                     clip_head_width=16, expert_heads=4)
+    model = OneLLMForConditionalGeneration.from_pretrained(out).eval()
+    config = model.config
+    assert (config.text_config.hidden_size, config.text_config.num_hidden_layers) == (96, 3)
+    assert (config.vision_config.hidden_size, config.vision_config.image_size) == (64, 64)
+    assert config.projector_config["num_experts"] == 2 and config.projector_config["num_queries"] == 6
+    assert config.modality_options("fmri")["num_voxels"] == 50 and config.modality_options("point")["num_groups"] == 16
+    # the LLM holds the checkpoint's matrices (q/k permuted back equal the source)
+    from onellm.convert.official import meta_to_hf_rotary
+
+    q = model.language_model.model.layers[2].self_attn.q_proj.weight
+    assert torch.equal(q, meta_to_hf_rotary(state["llma.layers.2.attention.wq.weight"], 4))
+    from onellm.modalities import get_modality
+
+    with torch.no_grad():
+        for modality in config.modalities:
+            values = get_modality(modality).dummy_input(**config.modality_options(modality)).unsqueeze(0)
+            assert model.embed_modality(modality, values).shape == (1, 8, 96), modality
