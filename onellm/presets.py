@@ -56,7 +56,7 @@ def build_preset(name: str, **kwargs) -> tuple[OneLLMForConditionalGeneration, O
 
 def preset_modality_options(name: str) -> dict[str, dict]:
     """The per-modality options a preset builds with (no model is built): what data must match."""
-    tables = {"tiny": TINY_MODALITIES, "small": SMALL_MODALITIES, "7b": {m: {} for m in modality_names()}}
+    tables = {"tiny": TINY_MODALITIES, "small": SMALL_MODALITIES, "7b": OFFICIAL_MODALITIES}
     if name not in tables:
         raise KeyError(f"unknown preset {name!r}; known: {list(tables)}")
     return {m: get_modality(m).options(**options) for m, options in tables[name].items()}
@@ -229,14 +229,35 @@ def build_small(
 
 
 # --- 7b -----------------------------------------------------------------------------------------
-SEVEN_B_PROJECTOR = {"num_experts": 3, "depth": 8, "num_queries": 30, "num_heads": 16, "router": "pooled"}
+# The official OneLLM-7B layout (csuhan/OneLLM; what `onellm convert official` writes, with the released shapes):
+# LLaMA-block experts (FFN 2816 = 2/3 of 4 x 1024 rounded up to a multiple of 256), a router MLP of width 4W per query
+# position normalised by sigmoid / sum, a LayerNorm after each projection, 30 learned queries.
+SEVEN_B_PROJECTOR = {
+    "num_experts": 3, "depth": 8, "num_queries": 30, "num_heads": 16, "expert": "llama", "expert_hidden": 2816,
+    "router": "query", "router_norm": "sigmoid", "router_hidden": 4096, "norm": "layernorm", "queries": "learned",
+}
+# The official preprocessing and tokenizers per modality: 224 px CLIP-normalised images; audio as 1024 fbank frames
+# (AudioSet normalisation), Conv2d k16 s10 -> 12 x 101 tokens; 8192 points in 1024 groups of 32 chosen on colour;
+# IMU windows of 400 samples at 200 Hz (2 s), raw m/s^2, Conv1d k10 stride 1 without bias; fMRI's 15724 NSD voxels
+# to 8 interleaved tokens; depth and normal maps paired with their RGB image. Position tables cover the class token.
+OFFICIAL_MODALITIES: dict[str, dict] = {
+    "image": {"image_size": 224},
+    "video": {"image_size": 224},
+    "audio": {"num_mel_bins": 128, "target_length": 1024, "kernel": 16, "stride": 10, "class_position": True},
+    "point": {"tokenizer": "official", "num_points": 8192, "num_groups": 1024, "group_size": 32},
+    "depth": {"image_size": 224, "rgb_pair": True},
+    "normal": {"image_size": 224, "rgb_pair": True},
+    "imu": {"sample_rate": 200, "num_samples": 400, "kernel": 10, "stride": 1, "bias": False, "class_position": True,
+            "accel_in_g": False},
+    "fmri": {"num_voxels": 15724, "layout": "interleaved", "tokens": 8, "class_position": True},
+}
 
 
 @register_preset("7b")
-def build_7b(llm_path: str | Path, encoder_path: str | Path, router: str = "pooled"):
-    """The paper's configuration from local folders: a LLaMA-2-7B checkpoint and a CLIP ViT-L/14 vision model.
-
-    ``router="query"`` reproduces the official code's routing (needed to load released OneLLM weights).
+def build_7b(llm_path: str | Path, encoder_path: str | Path):
+    """The paper's configuration from local folders (a LLaMA-2-7B checkpoint and a CLIP ViT-L/14 vision model) in the
+    official OneLLM layout (:data:`SEVEN_B_PROJECTOR`, :data:`OFFICIAL_MODALITIES`): the layout of released weights
+    converted with ``onellm convert official``.
     """
     for label, path in (("llm_path", llm_path), ("encoder_path", encoder_path)):
         if not Path(path).is_dir():
@@ -246,10 +267,7 @@ def build_7b(llm_path: str | Path, encoder_path: str | Path, router: str = "pool
     # A full CLIP checkpoint (text + vision) is common on disk; only its vision tower is used.
     vision_class = CLIPVisionModel if AutoConfig.from_pretrained(encoder_path).model_type == "clip" else AutoModel
     vision = vision_class.from_pretrained(encoder_path, dtype=torch.bfloat16)
-    modalities = {m: {} for m in modality_names()}  # the modality defaults are OneLLM's numbers
-    return assemble(
-        llm.config, vision.config, tokenizer, {**SEVEN_B_PROJECTOR, "router": router}, modalities, llm=llm, vision=vision
-    )
+    return assemble(llm.config, vision.config, tokenizer, SEVEN_B_PROJECTOR, OFFICIAL_MODALITIES, llm=llm, vision=vision)
 
 
 def seven_b_config() -> OneLLMConfig:
@@ -260,11 +278,11 @@ def seven_b_config() -> OneLLMConfig:
     )
     vision = CLIPVisionConfig(
         hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, image_size=224,
-        patch_size=14,
+        patch_size=14, hidden_act="quick_gelu",
     )
     # Marker ids follow LLaMA-2's 32000-token vocabulary, in curriculum order.
     token_ids = {m: 32000 + i for i, m in enumerate(modality_names())}
     return OneLLMConfig(
         text_config=text.to_dict(), vision_config=vision.to_dict(), projector_config=SEVEN_B_PROJECTOR,
-        modality_configs={m: {} for m in modality_names()}, modality_token_ids=token_ids,
+        modality_configs=OFFICIAL_MODALITIES, modality_token_ids=token_ids,
     )

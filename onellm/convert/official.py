@@ -9,7 +9,7 @@ converted ``config.json``:
   ``norm: layernorm`` (a LayerNorm after each projection), learned queries;
 - the encoder: OpenAI CLIP in open_clip's layout -> transformers' CLIP vision model (QuickGELU), the post-norm over
   every token (what :class:`onellm.encoder.UniversalEncoder` does for every family);
-- modality options (:data:`OFFICIAL_OPTIONS`): audio/IMU/fMRI/point position tables that cover the class token, the
+- modality options (the 7b preset's ``OFFICIAL_MODALITIES``): audio/IMU/fMRI/point position tables that cover the class token, the
   IMU convolution with stride 1 and no bias, fMRI's interleaved layout, the point tokenizer grouping on colour
   channels, depth and normal maps paired with their RGB image;
 - the LLM: Meta's LLaMA layout -> transformers' Llama (q/k rows permuted from Meta's interleaved rotary pairs to
@@ -44,25 +44,10 @@ MODALITIES = {
 }
 # The CLIP text tower and the visual projection: stored in the checkpoint, never read by OneLLM's forward.
 IGNORED = re.compile(r"^clip\.(?!visual\.)|^clip\.visual\.proj$")
-# Constants of the official code that the weights do not reveal.
+# Constants of the official code that the weights do not reveal (the others, per modality, are the 7b preset's
+# OFFICIAL_MODALITIES: the audio stride and frames, point count and group size, IMU rate, ...).
 CLIP_HEAD_WIDTH = 64  # open_clip's ViT head width (ViT-L/14: 1024 / 64 = 16 heads)
 EXPERT_HEADS = 16  # the resampler blocks' head count
-AUDIO_STRIDE = 10  # audio Conv2d stride (kernel 16 from the weights)
-AUDIO_FRAMES = 1024  # fbank frames (10 ms each)
-POINT_GROUP_SIZE = 32  # neighbours per point group
-POINT_COUNT = 8192  # points per cloud
-# Official preprocessing and tokenizer choices per onellm modality (shapes that depend on the weights are added by
-# :func:`modality_options`).
-OFFICIAL_OPTIONS: dict[str, dict[str, Any]] = {
-    "image": {},
-    "video": {},
-    "audio": {"num_mel_bins": 128, "target_length": AUDIO_FRAMES, "stride": AUDIO_STRIDE, "class_position": True},
-    "point": {"tokenizer": "official", "num_points": POINT_COUNT, "group_size": POINT_GROUP_SIZE},
-    "depth": {"rgb_pair": True},
-    "normal": {"rgb_pair": True},
-    "imu": {"stride": 1, "bias": False, "class_position": True},
-    "fmri": {"layout": "interleaved", "class_position": True},
-}
 # The official conversation format ("v1": the system line, then "###Human: ...\n###Assistant: ..."), with every
 # media marker right after BOS, as the official model places the modality tokens.
 OFFICIAL_SYSTEM = (
@@ -161,24 +146,27 @@ def official_name(modality: str) -> str:
 
 
 def modality_options(source: OfficialCheckpoint, modality: str, width: int, image_size: int) -> dict[str, Any]:
-    """:data:`OFFICIAL_OPTIONS` plus the shapes the weights fix (token counts, voxel count)."""
-    options = dict(OFFICIAL_OPTIONS[modality])
-    tokens = source.shape(f"positional_embedding.{official_name(modality)}")[0] - 1 if modality in (
-        "audio", "point", "imu", "fmri") else None
+    """The official options (the 7b preset's table) with the shapes the weights fix: image size, token counts,
+    kernels, voxel count. A table that contradicts the weights is an error naming both."""
+    from onellm.presets import OFFICIAL_MODALITIES
+
+    options = dict(OFFICIAL_MODALITIES[modality])
+    table = f"positional_embedding.{official_name(modality)}"
+    tokens = source.shape(table)[0] - 1 if modality in ("audio", "point", "imu", "fmri") else None
     if modality in ("image", "video", "depth", "normal"):
         options["image_size"] = image_size
     elif modality == "audio":
-        kernel = source.shape("conv1.audio.weight")[-1]
-        grid = ((options["num_mel_bins"] - kernel) // AUDIO_STRIDE + 1) * ((AUDIO_FRAMES - kernel) // AUDIO_STRIDE + 1)
+        kernel, stride, frames = source.shape("conv1.audio.weight")[-1], options["stride"], options["target_length"]
+        grid = ((options["num_mel_bins"] - kernel) // stride + 1) * ((frames - kernel) // stride + 1)
         if grid != tokens:
             raise ConversionError(
-                f"llma.positional_embedding.audio has {tokens} + 1 rows; kernel {kernel}, stride {AUDIO_STRIDE} over "
-                f"128 x {AUDIO_FRAMES} fbank frames gives {grid} tokens"
+                f"llma.{table} has {tokens} + 1 rows; kernel {kernel}, stride {stride} over "
+                f"{options['num_mel_bins']} x {frames} fbank frames gives {grid} tokens"
             )
         options["kernel"] = kernel
     elif modality == "imu":
         kernel = source.shape("conv1.imu.weight")[-1]
-        options.update(kernel=kernel, num_samples=tokens - 1 + kernel)  # stride 1
+        options.update(kernel=kernel, num_samples=(tokens - 1) * options["stride"] + kernel)
     elif modality == "fmri":
         out, voxels = source.shape("conv1.fmri.weight")
         if out != tokens * width:

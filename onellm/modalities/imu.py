@@ -42,8 +42,10 @@ class IMUModality(Modality):
     name = "imu"
     order = 6
     # stride None: the kernel (non-overlapping windows). class_position: the table also covers the class token.
+    # accel_in_g: accelerometer channels divided by g (OneLLM's released weights read them raw, in m/s^2).
     defaults = {
         "sample_rate": 200, "num_samples": 2000, "kernel": 10, "stride": None, "bias": True, "class_position": False,
+        "accel_in_g": True,
     }
 
     def input_shape(self, **options: Any) -> tuple[int, ...]:
@@ -74,7 +76,8 @@ class IMUModality(Modality):
         target_times = np.arange(kept) / opts["sample_rate"]
         source_times = np.arange(array.shape[0]) / rate
         resampled = np.stack([np.interp(target_times, source_times, array[:, c]) for c in range(6)], axis=0)
-        resampled[:3] /= GRAVITY
+        if opts["accel_in_g"]:
+            resampled[:3] /= GRAVITY
         signal = np.zeros((6, opts["num_samples"]), np.float32)
         signal[:, : resampled.shape[1]] = resampled
         return torch.from_numpy(signal)

@@ -83,8 +83,15 @@ def test_conversion_writes_an_hf_folder(converted):
     assert summary["shards"] > 1 and (out / "model.safetensors.index.json").is_file()
     assert summary["tensors"] == len(model.state_dict())
     assert sorted(summary["modalities"]) == sorted({MODALITIES[r] for r in runs()})
-    assert model.config.projector_config["expert"] == "llama"
-    assert model.config.projector_config["router_norm"] == "sigmoid"
+    # the official layout is the 7b preset's: the same registered parts and preprocessing, the fixture's shapes
+    from onellm.presets import OFFICIAL_MODALITIES, SEVEN_B_PROJECTOR
+
+    layout = ("expert", "router", "router_norm", "norm", "queries")
+    assert {k: model.config.projector_config[k] for k in layout} == {k: SEVEN_B_PROJECTOR[k] for k in layout}
+    shapes = {"image_size", "kernel", "num_samples", "num_voxels", "tokens", "num_groups"}
+    for modality in model.config.modalities:
+        options = model.config.modality_options(modality)
+        assert all(options[k] == v for k, v in OFFICIAL_MODALITIES[modality].items() if k not in shapes), modality
 
 
 @pytest.mark.parametrize("run", runs())
