@@ -30,20 +30,20 @@ found 0``) and is raised as :class:`TaskConfigError`.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import string
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import Any, Literal
 
 from onellm.eval.backends.base import GenerationConfig
 from onellm.eval.metrics import metric_names
 from onellm.eval.sources import SOURCE_COMMON_KEYS, get_source, source_kinds
 from onellm.instruct_data.schema import MEDIA_NOUNS, QA_SUFFIX
 from onellm.modalities import modality_names
+from onellm.typed_yaml import YamlConfigError, build, read_yaml
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 TASK_TYPES = ("caption", "qa", "mc")
@@ -55,24 +55,37 @@ DEFAULT_PROMPTS = {
 # Fields a prompt may use, per task type: captions have no question to insert.
 PROMPT_FIELDS = {"caption": ("modality",), "qa": ("modality", "question"), "mc": ("modality", "question")}
 
-TOP_KEYS = (
-    "task",
-    "version",
-    "description",
-    "modality",
-    "task_type",
-    "source",
-    "prompt",
-    "generation",
-    "metrics",
-    "primary_metric",
-)
-REQUIRED_KEYS = ("task", "version", "modality", "task_type", "source", "metrics")
-GENERATION_KEYS = ("max_new_tokens", "temperature", "top_p", "stop")
-
-
-class TaskConfigError(ValueError):
+class TaskConfigError(YamlConfigError):
     """A task YAML is invalid; the message starts with the file and names the key."""
+
+
+# --- the schema of a task file (types checked by onellm.typed_yaml; the rules types cannot say, by parse_task) -----
+@dataclass
+class GenerationSpec:
+    max_new_tokens: int = GenerationConfig.max_new_tokens
+    temperature: float = GenerationConfig.temperature
+    top_p: float = GenerationConfig.top_p
+    stop: list[str] | str = field(default_factory=list)
+
+
+@dataclass
+class MetricEntry:
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TaskFile:
+    task: str
+    version: int | str
+    modality: str
+    task_type: Literal["caption", "qa", "mc"]
+    source: dict[str, Any]
+    metrics: list[str | MetricEntry]
+    description: str = ""
+    prompt: str | None = None
+    generation: GenerationSpec = field(default_factory=GenerationSpec)
+    primary_metric: str | None = None
 
 
 @dataclass(frozen=True)
@@ -109,139 +122,86 @@ class Task:
 # --- loading ------------------------------------------------------------------------------------------------------
 
 
-def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """The mapping of one YAML file with its ``include`` chain merged in (the file's own keys win)."""
-    where = " (included from " + " <- ".join(p.name for p in reversed(chain)) + ")" if chain else ""
-    if not path.is_file():
-        raise TaskConfigError(f"{path}: task file not found{where}")
-    if path in chain:
-        raise TaskConfigError(f"{path}: include cycle: {' -> '.join(p.name for p in (*chain, path))}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise TaskConfigError(f"{path}: not valid YAML{where}: {exc}") from None
-    if not isinstance(data, dict):
-        raise TaskConfigError(f"{path}: expected a mapping of task keys{where}, found {type(data).__name__}")
-    include = data.pop("include", None)
-    if include is None:
-        return data
-    if not isinstance(include, str) or not include.strip():
-        raise TaskConfigError(f"{path}: include: expected a file name relative to this file, found {include!r}")
-    base = _read_yaml(path.parent / include, (*chain, path))
-    return _merge(base, data)
-
-
-def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
 def load_task_file(path: str | os.PathLike) -> Task:
     """Load and validate one task YAML."""
     path = Path(path).resolve()
-    return parse_task(_read_yaml(path), path)
+    return parse_task(read_yaml(path, TaskConfigError, includes=True, what="task file"), path)
 
 
 def _fail(path: Path, key: str, problem: str) -> TaskConfigError:
     return TaskConfigError(f"{path}: {key}: {problem}")
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def parse_task(data: dict[str, Any], path: Path) -> Task:
     """Validate a merged task mapping; the first problem raises :class:`TaskConfigError` naming ``path`` and the key."""
-    unknown = sorted(set(data) - set(TOP_KEYS))
-    if unknown:
-        raise _fail(path, unknown[0], f"unknown key (allowed: {', '.join(TOP_KEYS)}, include)")
-    for key in REQUIRED_KEYS:
-        if key not in data:
-            raise _fail(path, key, "missing (required keys: " + ", ".join(REQUIRED_KEYS) + ")")
-
-    name = data["task"]
-    if not isinstance(name, str) or not name.isidentifier():
-        raise _fail(path, "task", f"expected a name of letters, digits and underscores, found {name!r}")
-    if name != path.stem:
-        raise _fail(path, "task", f"{name!r} differs from the file name {path.stem!r}; they must match")
-    version = data["version"]
-    if not (_is_int(version) or (isinstance(version, str) and version.strip())):
-        raise _fail(path, "version", f"expected an integer or a version string, found {version!r}")
-    description = data.get("description", "")
-    if not isinstance(description, str):
-        raise _fail(path, "description", f"expected text, found {type(description).__name__}")
-    modality = data["modality"]
-    if modality not in modality_names():
-        raise _fail(path, "modality", f"{modality!r} is not a registered modality ({', '.join(modality_names())})")
-    task_type = data["task_type"]
-    if task_type not in TASK_TYPES:
-        raise _fail(path, "task_type", f"{task_type!r} is not one of {', '.join(TASK_TYPES)}")
-
-    source = _parse_source(data["source"], path)
-    prompt = _parse_prompt(data.get("prompt", DEFAULT_PROMPTS[task_type]), task_type, path)
-    generation = _parse_generation(data.get("generation", {}), path)
-    metrics = _parse_metrics(data["metrics"], path)
-    primary = data.get("primary_metric")
-    if primary is not None and (not isinstance(primary, str) or not primary.strip()):
-        raise _fail(path, "primary_metric", f"expected a metric result name (e.g. cider), found {primary!r}")
-
+    try:
+        spec = build(TaskFile, data, skip=())
+        source = _parse_source(spec.source)
+    except TaskConfigError:
+        raise
+    except YamlConfigError as exc:
+        raise TaskConfigError(f"{path}: {exc}") from None
+    if not spec.task.isidentifier():
+        raise _fail(path, "task", f"expected a name of letters, digits and underscores, found {spec.task!r}")
+    if spec.task != path.stem:
+        raise _fail(path, "task", f"{spec.task!r} differs from the file name {path.stem!r}; they must match")
+    if isinstance(spec.version, str) and not spec.version.strip():
+        raise _fail(path, "version", "expected an integer or a version string, found an empty string")
+    if spec.modality not in modality_names():
+        raise _fail(path, "modality", f"{spec.modality!r} is not a registered modality ({', '.join(modality_names())})")
+    try:
+        problem = get_source(source["kind"]).check(source)
+    except KeyError:
+        problem = None
+    if problem:
+        raise _fail(path, f"source.{problem[0]}", problem[1])
+    prompt = _parse_prompt(spec.prompt if spec.prompt is not None else DEFAULT_PROMPTS[spec.task_type], spec.task_type, path)
+    generation = _parse_generation(spec.generation, path)
+    metrics = _parse_metrics(spec.metrics, path)
+    if spec.primary_metric is not None and not spec.primary_metric.strip():
+        raise _fail(path, "primary_metric", "expected a metric result name (e.g. cider), found an empty string")
     config = {
-        **{key: data[key] for key in TOP_KEYS if key in data},
+        **{f.name: data[f.name] for f in dataclasses.fields(TaskFile) if f.name in data},
         "prompt": prompt,
         "generation": generation.to_dict(),
         "metrics": [metric.to_dict() for metric in metrics],
     }
     return Task(
-        name=name,
-        version=version,
-        description=description,
-        modality=modality,
-        task_type=task_type,
+        name=spec.task,
+        version=spec.version,
+        description=spec.description,
+        modality=spec.modality,
+        task_type=spec.task_type,
         source=source,
         prompt=prompt,
         generation=generation,
         metrics=metrics,
-        primary_metric=primary,
+        primary_metric=spec.primary_metric,
         path=path,
         config=config,
     )
 
 
-def _parse_source(source: Any, path: Path) -> dict[str, Any]:
+def _source_schema(kind: str) -> type:
+    """The dataclass a ``source:`` mapping of ``kind`` must fit: kind and dataset, the loader's required keys, and
+    optional ones (the common keys and the loader's)."""
+    loader = get_source(kind)
+    optional = {k: t for k, t in SOURCE_COMMON_KEYS.items() if k not in ("kind", "dataset")} | dict(loader.optional)
+    fields = [("kind", str), ("dataset", str), *loader.required.items()]
+    fields += [(name, kind_ | None, field(default=None)) for name, kind_ in optional.items()]
+    return dataclasses.make_dataclass(f"{kind}_source", fields)
+
+
+def _parse_source(source: Any) -> dict[str, Any]:
+    """The ``source:`` mapping checked against its kind's schema; raises :class:`YamlConfigError` naming the key."""
     if not isinstance(source, dict):
-        raise _fail(path, "source", f"expected a mapping with 'kind' and 'dataset', found {type(source).__name__}")
+        raise YamlConfigError(f"source: expected a mapping with 'kind' and 'dataset', found {type(source).__name__}")
     kind = source.get("kind")
     if kind not in source_kinds():
-        raise _fail(path, "source.kind", f"{kind!r} is not a source kind ({', '.join(source_kinds())})")
-    loader = get_source(kind)
-    keys = {**SOURCE_COMMON_KEYS, **loader.required, **loader.optional}
-    for key in sorted(source):
-        if key not in keys:
-            raise _fail(path, f"source.{key}", f"unknown key for kind {kind!r} (allowed: {', '.join(keys)})")
-    for key in ("dataset", *loader.required):
-        if key not in source:
-            raise _fail(path, f"source.{key}", f"missing (kind {kind!r} needs: dataset, {', '.join(loader.required)})")
-    for key, value in source.items():
-        expected = keys[key]
-        if not isinstance(value, expected):
-            raise _fail(path, f"source.{key}", f"expected {expected.__name__}, found {type(value).__name__} {value!r}")
+        raise YamlConfigError(f"source.kind: {kind!r} is not a source kind ({', '.join(source_kinds())})")
+    build(_source_schema(kind), source, "source", skip=())
     if not source["dataset"].isidentifier():
-        raise _fail(
-            path, "source.dataset", f"expected a folder name of letters, digits, _; found {source['dataset']!r}"
-        )
-    problem = loader.check(source)
-    if problem:
-        key, text = problem
-        raise _fail(path, f"source.{key}", text)
+        raise YamlConfigError(f"source.dataset: expected a folder name of letters, digits, _; found {source['dataset']!r}")
     return dict(source)
 
 
@@ -259,50 +219,29 @@ def _parse_prompt(prompt: Any, task_type: str, path: Path) -> str:
     return prompt
 
 
-def _parse_generation(generation: Any, path: Path) -> GenerationConfig:
-    if not isinstance(generation, dict):
-        raise _fail(path, "generation", f"expected a mapping, found {type(generation).__name__}")
-    for key in generation:
-        if key not in GENERATION_KEYS:
-            raise _fail(path, f"generation.{key}", f"unknown key (allowed: {', '.join(GENERATION_KEYS)})")
-    defaults = GenerationConfig()
-    max_new = generation.get("max_new_tokens", defaults.max_new_tokens)
-    if not _is_int(max_new) or max_new < 1:
-        raise _fail(path, "generation.max_new_tokens", f"expected a positive integer, found {max_new!r}")
-    temperature = generation.get("temperature", defaults.temperature)
-    if not _is_number(temperature) or temperature < 0:
-        raise _fail(path, "generation.temperature", f"expected a number >= 0 (0 = greedy), found {temperature!r}")
-    top_p = generation.get("top_p", defaults.top_p)
-    if not _is_number(top_p) or not 0 < top_p <= 1:
-        raise _fail(path, "generation.top_p", f"expected a number in (0, 1], found {top_p!r}")
-    stop = generation.get("stop", [])
-    if isinstance(stop, str):
-        stop = [stop]
-    if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
-        raise _fail(path, "generation.stop", f"expected a list of non-empty strings, found {stop!r}")
-    return GenerationConfig(int(max_new), float(temperature), float(top_p), tuple(stop))
+def _parse_generation(spec: GenerationSpec, path: Path) -> GenerationConfig:
+    if spec.max_new_tokens < 1:
+        raise _fail(path, "generation.max_new_tokens", f"expected a positive integer, found {spec.max_new_tokens!r}")
+    if spec.temperature < 0:
+        raise _fail(path, "generation.temperature", f"expected a number >= 0 (0 = greedy), found {spec.temperature!r}")
+    if not 0 < spec.top_p <= 1:
+        raise _fail(path, "generation.top_p", f"expected a number in (0, 1], found {spec.top_p!r}")
+    stop = [spec.stop] if isinstance(spec.stop, str) else spec.stop
+    if not all(stop):
+        raise _fail(path, "generation.stop", f"expected a list of non-empty strings, found {spec.stop!r}")
+    return GenerationConfig(spec.max_new_tokens, spec.temperature, spec.top_p, tuple(stop))
 
 
-def _parse_metrics(metrics: Any, path: Path) -> tuple[MetricSpec, ...]:
-    if not isinstance(metrics, list) or not metrics:
-        raise _fail(path, "metrics", f"expected a non-empty list of metric names, found {metrics!r}")
+def _parse_metrics(entries: list[str | MetricEntry], path: Path) -> tuple[MetricSpec, ...]:
+    if not entries:
+        raise _fail(path, "metrics", "expected a non-empty list of metric names")
     known = metric_names()
     specs = []
-    for index, entry in enumerate(metrics):
-        key = f"metrics[{index}]"
-        if isinstance(entry, str):
-            entry = {"name": entry}
-        if not isinstance(entry, dict):
-            raise _fail(path, key, f"expected a metric name or {{name: ..., options: {{...}}}}, found {entry!r}")
-        extra = sorted(set(entry) - {"name", "options"})
-        if extra:
-            raise _fail(path, f"{key}.{extra[0]}", "unknown key (allowed: name, options)")
-        name, options = entry.get("name"), entry.get("options", {})
-        if name not in known:
-            raise _fail(path, key, f"unknown metric {name!r}; registered metrics: {', '.join(known)}")
-        if not isinstance(options, dict):
-            raise _fail(path, f"{key}.options", f"expected a mapping of constructor options, found {options!r}")
-        specs.append(MetricSpec(name, dict(options)))
+    for index, entry in enumerate(entries):
+        entry = MetricEntry(entry) if isinstance(entry, str) else entry
+        if entry.name not in known:
+            raise _fail(path, f"metrics[{index}]", f"unknown metric {entry.name!r}; registered metrics: {', '.join(known)}")
+        specs.append(MetricSpec(entry.name, dict(entry.options)))
     names = [spec.name for spec in specs]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:

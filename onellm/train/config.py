@@ -20,8 +20,6 @@ Overrides use dotted keys (``train.steps=20``), as on the command line (``--set`
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -30,9 +28,10 @@ import yaml
 
 from onellm.modalities import modality_names
 from onellm.train.stage_folder import StageFolder
+from onellm.typed_yaml import YamlConfigError, build, read_yaml
 
 
-class ConfigError(ValueError):
+class ConfigError(YamlConfigError):
     """A config value is missing, unknown or of the wrong type. The message starts with ``file: key``."""
 
 
@@ -176,72 +175,6 @@ class CurriculumConfig:
 # --- loading --------------------------------------------------------------------------------------------------------
 
 
-def _type_name(kind: Any) -> str:
-    return getattr(kind, "__name__", None) or str(kind).replace("typing.", "")
-
-
-def _convert(value: Any, kind: Any, key: str) -> Any:
-    """``value`` checked against the annotation ``kind``; errors name ``key``."""
-    origin, args = typing.get_origin(kind), typing.get_args(kind)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        options = [a for a in args if a is not type(None)]
-        errors = []
-        for option in options:
-            try:
-                return _convert(value, option, key)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(
-            errors[0]
-            if len(errors) == 1
-            else f"{key}: expected one of {[_type_name(o) for o in options]}, got {value!r}"
-        )
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{key}: expected one of {list(args)}, got {value!r}")
-        return value
-    if value is None:
-        raise ConfigError(f"{key}: must be set (expected {_type_name(kind)})")
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        return [_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        return {_convert(k, args[0], key): _convert(v, args[1], f"{key}.{k}") for k, v in value.items()}
-    if dataclasses.is_dataclass(kind):
-        return _build(kind, value, key)
-    if kind is Any:
-        return value
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if kind in (int, float) and isinstance(value, bool) or not isinstance(value, kind):
-        raise ConfigError(f"{key}: expected {_type_name(kind)}, got {value!r}")
-    return value
-
-
-def _build(cls: type, data: Any, key: str) -> Any:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{key or 'config'}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.name != "source"]
-    prefix = f"{key}." if key else ""
-    unknown = sorted(set(data) - set(names))
-    if unknown:
-        raise ConfigError(f"{prefix}{unknown[0]}: unknown key; allowed here: {', '.join(names)}")
-    values = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in data:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ConfigError(f"{prefix}{f.name}: required key is missing")
-            continue
-        values[f.name] = _convert(data[f.name], hints[f.name], f"{prefix}{f.name}")
-    return cls(**values)
-
-
 def _check_stage(stage: StageConfig) -> None:
     """Cross-field rules that types cannot express."""
     known = modality_names()
@@ -331,10 +264,7 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
 def _read_yaml(path: Path) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"config {path} does not exist")
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    return read_yaml(path, ConfigError)
 
 
 def stage_from_dict(
@@ -352,9 +282,9 @@ def stage_from_dict(
             continue
         set_dotted(data, key, value)
     try:
-        stage = _build(StageConfig, data, "")
+        stage = build(StageConfig, data)
         _check_stage(stage)
-    except ConfigError as exc:
+    except YamlConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
     stage.source = source
     return stage

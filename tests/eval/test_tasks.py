@@ -98,15 +98,15 @@ def test_question_text_inverts_the_record_prompt():
 BAD = {
     "unknown_top_key": (VALID + "shots: 3\n", "shots: unknown key"),
     "missing_metrics": ("task: {name}\nversion: 1\nmodality: image\ntask_type: qa\n"
-                        "source: {{kind: synth, dataset: synth, split: test}}\n", "metrics: missing"),
+                        "source: {{kind: synth, dataset: synth, split: test}}\n", "metrics: required key is missing"),
     "unknown_metric": (VALID.replace("[coco_caption]", "[cidr]"), "metrics[0]: unknown metric 'cidr'"),
     "bad_modality": (VALID.replace("image", "smell"), "modality: 'smell' is not a registered modality"),
     "question_in_caption": (VALID + "prompt: '{{question}} Describe.'\n", "prompt: unknown field {question}"),
     "zero_tokens": (VALID + "generation: {{max_new_tokens: 0}}\n", "generation.max_new_tokens: expected a positive"),
-    "bad_stop": (VALID + "generation: {{stop: [1]}}\n", "generation.stop: expected a list"),
+    "bad_stop": (VALID + "generation: {{stop: [1]}}\n", "generation.stop[0]: expected str, got 1"),
     "unknown_gen_key": (VALID + "generation: {{beams: 4}}\n", "generation.beams: unknown key"),
     "unknown_kind": (VALID.replace("kind: synth", "kind: s3"), "source.kind: 's3' is not a source kind"),
-    "missing_split": (VALID.replace(", split: test", ""), "source.split: missing"),
+    "missing_split": (VALID.replace(", split: test", ""), "source.split: required key is missing"),
     "bad_split": (VALID.replace("split: test", "split: dev"), "source.split: 'dev' is not a split"),
     "source_extra": (VALID.replace("split: test", "split: test, shuffle: true"), "source.shuffle: unknown key"),
     "files_not_map": (VALID.replace("kind: synth, dataset: synth, split: test",
@@ -114,7 +114,7 @@ BAD = {
                       "source.files: expected dict"),
     "bad_metric_options": (VALID.replace("[coco_caption]", "[{{name: coco_caption, options: 1}}]"),
                            "metrics[0].options: expected a mapping"),
-    "bad_version": (VALID.replace("version: 1", "version: [1]"), "version: expected an integer"),
+    "bad_version": (VALID.replace("version: 1", "version: [1]"), "version: expected one of ['int', 'str'], got [1]"),
 }  # fmt: skip
 
 
