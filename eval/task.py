@@ -41,7 +41,7 @@ from typing import Any, Literal
 from onellm.eval.backends.base import GenerationConfig
 from onellm.eval.metrics import metric_names
 from onellm.eval.sources import SOURCE_COMMON_KEYS, get_source, source_kinds
-from onellm.instruct_data.schema import MEDIA_NOUNS, QA_SUFFIX
+from onellm.instruct_data.schema import QA_SUFFIX, media_noun
 from onellm.modalities import modality_names
 from onellm.typed_yaml import YamlConfigError, build, read_yaml
 
@@ -116,7 +116,7 @@ class Task:
 
     def render_prompt(self, question: str = "") -> str:
         """The user text of one sample (the inputs' markers are placed before it by the backend)."""
-        return self.prompt.format(modality=MEDIA_NOUNS.get(self.modality, self.modality), question=question)
+        return self.prompt.format(modality=media_noun(self.modality), question=question)
 
 
 # --- loading ------------------------------------------------------------------------------------------------------

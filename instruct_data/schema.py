@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from onellm.modalities import marker, modality_names
+from onellm.modalities import get_modality, marker, modality_names
 
 if TYPE_CHECKING:
     import datasets
@@ -43,28 +43,25 @@ TASKS = ("caption", "qa", "mc", "chat")
 ROLES = ("user", "assistant")
 RECORD_KEYS = ("id", "inputs", "conversation", "task", "references", "meta")
 INPUT_KEYS = ("modality", "path", "array", "sample_rate", "rgb_path")
-# Which modalities may carry the optional input fields. Kept here (not in the modality files) because they are
-# record-layout facts: a sample rate only means something for time series, a paired RGB only for geometry maps.
-SAMPLE_RATE_MODALITIES = ("audio", "imu")
-RGB_PAIR_MODALITIES = ("depth", "normal")
 
-# How prompts name each modality ("Provide a one-sentence caption for the provided point cloud.").
-MEDIA_NOUNS = {
-    "image": "image",
-    "video": "video",
-    "audio": "audio",
-    "point": "point cloud",
-    "depth": "depth map",
-    "normal": "surface normal map",
-    "imu": "IMU recording",
-    "fmri": "fMRI scan",
-}
+
+def media_noun(modality: str) -> str:
+    """How prompts name a modality ("Provide a one-sentence caption for the provided point cloud."): its file's
+    ``noun``; an unregistered name is used as it is."""
+    return get_modality(modality).prompt_noun if modality in modality_names() else modality
+
+
+def modalities_with(key: str) -> list[str]:
+    """The modalities whose inputs may carry the optional field ``key`` (``sample_rate``, ``rgb_path``)."""
+    return [m for m in modality_names() if key in get_modality(m).extra_keys]
+
+
 QA_SUFFIX = "Answer the question using a single word or phrase."
 
 
 def caption_prompt(modality: str) -> str:
     """The user turn of a caption record: ``"<image>\\nProvide a one-sentence caption for the provided image."``."""
-    return f"{marker(modality)}\nProvide a one-sentence caption for the provided {MEDIA_NOUNS.get(modality, modality)}."
+    return f"{marker(modality)}\nProvide a one-sentence caption for the provided {media_noun(modality)}."
 
 
 def qa_prompt(modality: str, question: str) -> str:
@@ -208,14 +205,14 @@ def _input_problems(item: Any, where: str, known: list[str]) -> list[str]:
         problems.extend(_array_problems(item["array"], f"{where}.array"))
     rate = item.get("sample_rate")
     if rate is not None:
-        if isinstance(modality, str) and modality not in SAMPLE_RATE_MODALITIES:
-            problems.append(f"{where}.sample_rate is only allowed for {', '.join(SAMPLE_RATE_MODALITIES)} inputs")
+        if isinstance(modality, str) and modality not in modalities_with("sample_rate"):
+            problems.append(f"{where}.sample_rate is only allowed for {', '.join(modalities_with('sample_rate'))} inputs")
         elif isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) or rate <= 0:
             problems.append(f"{where}.sample_rate must be a positive number, found {rate!r}")
     rgb = item.get("rgb_path")
     if rgb is not None:
-        if isinstance(modality, str) and modality not in RGB_PAIR_MODALITIES:
-            problems.append(f"{where}.rgb_path is only allowed for {', '.join(RGB_PAIR_MODALITIES)} inputs")
+        if isinstance(modality, str) and modality not in modalities_with("rgb_path"):
+            problems.append(f"{where}.rgb_path is only allowed for {', '.join(modalities_with('rgb_path'))} inputs")
         elif not isinstance(rgb, str) or not rgb.strip():
             problems.append(f"{where}.rgb_path must be a non-empty string, found {rgb!r}")
     return problems

@@ -33,9 +33,6 @@ from onellm.modeling import OneLLMForConditionalGeneration
 from onellm.processing import CHAT_TEMPLATE, OneLLMProcessor
 from onellm.registry import Registry
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 _PRESETS: Registry[Callable[..., tuple[OneLLMForConditionalGeneration, OneLLMProcessor]]] = Registry(
     "preset", sort=False
 )
@@ -54,12 +51,17 @@ def build_preset(name: str, **kwargs) -> tuple[OneLLMForConditionalGeneration, O
     return _PRESETS[name](**kwargs)
 
 
+def family_modalities(family: str, modalities: list[str] | None = None) -> dict[str, dict]:
+    """``{modality: option overrides}`` of preset family ``family`` ("tiny", "small", "7b") for ``modalities``
+    (default: every registered one), each from its modality file's ``preset_options`` (none: the defaults)."""
+    return {m: dict(get_modality(m).preset_options.get(family, {})) for m in (modalities or modality_names())}
+
+
 def preset_modality_options(name: str) -> dict[str, dict]:
     """The per-modality options a preset builds with (no model is built): what data must match."""
-    tables = {"tiny": TINY_MODALITIES, "small": SMALL_MODALITIES, "7b": OFFICIAL_MODALITIES}
-    if name not in tables:
-        raise KeyError(f"unknown preset {name!r}; known: {list(tables)}")
-    return {m: get_modality(m).options(**options) for m, options in tables[name].items()}
+    if name not in _PRESETS:
+        raise KeyError(f"unknown preset {name!r}; known: {preset_names()}")
+    return {m: get_modality(m).preset(name) for m in modality_names()}
 
 
 # --- shared assembly ----------------------------------------------------------------------------
@@ -145,16 +147,6 @@ def tiny_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
     )
 
 
-TINY_MODALITIES = {
-    "image": {"image_size": 32},  # 4x4 patches of 8 px = 16 tokens
-    "video": {"image_size": 32, "num_frames": 2},
-    "audio": {"target_length": 128, "kernel": 16, "stride": 16},  # 8 x 8 = 64 tokens, 1.28 s
-    "point": {"num_points": 256, "num_groups": 16, "group_size": 8},
-    "depth": {"image_size": 32},
-    "normal": {"image_size": 32},
-    "imu": {"sample_rate": 50, "num_samples": 200, "kernel": 10},  # 4 s at 50 Hz -> 20 tokens
-    "fmri": {"num_voxels": 2048, "voxels_per_token": 64},  # 32 tokens
-}
 
 
 @register_preset("tiny")
@@ -179,21 +171,11 @@ def build_tiny(
         "num_experts": num_experts, "depth": 1, "num_queries": 4, "num_heads": 2, "router": router, "norm": norm,
         "queries": queries, "expert": expert, "out_rms": out_rms,
     }
-    chosen = {m: TINY_MODALITIES[m] for m in (modalities or list(TINY_MODALITIES))}
+    chosen = family_modalities("tiny", modalities)
     return assemble(text, vision, tokenizer, projector, chosen, vision_feature_layers=feature_layers)
 
 
 # --- small --------------------------------------------------------------------------------------
-SMALL_MODALITIES = {
-    "image": {"image_size": 112, "mean": IMAGENET_MEAN, "std": IMAGENET_STD},  # 8x8 patches of 14 px
-    "video": {"image_size": 112, "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "num_frames": 4},
-    "audio": {"target_length": 256, "kernel": 16, "stride": 16},  # 2.56 s -> 8 x 16 = 128 tokens
-    "point": {"num_points": 1024, "num_groups": 32, "group_size": 16},
-    "depth": {"image_size": 112, "mean": IMAGENET_MEAN, "std": IMAGENET_STD},
-    "normal": {"image_size": 112, "mean": IMAGENET_MEAN, "std": IMAGENET_STD},
-    "imu": {"sample_rate": 50, "num_samples": 200, "kernel": 10},
-    "fmri": {"num_voxels": 2048, "voxels_per_token": 64},
-}
 
 
 @register_preset("small")
@@ -222,7 +204,7 @@ def build_small(
         "num_experts": num_experts, "depth": depth, "num_queries": num_queries, "num_heads": 6, "router": "pooled",
         "queries": queries, "expert": expert, "out_rms": text_embedding_rms(llm) if out_rms == "text" else out_rms,
     }
-    chosen = {m: SMALL_MODALITIES[m] for m in (modalities or list(SMALL_MODALITIES))}
+    chosen = family_modalities("small", modalities)
     return assemble(
         llm.config, vision.config, tokenizer, projector, chosen, llm=llm, vision=vision, vision_feature_layers=feature_layers
     )
@@ -236,27 +218,17 @@ SEVEN_B_PROJECTOR = {
     "num_experts": 3, "depth": 8, "num_queries": 30, "num_heads": 16, "expert": "llama", "expert_hidden": 2816,
     "router": "query", "router_norm": "sigmoid", "router_hidden": 4096, "norm": "layernorm", "queries": "learned",
 }
-# The official preprocessing and tokenizers per modality: 224 px CLIP-normalised images; audio as 1024 fbank frames
-# (AudioSet normalisation), Conv2d k16 s10 -> 12 x 101 tokens; 8192 points in 1024 groups of 32 chosen on colour;
-# IMU windows of 400 samples at 200 Hz (2 s), raw m/s^2, Conv1d k10 stride 1 without bias; fMRI's 15724 NSD voxels
-# to 8 interleaved tokens; depth and normal maps paired with their RGB image. Position tables cover the class token.
-OFFICIAL_MODALITIES: dict[str, dict] = {
-    "image": {"image_size": 224},
-    "video": {"image_size": 224},
-    "audio": {"num_mel_bins": 128, "target_length": 1024, "kernel": 16, "stride": 10, "class_position": True},
-    "point": {"tokenizer": "official", "num_points": 8192, "num_groups": 1024, "group_size": 32},
-    "depth": {"image_size": 224, "rgb_pair": True},
-    "normal": {"image_size": 224, "rgb_pair": True},
-    "imu": {"sample_rate": 200, "num_samples": 400, "kernel": 10, "stride": 1, "bias": False, "class_position": True,
-            "accel_in_g": False},
-    "fmri": {"num_voxels": 15724, "layout": "interleaved", "tokens": 8, "class_position": True},
-}
+# The official preprocessing and tokenizers per modality (each modality file's "7b" preset_options): 224 px
+# CLIP-normalised images; audio as 1024 fbank frames, Conv2d k16 s10 -> 12 x 101 tokens; 8192 points in 1024 groups
+# of 32 chosen on colour; IMU windows of 400 samples at 200 Hz, raw m/s^2, Conv1d k10 stride 1 without bias; fMRI's
+# 15724 NSD voxels to 8 interleaved tokens; depth and normal maps paired with their RGB image. Position tables cover
+# the class token.
 
 
 @register_preset("7b")
 def build_7b(llm_path: str | Path, encoder_path: str | Path):
     """The paper's configuration from local folders (a LLaMA-2-7B checkpoint and a CLIP ViT-L/14 vision model) in the
-    official OneLLM layout (:data:`SEVEN_B_PROJECTOR`, :data:`OFFICIAL_MODALITIES`): the layout of released weights
+    official OneLLM layout (:data:`SEVEN_B_PROJECTOR`, the modalities' "7b" options): the layout of released weights
     converted with ``onellm convert official``.
     """
     for label, path in (("llm_path", llm_path), ("encoder_path", encoder_path)):
@@ -267,7 +239,9 @@ def build_7b(llm_path: str | Path, encoder_path: str | Path):
     # A full CLIP checkpoint (text + vision) is common on disk; only its vision tower is used.
     vision_class = CLIPVisionModel if AutoConfig.from_pretrained(encoder_path).model_type == "clip" else AutoModel
     vision = vision_class.from_pretrained(encoder_path, dtype=torch.bfloat16)
-    return assemble(llm.config, vision.config, tokenizer, SEVEN_B_PROJECTOR, OFFICIAL_MODALITIES, llm=llm, vision=vision)
+    return assemble(
+        llm.config, vision.config, tokenizer, SEVEN_B_PROJECTOR, family_modalities("7b"), llm=llm, vision=vision
+    )
 
 
 def seven_b_config() -> OneLLMConfig:
@@ -284,5 +258,5 @@ def seven_b_config() -> OneLLMConfig:
     token_ids = {m: 32000 + i for i, m in enumerate(modality_names())}
     return OneLLMConfig(
         text_config=text.to_dict(), vision_config=vision.to_dict(), projector_config=SEVEN_B_PROJECTOR,
-        modality_configs=OFFICIAL_MODALITIES, modality_token_ids=token_ids,
+        modality_configs=family_modalities("7b"), modality_token_ids=token_ids,
     )

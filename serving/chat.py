@@ -23,38 +23,22 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from onellm.modalities import MediaError, get_modality
+from onellm.modalities import MediaError, get_modality, modality_names
 from onellm.processing import OneLLMProcessor
 from onellm.serving.errors import APIError, bad_request
-from onellm.serving.media import MediaFetcher, MediaPolicy, check_audio_seconds, check_image_pixels, decode_base64
+from onellm.serving.media import MediaFetcher, decode_base64
 
-# Part type -> modality. Adding a modality's extension part = one line here (+ docs/api.md).
-PART_TYPES: dict[str, str] = {
-    "image_url": "image",
-    "input_audio": "audio",
-    "audio_url": "audio",
-    "video_url": "video",
-    "input_point_cloud": "point",
-    "input_depth": "depth",
-    "input_normal": "normal",
-    "input_imu": "imu",
-    "input_fmri": "fmri",
-}
 
-# Checks on the raw bytes before anything is decoded, by modality.
-_PRE_CHECKS: dict[str, Callable[[bytes, MediaPolicy, str], None]] = {
-    "image": lambda data, policy, param: check_image_pixels(data, policy.max_image_pixels, param),
-    "depth": lambda data, policy, param: check_image_pixels(data, policy.max_image_pixels, param),
-    "normal": lambda data, policy, param: check_image_pixels(data, policy.max_image_pixels, param),
-    "audio": lambda data, policy, param: check_audio_seconds(data, policy.max_audio_seconds, param),
-}
+def part_types() -> dict[str, str]:
+    """Content part type -> modality, from the registered modalities' ``part_types`` (a modality file declares the
+    parts it arrives in; nothing here lists them)."""
+    return {part: m for m in modality_names() for part in get_modality(m).content_parts}
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
@@ -106,10 +90,13 @@ async def _load(pending: _PendingInput, fetcher: MediaFetcher, processor: OneLLM
         if not isinstance(payload["data"], str):
             raise bad_request(f"{param}.data: expected a base64 string", f"{param}.data")
         data = decode_base64(payload["data"], f"{param}.data", policy.max_bytes)
-    if modality in _PRE_CHECKS:
-        _PRE_CHECKS[modality](data, policy, param)
+    problem = get_modality(modality).precheck(data, policy.limits())
+    if problem:
+        raise bad_request(f"{param}: {problem}", param)
     source: Any = data
     extras = {}
+    if "sample_rate" in payload and "sample_rate" not in get_modality(modality).extra_keys:
+        raise bad_request(f"{param}.sample_rate: {modality} inputs take no sample rate", f"{param}.sample_rate")
     if "sample_rate" in payload:
         rate = payload["sample_rate"]
         if not isinstance(rate, (int, float)) or isinstance(rate, bool) or rate <= 0:
@@ -176,12 +163,13 @@ async def parse_chat(
                 _check_text(text, markers, f"{param}.text")
                 parts.append({"type": "text", "text": text})
                 continue
-            if not isinstance(part_type, str) or part_type not in PART_TYPES:
+            known = part_types()
+            if not isinstance(part_type, str) or part_type not in known:
                 raise bad_request(
-                    f"{param}.type: unknown content part type {part_type!r}; supported: {['text', *PART_TYPES]}",
+                    f"{param}.type: unknown content part type {part_type!r}; supported: {['text', *known]}",
                     f"{param}.type",
                 )
-            modality = PART_TYPES[part_type]
+            modality = known[part_type]
             if modality not in processor.modalities:
                 raise bad_request(
                     f"{param}: this model does not take {modality} inputs ({part_type}); it takes: {processor.modalities}",

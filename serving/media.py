@@ -17,17 +17,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import io
 import ipaddress
 import socket
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import av
 import httpx
-import soundfile
-from PIL import Image
 
 from onellm.serving.errors import APIError, bad_request
 
@@ -45,6 +41,10 @@ class MediaPolicy:
     allowed_domains: frozenset[str] = field(default_factory=frozenset)  # empty: http(s) fetching is off
     allowed_local_path: Path | None = None  # None: file: URLs are refused
     allow_private_addresses: bool = False  # for servers that fetch from an internal network on purpose
+
+    def limits(self) -> dict[str, float]:
+        """The limits a modality's cheap pre-check reads (:meth:`onellm.modalities.base.Modality.precheck`)."""
+        return {"max_image_pixels": self.max_image_pixels, "max_audio_seconds": self.max_audio_seconds}
 
 
 def is_public_address(address: str) -> bool:
@@ -204,40 +204,3 @@ class MediaFetcher:
 
 
 # --- checks before decoding -------------------------------------------------------------------------
-def check_image_pixels(data: bytes, max_pixels: int, param: str) -> None:
-    """Refuse an image whose header announces more than ``max_pixels`` pixels (nothing is decoded here)."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-    except Image.DecompressionBombError as exc:
-        raise bad_request(f"{param}: image refused as a decompression bomb ({exc})", param) from None
-    except Exception:  # not an image Pillow can identify: the modality's own decoder reports it
-        return
-    if width * height > max_pixels:
-        raise bad_request(
-            f"{param}: image is {width}x{height} = {width * height} pixels, above the server's {max_pixels}-pixel limit",
-            param,
-        )
-
-
-def audio_seconds(data: bytes) -> float | None:
-    """The duration a container header announces, or None when it cannot be read without decoding."""
-    try:
-        info = soundfile.info(io.BytesIO(data))
-        if info.samplerate > 0 and info.frames > 0:
-            return info.frames / info.samplerate
-    except Exception:  # not a libsndfile format; try FFmpeg's demuxer
-        pass
-    try:
-        with av.open(io.BytesIO(data)) as container:
-            if container.duration:
-                return container.duration / 1_000_000  # av.time_base is microseconds
-    except Exception:
-        return None
-    return None
-
-
-def check_audio_seconds(data: bytes, max_seconds: float, param: str) -> None:
-    seconds = audio_seconds(data)
-    if seconds is not None and seconds > max_seconds:
-        raise bad_request(f"{param}: audio is {seconds:.1f} s long, above the server's {max_seconds:g} s limit", param)

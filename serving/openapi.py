@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from onellm.serving.chat import PART_TYPES, ROLES
+from onellm.serving.chat import ROLES, part_types
 
 REF = "#/components/schemas/{model}"
 
@@ -187,7 +187,7 @@ STOP_SCHEMA = {  # what parse_body accepts
 
 
 def messages_schema() -> dict[str, Any]:
-    """JSON schema of ``messages``: roles, and content as a string or a list of parts (one per :data:`PART_TYPES`)."""
+    """JSON schema of ``messages``: roles, and content as a string or a list of parts (one per :func:`part_types`)."""
     media = {
         "type": "object",
         "description": "exactly one of url (data:, allowlisted http(s):, file: under the allowed folder) or data "
@@ -207,7 +207,7 @@ def messages_schema() -> dict[str, Any]:
             "properties": {"type": {"const": "text"}, "text": {"type": "string"}},
         }
     ]
-    for part_type in PART_TYPES:
+    for part_type in part_types():
         payload = {"anyOf": [media, {"type": "string"}]} if part_type.endswith("_url") else media  # a bare URL
         parts.append(
             {

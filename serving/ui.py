@@ -27,9 +27,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from onellm.serving.chat import PART_TYPES, parse_chat
+from onellm.modalities import get_modality, modality_names
+from onellm.serving.chat import parse_chat
 from onellm.serving.cli import (
     add_engine_arguments,
     add_input_limit_arguments,
@@ -47,89 +46,54 @@ logger = logging.getLogger("onellm.ui")
 AUTO = "auto"
 BASE_MODEL = "base model (no adapter)"
 
-# File extension -> modality, for the "auto" choice of the page's dropdown. The suffixes several modalities share
-# go to the common case and are refined from the file itself in detect_modality (.png, .npy); the dropdown
-# overrides both. Adding a modality with its own file type = one line here.
-EXTENSIONS: dict[str, str] = {
-    **dict.fromkeys((".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"), "image"),
-    **dict.fromkeys((".wav", ".flac", ".ogg", ".mp3", ".m4a"), "audio"),
-    **dict.fromkeys((".mp4", ".webm", ".avi", ".mov", ".mkv"), "video"),
-    ".ply": "point",
-    ".npy": "point",
-    ".csv": "imu",
-}
-
-# Modality -> the content part type an API client sends it in: the first one chat.PART_TYPES lists for it.
-PART_TYPE: dict[str, str] = {}
-for _part_type, _modality in PART_TYPES.items():
-    PART_TYPE.setdefault(_modality, _part_type)
-
-# (suffix, detected modality) -> the modality whose files look the same; the page says so next to the guess.
-LOOKALIKES: dict[tuple[str, str], str] = {
-    (".png", "image"): "normal",  # a normal map saved as RGB (n+1)/2*255
-    (".npy", "point"): "imu",  # [P, 6] xyz + rgb vs an IMU recording [T, 6]
-}
-
-# Pillow modes of 16/32-bit single-channel PNGs: depth sensors write these; photos never do.
-_DEEP_GREY_MODES = ("I", "I;16", "I;16B", "I;16L")
-
-
 class UploadError(ValueError):
     """An uploaded file the page cannot use; the message names the file and says what to do."""
 
 
-def _npy_modality(path: Path) -> str:
-    """The modality a ``.npy`` array's shape points to (only the header is read)."""
-    try:
-        shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
-    except Exception as exc:  # numpy raises several types for malformed files
-        raise UploadError(f"{path.name}: not a readable .npy array ({exc})") from None
-    if len(shape) == 1:
-        return "fmri"  # [V] voxel vector
-    if len(shape) == 3:
-        return "normal"  # [H, W, 3] normals in [-1, 1]
-    if len(shape) == 2 and shape[1] == 7:
-        return "imu"  # [T, 7]: timestamps + accelerometer xyz + gyroscope xyz
-    if len(shape) == 2 and shape[1] in (3, 6):
-        return "point"  # [P, 3] xyz or [P, 6] xyz + rgb; an IMU recording [T, 6] needs the dropdown
-    if len(shape) == 2:
-        return "depth"  # [H, W]
-    raise UploadError(f"{path.name}: a .npy array of shape {list(shape)} fits no modality; pick one in the dropdown")
+def known_suffixes() -> list[str]:
+    """File suffixes some registered modality claims (``Modality.suffixes``)."""
+    return sorted({suffix for m in modality_names() for suffix in get_modality(m).suffixes})
 
 
-def _is_deep_grey_png(path: Path) -> bool:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            return image.mode in _DEEP_GREY_MODES
-    except Exception:  # not decodable: the image path reports it when the turn is sent
-        return False
+def file_candidates(path: Path) -> list[tuple[int, str]]:
+    """``(score, modality)`` of every modality the file may hold, best first (ties: curriculum order): each
+    modality file judges its own suffixes and content (``Modality.file_match``: PNG modes, .npy shapes)."""
+    scored = [(get_modality(m).file_match(path), -i, m) for i, m in enumerate(modality_names())
+              if path.suffix.lower() in get_modality(m).suffixes]
+    return [(score, m) for score, _, m in sorted(scored, reverse=True) if score > 0]
 
 
 def detect_modality(path: Path, modalities: Sequence[str]) -> str:
-    """The modality ``path`` most likely holds: by extension, refined by content for ``.png`` (a 16-bit grey PNG
-    is a depth map) and ``.npy`` (by the array's shape). :class:`UploadError` when it fits none of ``modalities``."""
+    """The modality ``path`` most likely holds (:func:`file_candidates`). :class:`UploadError` when its type is
+    unknown or it fits none of ``modalities``."""
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix == ".npy":
-        modality = _npy_modality(path)
-    elif suffix == ".png" and _is_deep_grey_png(path):
-        modality = "depth"
-    elif suffix in EXTENSIONS:
-        modality = EXTENSIONS[suffix]
-    else:
-        known = " ".join(sorted(EXTENSIONS))
+    if suffix not in known_suffixes():
         raise UploadError(
-            f"{path.name}: unknown file type {suffix or '(no extension)'!r}; known: {known}. "
+            f"{path.name}: unknown file type {suffix or '(no extension)'!r}; known: {' '.join(known_suffixes())}. "
             f"Pick the modality in the dropdown to send it anyway."
         )
+    candidates = file_candidates(path)
+    if not candidates:
+        claiming = [m for m in modality_names() if suffix in get_modality(m).suffixes]
+        raise UploadError(
+            f"{path.name}: not recognised as any of {', '.join(claiming)} (unreadable, or a shape none of them "
+            "takes); pick the modality in the dropdown to send it anyway"
+        )
+    modality = candidates[0][1]
     if modality not in modalities:
         raise UploadError(
             f"{path.name}: looks like a {modality} input, which this model does not take (it takes: "
             f"{', '.join(modalities)}); pick another modality in the dropdown if the guess is wrong"
         )
     return modality
+
+
+def lookalike(path: Path, modality: str) -> str | None:
+    """The next-best modality for a file detected as ``modality`` (a normal map saved as RGB PNG looks like a photo;
+    an IMU recording [T, 6] like a point cloud), or None."""
+    others = [m for _, m in file_candidates(Path(path)) if m != modality]
+    return others[0] if others else None
 
 
 def resolve_modality(path: Path, choice: str, modalities: Sequence[str]) -> str:
@@ -160,9 +124,10 @@ def media_part(upload: Upload) -> dict[str, Any]:
     """An OpenAI content part carrying the file inline, as an API client sends it: a ``data:`` URL for the
     ``*_url`` part types (``image_url``, ``video_url``), ``{"data": base64, "format": suffix}`` for the others
     (``format`` tells a CSV from a .npy)."""
-    part_type = PART_TYPE[upload.modality]
+    modality = get_modality(upload.modality)
+    part_type = modality.content_parts[0]
     data = base64.b64encode(upload.path.read_bytes()).decode()
-    if part_type.endswith("_url"):
+    if modality.url_part:
         mime = mimetypes.guess_type(upload.path.name)[0] or "application/octet-stream"
         return {"type": part_type, part_type: {"url": f"data:{mime};base64,{data}"}}
     return {"type": part_type, part_type: {"data": data, "format": upload.path.suffix.lower().lstrip(".")}}
@@ -225,7 +190,7 @@ class ChatPage:
                 lines.append(f"`{path.name}` → ⚠️ {exc}")
                 continue
             how = "chosen" if choice != AUTO else "detected"
-            alike = LOOKALIKES.get((path.suffix.lower(), modality)) if choice == AUTO else None
+            alike = lookalike(path, modality) if choice == AUTO else None
             if alike in self.modalities:
                 how += f"; if it is {alike} data, pick {alike} in the dropdown"
             lines.append(f"`{path.name}` → **{modality}** ({how})")
@@ -450,7 +415,6 @@ def run_ui(args: argparse.Namespace) -> None:
 
 
 __all__ = [
-    "EXTENSIONS",
     "ChatPage",
     "Turn",
     "Upload",

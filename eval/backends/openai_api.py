@@ -19,7 +19,6 @@ time); 429 and 5xx answers and connection errors are retried with exponential ba
 from __future__ import annotations
 
 import base64
-import io
 import mimetypes
 import threading
 import time
@@ -40,62 +39,36 @@ from onellm.eval.backends.base import (
     Request,
     register_backend,
 )
+from onellm.modalities import get_modality, modality_names
 
-# The content-part type of each modality. URL parts carry a data URL; the others {"data": base64, "format": ext}.
-PART_TYPES = {
-    "image": "image_url",
-    "video": "video_url",
-    "audio": "input_audio",
-    "point": "input_point_cloud",
-    "depth": "input_depth",
-    "normal": "input_normal",
-    "imu": "input_imu",
-    "fmri": "input_fmri",
-}
-URL_PARTS = frozenset({"image_url", "video_url"})
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 MAX_BACKOFF_S = 30.0  # cap of one wait; with the default 5 retries a request gives up after ~1 minute
-DEFAULT_AUDIO_RATE = 16_000  # an inline audio array without a sample_rate is taken to be 16 kHz (the fbank's rate)
 
 
 def encode_media(item: MediaItem) -> tuple[bytes, str]:
-    """``(file bytes, format)`` of one input: the file as it is on disk, or an inline array encoded losslessly
-    (images as PNG, audio as 16-bit WAV, everything else as ``.npy``)."""
+    """``(file bytes, format)`` of one input: the file as it is on disk, or an inline array encoded by its modality
+    (:meth:`Modality.encode_array`: images as PNG, audio as 16-bit WAV, everything else as ``.npy``)."""
     if isinstance(item.source, np.ndarray):
-        array = item.source
-        if item.modality == "image":
-            from PIL import Image
-
-            buffer = io.BytesIO()
-            Image.fromarray(np.asarray(array, dtype=np.uint8)).save(buffer, format="PNG")
-            return buffer.getvalue(), "png"
-        if item.modality == "audio":
-            import soundfile
-
-            buffer = io.BytesIO()
-            rate = int(item.extras.get("sample_rate", DEFAULT_AUDIO_RATE))
-            soundfile.write(buffer, np.asarray(array, dtype=np.float32), rate, format="WAV", subtype="PCM_16")
-            return buffer.getvalue(), "wav"
-        buffer = io.BytesIO()
-        np.save(buffer, np.asarray(array, dtype=np.float32), allow_pickle=False)
-        return buffer.getvalue(), "npy"
+        return get_modality(item.modality).encode_array(item.source, item.extras)
     path = Path(item.source)
     return path.read_bytes(), path.suffix.lstrip(".").lower()
 
 
 def content_part(item: MediaItem) -> dict[str, Any]:
-    """The chat content part of one input (see the table in the module docstring)."""
-    try:
-        part_type = PART_TYPES[item.modality]
-    except KeyError:
-        raise BackendError(f"no OpenAI content part is defined for modality {item.modality!r}") from None
+    """The chat content part of one input: the first part type its modality file declares
+    (``Modality.part_types``), as a data URL for URL parts, else ``{"data": base64, "format": ext}``."""
+    if item.modality not in modality_names():
+        raise BackendError(f"no OpenAI content part is defined for modality {item.modality!r}")
+    modality = get_modality(item.modality)
+    part_type = modality.content_parts[0]
     data, fmt = encode_media(item)
     encoded = base64.b64encode(data).decode("ascii")
-    if part_type in URL_PARTS:
+    if modality.url_part:
         mime = mimetypes.guess_type(f"x.{fmt}")[0] or f"{item.modality}/{fmt}"
         return {"type": part_type, part_type: {"url": f"data:{mime};base64,{encoded}"}}
     body: dict[str, Any] = {"data": encoded, "format": fmt}
-    if "sample_rate" in item.extras and item.modality != "audio":  # audio files carry their rate in the header
+    # Only the modalities that take a sample rate send it; audio files carry theirs in the header.
+    if "sample_rate" in item.extras and "sample_rate" in modality.extra_keys and fmt != "wav":
         body["sample_rate"] = item.extras["sample_rate"]
     return {"type": part_type, part_type: body}
 

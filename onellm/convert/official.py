@@ -9,7 +9,7 @@ converted ``config.json``:
   ``norm: layernorm`` (a LayerNorm after each projection), learned queries;
 - the encoder: OpenAI CLIP in open_clip's layout -> transformers' CLIP vision model (QuickGELU), the post-norm over
   every token (what :class:`onellm.encoder.UniversalEncoder` does for every family);
-- modality options (the 7b preset's ``OFFICIAL_MODALITIES``): audio/IMU/fMRI/point position tables that cover the class token, the
+- modality options (each modality's "7b" ``preset_options``): audio/IMU/fMRI/point position tables that cover the class token, the
   IMU convolution with stride 1 and no bias, fMRI's interleaved layout, the point tokenizer grouping on colour
   channels, depth and normal maps paired with their RGB image;
 - the LLM: Meta's LLaMA layout -> transformers' Llama (q/k rows permuted from Meta's interleaved rotary pairs to
@@ -45,7 +45,7 @@ MODALITIES = {
 # The CLIP text tower and the visual projection: stored in the checkpoint, never read by OneLLM's forward.
 IGNORED = re.compile(r"^clip\.(?!visual\.)|^clip\.visual\.proj$")
 # Constants of the official code that the weights do not reveal (the others, per modality, are the 7b preset's
-# OFFICIAL_MODALITIES: the audio stride and frames, point count and group size, IMU rate, ...).
+# modalities' "7b" preset options: the audio stride and frames, point count and group size, IMU rate, ...).
 CLIP_HEAD_WIDTH = 64  # open_clip's ViT head width (ViT-L/14: 1024 / 64 = 16 heads)
 EXPERT_HEADS = 16  # the resampler blocks' head count
 # The official conversation format ("v1": the system line, then "###Human: ...\n###Assistant: ..."), with every
@@ -148,9 +148,9 @@ def official_name(modality: str) -> str:
 def modality_options(source: OfficialCheckpoint, modality: str, width: int, image_size: int) -> dict[str, Any]:
     """The official options (the 7b preset's table) with the shapes the weights fix: image size, token counts,
     kernels, voxel count. A table that contradicts the weights is an error naming both."""
-    from onellm.presets import OFFICIAL_MODALITIES
+    from onellm.modalities import get_modality
 
-    options = dict(OFFICIAL_MODALITIES[modality])
+    options = dict(get_modality(modality).preset_options["7b"])
     table = f"positional_embedding.{official_name(modality)}"
     tokens = source.shape(table)[0] - 1 if modality in ("audio", "point", "imu", "fmri") else None
     if modality in ("image", "video", "depth", "normal"):

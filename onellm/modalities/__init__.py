@@ -12,7 +12,10 @@ A modality file declares, in one place, everything the rest of the stack asks ab
 The number of placeholder tokens an input occupies in the prompt is the same for every modality
 (``N`` query tokens + start and end tags) and is computed by :func:`onellm.projectors.placeholder_count`.
 
-Adding a modality = one file in this folder that calls :func:`register_modality` (+ its test).
+Adding a modality = one file in this folder that calls :func:`register_modality` (+ its test), or a module in
+another installed package named by an entry point of the group ``onellm.modalities`` (:data:`ENTRY_POINT_GROUP`).
+A modality file holds every fact about its modality (prompt noun, OpenAI content parts, file suffixes, extra input
+keys, pre-checks, preset options); serving, evaluation, the record schema and the presets read them from here.
 """
 
 from __future__ import annotations
@@ -39,10 +42,27 @@ def register_modality(cls: type[Modality]) -> type[Modality]:
     return cls
 
 
+ENTRY_POINT_GROUP = "onellm.modalities"
+
+
 def _load_builtin() -> None:
     for info in pkgutil.iter_modules(__path__):
         if info.name != "base":
             importlib.import_module(f"{__name__}.{info.name}")
+
+
+def _load_plugins() -> None:
+    """Modalities from other installed packages: each entry point of the group ``onellm.modalities`` names a module
+    (importing it registers its modalities with :func:`register_modality`) or a :class:`Modality` subclass."""
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            loaded = entry.load()
+        except Exception as exc:
+            raise ImportError(f"onellm modality plugin {entry.name!r} ({entry.value}) failed to load: {exc}") from exc
+        if isinstance(loaded, type) and issubclass(loaded, Modality):
+            register_modality(loaded)
 
 
 def get_modality(name: str) -> Modality:
@@ -61,5 +81,6 @@ def marker(name: str) -> str:
 
 
 _load_builtin()
+_load_plugins()
 
 __all__ = ["MediaError", "Modality", "Source", "get_modality", "marker", "modality_names", "register_modality"]

@@ -51,6 +51,23 @@ def resample(waveform: np.ndarray, rate: int, target: int = SAMPLE_RATE) -> np.n
     return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
 
 
+def audio_seconds(data: bytes) -> float | None:
+    """The duration a container header announces, or None when it cannot be read without decoding."""
+    try:
+        info = soundfile.info(io.BytesIO(data))
+        if info.samplerate > 0 and info.frames > 0:
+            return info.frames / info.samplerate
+    except Exception:  # not a libsndfile format; try FFmpeg's demuxer
+        pass
+    try:
+        with av.open(io.BytesIO(data)) as container:
+            if container.duration:
+                return container.duration / 1_000_000  # av.time_base is microseconds
+    except Exception:
+        return None
+    return None
+
+
 def wav_truncation(data: bytes) -> str | None:
     """For RIFF/WAVE bytes: a description of the problem when the data chunk is shorter than its header says."""
     if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
@@ -95,6 +112,29 @@ class AudioModality(Modality):
         "num_mel_bins": 128, "target_length": 1024, "kernel": 16, "stride": 10, "max_seconds": 600.0,
         "class_position": False,
     }
+    # tiny: 1.28 s -> 8 x 8 = 64 tokens; small: 2.56 s -> 8 x 16 = 128 tokens; 7b: OneLLM's 10 s -> 12 x 101 tokens.
+    preset_options = {
+        "tiny": {"target_length": 128, "kernel": 16, "stride": 16},
+        "small": {"target_length": 256, "kernel": 16, "stride": 16},
+        "7b": {"num_mel_bins": 128, "target_length": 1024, "kernel": 16, "stride": 10, "class_position": True},
+    }
+    part_types = ("input_audio", "audio_url")
+    suffixes = (".wav", ".flac", ".ogg", ".mp3", ".m4a")
+    extra_keys = ("sample_rate",)
+
+    def precheck(self, data: bytes, limits: dict[str, float]) -> str | None:
+        """Refuse audio whose container header announces more than ``max_audio_seconds`` (nothing is decoded)."""
+        seconds, limit = audio_seconds(data), limits.get("max_audio_seconds")
+        if seconds is not None and limit is not None and seconds > limit:
+            return f"audio is {seconds:.1f} s long, above the server's {limit:g} s limit"
+        return None
+
+    def encode_array(self, array: np.ndarray, extras: dict | None = None) -> tuple[bytes, str]:
+        """A waveform as 16-bit WAV at its ``sample_rate`` (default 16 kHz)."""
+        buffer = io.BytesIO()
+        rate = int((extras or {}).get("sample_rate", SAMPLE_RATE))
+        soundfile.write(buffer, np.asarray(array, dtype=np.float32), rate, format="WAV", subtype="PCM_16")
+        return buffer.getvalue(), "wav"
 
     def input_shape(self, **options: Any) -> tuple[int, ...]:
         opts = self.options(**options)

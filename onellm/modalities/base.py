@@ -58,6 +58,14 @@ def class_position(width: int, enabled: bool) -> nn.Parameter | None:
     return nn.Parameter(torch.zeros(width)) if enabled else None
 
 
+def npy_shape(path: Path) -> tuple[int, ...] | None:
+    """The shape a ``.npy`` file's header announces (the data is not read), or None when it is not one."""
+    try:
+        return tuple(np.load(path, mmap_mode="r", allow_pickle=False).shape)
+    except Exception:  # numpy raises several types for malformed files
+        return None
+
+
 def pick_variant(modality: str, option: str, value: str, variants: dict[str, Any]) -> Any:
     """``variants[value]``, or an error naming the modality option and the known values."""
     if value not in variants:
@@ -75,6 +83,18 @@ class Modality:
     image_like: ClassVar[bool] = False
     # Preprocessing and tokenizer options with their defaults; presets override them per model.
     defaults: ClassVar[dict[str, Any]] = {}
+    # Options per preset family ("tiny", "small", "7b"); a family not listed uses ``defaults``.
+    preset_options: ClassVar[dict[str, dict[str, Any]]] = {}
+    # How prompts name it ("Provide a one-sentence caption for the provided point cloud."); "" = the name.
+    noun: ClassVar[str] = ""
+    # The OpenAI chat content parts it arrives in (the first is what clients send; () = ("input_<name>",)) and
+    # whether such a part holds ``{"url": ...}`` (image_url, video_url) instead of ``{"data": base64, "format"}``.
+    part_types: ClassVar[tuple[str, ...]] = ()
+    url_part: ClassVar[bool] = False
+    # File suffixes of its usual file types (the chat page guesses a file's modality from them, see file_match).
+    suffixes: ClassVar[tuple[str, ...]] = ()
+    # Optional per-input keys a record or a content part may carry for it: "sample_rate", "rgb_path".
+    extra_keys: ClassVar[tuple[str, ...]] = ()
 
     @property
     def marker(self) -> str:
@@ -89,6 +109,34 @@ class Modality:
                 f"modality {self.name!r} has no option(s) {unknown}; known: {sorted(self.defaults)}"
             )
         return {**self.defaults, **overrides}
+
+    @property
+    def prompt_noun(self) -> str:
+        return self.noun or self.name
+
+    @property
+    def content_parts(self) -> tuple[str, ...]:
+        return self.part_types or (f"input_{self.name}",)
+
+    def preset(self, family: str) -> dict[str, Any]:
+        """The options preset family ``family`` uses (validated): its own entry, else the defaults."""
+        return self.options(**self.preset_options.get(family, {}))
+
+    def precheck(self, data: bytes, limits: dict[str, float]) -> str | None:
+        """A cheap look at an input's raw bytes before it is decoded (a server refuses what breaks ``limits``, e.g.
+        ``max_image_pixels``, ``max_audio_seconds``): the problem, or None. Decoding errors are left to preprocess."""
+        return None
+
+    def encode_array(self, array: np.ndarray, extras: dict | None = None) -> tuple[bytes, str]:
+        """An in-memory input as file bytes and their format (to send it to an API): ``.npy`` unless overridden."""
+        buffer = io.BytesIO()
+        np.save(buffer, np.asarray(array, dtype=np.float32), allow_pickle=False)
+        return buffer.getvalue(), "npy"
+
+    def file_match(self, path: Path) -> int:
+        """How strongly a file of one of :attr:`suffixes` looks like this modality, from the file itself (0: not at
+        all). The chat page picks the highest score (ties: curriculum order); the default claims its suffixes."""
+        return 1 if path.suffix.lower() in self.suffixes else 0
 
     # --- the contract -------------------------------------------------------------------------
     def preprocess(self, source: Source, extras: dict | None = None, **options: Any) -> torch.Tensor:

@@ -7,14 +7,22 @@ like two video frames and averaged; without it the RGB image is not used.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from onellm.modalities import register_modality
-from onellm.modalities.base import WRONG_SHAPE, Modality, Source
-from onellm.modalities.image import ImageLikeModality, fit_square_array, normalise, open_image
+from onellm.modalities.base import WRONG_SHAPE, Modality, Source, npy_shape
+from onellm.modalities.image import (
+    DEEP_GREY_MODES,
+    ImageLikeModality,
+    fit_square_array,
+    image_mode,
+    normalise,
+    open_image,
+)
 from onellm.modalities.video import FrameTokenizer
 
 
@@ -22,6 +30,8 @@ class MapModality(ImageLikeModality):
     """A map rendered as a 3-channel image (depth, surface normals); optionally paired with its RGB image."""
 
     defaults = {**ImageLikeModality.defaults, "rgb_pair": False}
+    preset_options = {**ImageLikeModality.preset_options, "7b": {"image_size": 224, "rgb_pair": True}}
+    extra_keys = ("rgb_path",)
 
     def input_shape(self, **options: Any) -> tuple[int, ...]:
         shape = super().input_shape(**options)
@@ -72,6 +82,15 @@ def load_map(modality: Modality, source: Source) -> np.ndarray:
 class DepthModality(MapModality):
     name = "depth"
     order = 4
+    noun = "depth map"
+    suffixes = (".png", ".npy")
+
+    def file_match(self, path: Path) -> int:
+        """A 16/32-bit single-channel image (what depth sensors write), or an ``[H, W]`` array wider than 7 columns."""
+        if path.suffix.lower() == ".npy":
+            shape = npy_shape(path)
+            return 1 if shape is not None and len(shape) == 2 and shape[1] > 7 else 0
+        return 3 if image_mode(path) in DEEP_GREY_MODES else 0
 
     def preprocess_map(self, source: Source, **options: Any) -> torch.Tensor:
         opts = self.options(**options)

@@ -10,6 +10,7 @@ OneLLM uses the NSD subject-1 visual-cortex vector (V = 15724 voxels, 8 tokens);
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,7 @@ import torch
 from torch import nn
 
 from onellm.modalities import register_modality
-from onellm.modalities.base import WRONG_SHAPE, Modality, Source, class_position, pick_variant
+from onellm.modalities.base import WRONG_SHAPE, Modality, Source, class_position, npy_shape, pick_variant
 
 
 class FMRITokenizer(nn.Module):
@@ -62,6 +63,19 @@ class FMRIModality(Modality):
     # voxels_per_token: layout "chunks"; tokens: layout "interleaved". class_position: the position table also
     # covers the encoder's class token (OneLLM's layout).
     defaults = {"num_voxels": 15724, "voxels_per_token": 64, "layout": "chunks", "tokens": 8, "class_position": False}
+    # tiny and small: 2048 voxels -> 32 tokens; 7b: OneLLM's 15724 NSD voxels -> 8 interleaved tokens.
+    preset_options = {
+        "tiny": {"num_voxels": 2048, "voxels_per_token": 64},
+        "small": {"num_voxels": 2048, "voxels_per_token": 64},
+        "7b": {"num_voxels": 15724, "layout": "interleaved", "tokens": 8, "class_position": True},
+    }
+    noun = "fMRI scan"
+    suffixes = (".npy",)
+
+    def file_match(self, path: Path) -> int:
+        """A voxel vector ``[V]``."""
+        shape = npy_shape(path)
+        return 2 if shape is not None and len(shape) == 1 else 0
 
     def input_shape(self, **options: Any) -> tuple[int, ...]:
         return (self.options(**options)["num_voxels"],)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,11 @@ from onellm.modalities.base import WRONG_SHAPE, Modality, Source
 # CLIP's statistics; presets replace them with the encoder's own (DINOv2 uses ImageNet's).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+# Pillow modes of 16/32-bit single-channel images: depth sensors write these; photos never do.
+DEEP_GREY_MODES = ("I", "I;16", "I;16B", "I;16L")
 # Refuse images whose pixel count could exhaust memory when decoded (decompression bombs): 64 MP.
 MAX_PIXELS = 64_000_000
 
@@ -69,11 +75,41 @@ def open_image(modality: Modality, source: Source, data: bytes | None = None) ->
     return image
 
 
+def image_mode(path: Path) -> str | None:
+    """The Pillow mode of an image file (only its header is read), or None when Pillow cannot identify it."""
+    try:
+        with Image.open(path) as image:
+            return image.mode
+    except Exception:  # not an image Pillow can identify
+        return None
+
+
 class ImageLikeModality(Modality):
     """A modality that becomes a square 3-channel image and uses the encoder's own patch embedding."""
 
     image_like = True
     defaults = {"image_size": 224, "mean": CLIP_MEAN, "std": CLIP_STD}
+    # 32 px in the tiny preset (4x4 patches of 8 px), 112 px with DINOv2's statistics in the small one (8x8 of 14 px),
+    # 224 px with CLIP's in the 7b one.
+    preset_options = {
+        "tiny": {"image_size": 32},
+        "small": {"image_size": 112, "mean": IMAGENET_MEAN, "std": IMAGENET_STD},
+        "7b": {"image_size": 224},
+    }
+
+    def precheck(self, data: bytes, limits: dict[str, float]) -> str | None:
+        """Refuse an image whose header announces more than ``max_image_pixels`` pixels (nothing is decoded)."""
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+        except Image.DecompressionBombError as exc:
+            return f"image refused as a decompression bomb ({exc})"
+        except Exception:  # not an image Pillow can identify: preprocess reports it
+            return None
+        limit = limits.get("max_image_pixels")
+        if limit is not None and width * height > limit:
+            return f"image is {width}x{height} = {width * height} pixels, above the server's {int(limit)}-pixel limit"
+        return None
 
     def input_shape(self, **options: Any) -> tuple[int, ...]:
         size = self.options(**options)["image_size"]
@@ -87,6 +123,21 @@ class ImageLikeModality(Modality):
 class ImageModality(ImageLikeModality):
     name = "image"
     order = 0
+    part_types = ("image_url",)
+    url_part = True
+    suffixes = IMAGE_SUFFIXES
+
+    def file_match(self, path: Path) -> int:
+        """Photos: any image file except 16/32-bit single-channel ones (depth maps)."""
+        return 0 if image_mode(path) in DEEP_GREY_MODES else 2
+
+    def encode_array(self, array: np.ndarray, extras: dict | None = None) -> tuple[bytes, str]:
+        """An ``[H, W, 3]`` array (0..255, or 0..1 floats) as PNG."""
+        array = np.asarray(array, dtype=np.float32)
+        scale = 255.0 if array.max(initial=0.0) > 1.0 else 1.0
+        buffer = io.BytesIO()
+        Image.fromarray(np.clip(array / scale * 255.0, 0, 255).round().astype(np.uint8)).save(buffer, format="PNG")
+        return buffer.getvalue(), "png"
 
     def preprocess(self, source: Source, extras: dict | None = None, **options: Any) -> torch.Tensor:
         opts = self.options(**options)

@@ -8,6 +8,7 @@ weights use a stride of 1 and no bias on the convolution, and a position table t
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 
 from onellm.modalities import register_modality
-from onellm.modalities.base import WRONG_SHAPE, Modality, Source, class_position
+from onellm.modalities.base import WRONG_SHAPE, Modality, Source, class_position, npy_shape
 
 GRAVITY = 9.80665  # accelerometer channels are divided by g so both sensor groups are O(1)
 
@@ -47,6 +48,26 @@ class IMUModality(Modality):
         "sample_rate": 200, "num_samples": 2000, "kernel": 10, "stride": None, "bias": True, "class_position": False,
         "accel_in_g": True,
     }
+    # tiny and small: 4 s at 50 Hz -> 20 tokens; 7b: OneLLM's 2 s windows at 200 Hz, raw m/s^2, 391 tokens.
+    preset_options = {
+        "tiny": {"sample_rate": 50, "num_samples": 200, "kernel": 10},
+        "small": {"sample_rate": 50, "num_samples": 200, "kernel": 10},
+        "7b": {"sample_rate": 200, "num_samples": 400, "kernel": 10, "stride": 1, "bias": False,
+               "class_position": True, "accel_in_g": False},
+    }
+    noun = "IMU recording"
+    suffixes = (".csv", ".npy")
+    extra_keys = ("sample_rate",)
+
+    def file_match(self, path: Path) -> int:
+        """A CSV table, or a ``[T, 7]`` (timestamps first) / ``[T, 6]`` array (a point cloud ``[P, 6]`` looks the
+        same)."""
+        if path.suffix.lower() == ".csv":
+            return 2
+        shape = npy_shape(path)
+        if shape is None or len(shape) != 2:
+            return 0
+        return {7: 3, 6: 1}.get(shape[1], 0)
 
     def input_shape(self, **options: Any) -> tuple[int, ...]:
         return (6, self.options(**options)["num_samples"])

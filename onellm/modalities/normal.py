@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from onellm.modalities import register_modality
-from onellm.modalities.base import WRONG_SHAPE, Source
+from onellm.modalities.base import WRONG_SHAPE, Source, npy_shape
 from onellm.modalities.depth import MapModality, load_map
-from onellm.modalities.image import fit_square_array, normalise
+from onellm.modalities.image import fit_square_array, image_mode, normalise
 
 
 @register_modality
 class NormalModality(MapModality):
     name = "normal"
     order = 5
+    noun = "surface normal map"
+    suffixes = (".png", ".npy")
+
+    def file_match(self, path: Path) -> int:
+        """An ``[H, W, 3]`` array; an RGB image may be one too ((n + 1) / 2 * 255), but a photo is likelier."""
+        if path.suffix.lower() == ".npy":
+            shape = npy_shape(path)
+            return 2 if shape is not None and len(shape) == 3 and shape[-1] == 3 else 0
+        return 1 if image_mode(path) in ("RGB", "RGBA") else 0
 
     def preprocess_map(self, source: Source, **options: Any) -> torch.Tensor:
         opts = self.options(**options)

@@ -12,6 +12,7 @@ Tokenizers (pure torch, no CUDA extension), registered by the option ``tokenizer
 from __future__ import annotations
 
 import io
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 
 from onellm.modalities import register_modality
-from onellm.modalities.base import WRONG_SHAPE, Modality, Source, class_position, pick_variant
+from onellm.modalities.base import WRONG_SHAPE, Modality, Source, class_position, npy_shape, pick_variant
 
 
 def farthest_point_sample(xyz: torch.Tensor, count: int) -> torch.Tensor:
@@ -134,6 +135,21 @@ class PointModality(Modality):
     order = 3
     # OneLLM: 8192 points; presets for CPU training use fewer points and groups.
     defaults = {"num_points": 8192, "num_groups": 512, "group_size": 32, "tokenizer": "mlp"}
+    preset_options = {
+        "tiny": {"num_points": 256, "num_groups": 16, "group_size": 8},
+        "small": {"num_points": 1024, "num_groups": 32, "group_size": 16},
+        "7b": {"tokenizer": "official", "num_points": 8192, "num_groups": 1024, "group_size": 32},
+    }
+    noun = "point cloud"
+    part_types = ("input_point_cloud",)
+    suffixes = (".ply", ".npy")
+
+    def file_match(self, path: Path) -> int:
+        """A PLY file, or a ``[P, 3]`` / ``[P, 6]`` array (an IMU recording ``[T, 6]`` looks the same)."""
+        if path.suffix.lower() == ".ply":
+            return 3
+        shape = npy_shape(path)
+        return 2 if shape is not None and len(shape) == 2 and shape[1] in (3, 6) else 0
 
     def input_shape(self, **options: Any) -> tuple[int, ...]:
         return (self.options(**options)["num_points"], 6)

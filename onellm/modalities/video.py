@@ -16,7 +16,15 @@ from torch import nn
 
 from onellm.modalities import register_modality
 from onellm.modalities.base import TOO_LONG, WRONG_SHAPE, Modality, Source
-from onellm.modalities.image import CLIP_MEAN, CLIP_STD, PatchTokenizer, fit_square, normalise
+from onellm.modalities.image import (
+    CLIP_MEAN,
+    CLIP_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    PatchTokenizer,
+    fit_square,
+    normalise,
+)
 
 # Cap on decoded frames before sampling: about 10 minutes at 30 fps; longer videos are refused, not truncated.
 MAX_DECODED_FRAMES = 18_000
@@ -44,6 +52,14 @@ class VideoModality(Modality):
     order = 1
     image_like = True
     defaults = {"image_size": 224, "mean": CLIP_MEAN, "std": CLIP_STD, "num_frames": 8, "temporal_pool": "mean"}
+    preset_options = {
+        "tiny": {"image_size": 32, "num_frames": 2},
+        "small": {"image_size": 112, "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "num_frames": 4},
+        "7b": {"image_size": 224},
+    }
+    part_types = ("video_url",)
+    url_part = True
+    suffixes = (".mp4", ".webm", ".avi", ".mov", ".mkv")
 
     def input_shape(self, **options: Any) -> tuple[int, ...]:
         opts = self.options(**options)

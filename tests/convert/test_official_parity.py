@@ -84,14 +84,15 @@ def test_conversion_writes_an_hf_folder(converted):
     assert summary["tensors"] == len(model.state_dict())
     assert sorted(summary["modalities"]) == sorted({MODALITIES[r] for r in runs()})
     # the official layout is the 7b preset's: the same registered parts and preprocessing, the fixture's shapes
-    from onellm.presets import OFFICIAL_MODALITIES, SEVEN_B_PROJECTOR
+    from onellm.presets import SEVEN_B_PROJECTOR, family_modalities
 
     layout = ("expert", "router", "router_norm", "norm", "queries")
     assert {k: model.config.projector_config[k] for k in layout} == {k: SEVEN_B_PROJECTOR[k] for k in layout}
     shapes = {"image_size", "kernel", "num_samples", "num_voxels", "tokens", "num_groups"}
     for modality in model.config.modalities:
         options = model.config.modality_options(modality)
-        assert all(options[k] == v for k, v in OFFICIAL_MODALITIES[modality].items() if k not in shapes), modality
+        official = family_modalities("7b")[modality]
+        assert all(options[k] == v for k, v in official.items() if k not in shapes), modality
 
 
 @pytest.mark.parametrize("run", runs())

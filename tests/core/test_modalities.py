@@ -13,7 +13,7 @@ from media_factory import npy_bytes, png_bytes, wav_bytes
 from onellm.modalities import MediaError, get_modality, marker, modality_names
 from onellm.modalities.point import farthest_point_sample
 from onellm.modalities.video import uniform_indices
-from onellm.presets import TINY_MODALITIES
+from onellm.presets import family_modalities
 
 ALL = ["image", "video", "audio", "point", "depth", "normal", "imu", "fmri"]
 
@@ -32,7 +32,7 @@ def test_unknown_option_is_named():
 
 @pytest.mark.parametrize("name", ALL)
 def test_preprocess_path_and_bytes_give_the_fixed_shape(name, media_paths):
-    modality, options = get_modality(name), TINY_MODALITIES[name]
+    modality, options = get_modality(name), family_modalities("tiny")[name]
     from_path = modality.preprocess(media_paths[name], **options)
     from_bytes = modality.preprocess(media_paths[name].read_bytes(), **options)
     assert tuple(from_path.shape) == modality.input_shape(**options)
@@ -240,7 +240,7 @@ def test_bad_input_error_names_file_and_problem(tmp_path, name, filename, make, 
     path = tmp_path / filename
     path.write_bytes(make())
     with pytest.raises(MediaError, match=problem) as info:
-        get_modality(name).preprocess(path, **TINY_MODALITIES[name])
+        get_modality(name).preprocess(path, **family_modalities("tiny")[name])
     assert str(path) in str(info.value) and info.value.modality == name
 
 

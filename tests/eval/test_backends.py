@@ -21,14 +21,14 @@ import torch
 
 from onellm.eval.backends import BackendError, GenerationConfig, MediaItem, Request, backend_names, get_backend
 from onellm.eval.backends.hf import HFBackend
-from onellm.eval.backends.openai_api import PART_TYPES, OpenAIBackend, api_base
+from onellm.eval.backends.openai_api import OpenAIBackend, api_base
 from onellm.eval.cli import main
 from onellm.eval.runner import evaluate
 from onellm.eval.sources import DataDirs
 from onellm.eval.task import load_task
 from onellm.instruct_data.schema import read_manifest
 from onellm.instruct_data.synth import synthesize
-from onellm.modalities import modality_names
+from onellm.modalities import get_modality, modality_names
 from onellm.presets import build_preset
 
 
@@ -174,7 +174,7 @@ def test_openai_request_shape_concurrency_and_retry(api, corpus):
         part, text = message["content"]
         assert text == {"type": "text", "text": request.text}
         item = request.media[0]
-        kind = PART_TYPES[item.modality]
+        kind = get_modality(item.modality).content_parts[0]
         assert part["type"] == kind
         raw = Path(item.source).read_bytes()
         if kind in ("image_url", "video_url"):
@@ -186,7 +186,7 @@ def test_openai_request_shape_concurrency_and_retry(api, corpus):
         assert base64.b64decode(encoded) == raw
         if item.modality == "imu":
             assert part[kind]["sample_rate"] == 50
-    assert {PART_TYPES[m] for m in modality_names()} == {
+    assert {get_modality(m).content_parts[0] for m in modality_names()} == {
         "image_url", "video_url", "input_audio", "input_point_cloud", "input_depth", "input_normal", "input_imu",
         "input_fmri",
     }  # fmt: skip

@@ -145,7 +145,7 @@ def family_model(vision_config, modalities: tuple[str, ...] = ("image", "audio")
     LLaMA-2 (the 7b preset) has; SmolLM2 (small) ties it like the tiny preset."""
     from transformers import LlamaConfig
 
-    from onellm.presets import TINY_MODALITIES, assemble, tiny_tokenizer
+    from onellm.presets import assemble, family_modalities, tiny_tokenizer
 
     torch.manual_seed(0)
     tokenizer = tiny_tokenizer()
@@ -155,7 +155,7 @@ def family_model(vision_config, modalities: tuple[str, ...] = ("image", "audio")
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )  # fmt: skip
     projector = {"num_experts": 3, "depth": 1, "num_queries": 4, "num_heads": 2, "router": "pooled"}
-    model, processor = assemble(text, vision_config, tokenizer, projector, {m: TINY_MODALITIES[m] for m in modalities})
+    model, processor = assemble(text, vision_config, tokenizer, projector, family_modalities("tiny", list(modalities)))
     input_sensitive(model, seed=1)
     return model, processor
 

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from media_factory import png_bytes, wav_bytes
 
+from onellm.modalities import get_modality
+from onellm.modalities.audio import audio_seconds
 from onellm.serving.errors import APIError
 from onellm.serving.media import (
     MediaFetcher,
     MediaPolicy,
-    audio_seconds,
-    check_image_pixels,
     decode_data_url,
     is_public_address,
 )
@@ -155,15 +155,18 @@ def test_file_urls_only_inside_the_allowed_folder(tmp_path: Path):
 
 # --- checks before decoding ----------------------------------------------------------------------------
 def test_pixel_limit_reads_only_the_header(parts):
+    image, limits = get_modality("image"), MediaPolicy().limits()
     bomb = parts.bomb_png(5000)
     assert len(bomb) < 100_000  # 25 MP in well under 100 KB
-    with pytest.raises(APIError) as info:
-        check_image_pixels(bomb, 16_000_000, "p")
-    assert "5000x5000" in info.value.message
-    check_image_pixels(png_bytes(), 16_000_000, "p")  # small images pass
-    check_image_pixels(b"not an image", 16_000_000, "p")  # left to the modality's decoder
+    assert "5000x5000" in image.precheck(bomb, limits)
+    assert image.precheck(png_bytes(), limits) is None  # small images pass
+    assert image.precheck(b"not an image", limits) is None  # left to the modality's decoder
+    assert get_modality("depth").precheck(bomb, limits) == image.precheck(bomb, limits)  # image-like maps too
 
 
 def test_audio_duration_from_the_header():
+    audio = get_modality("audio")
     assert audio_seconds(wav_bytes(seconds=1.5)) == pytest.approx(1.5)
     assert audio_seconds(b"not audio at all") is None
+    assert "above the server's 1 s limit" in audio.precheck(wav_bytes(seconds=1.5), {"max_audio_seconds": 1.0})
+    assert audio.precheck(wav_bytes(seconds=1.5), MediaPolicy().limits()) is None
