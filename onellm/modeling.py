@@ -182,12 +182,13 @@ class OneLLMForConditionalGeneration(OneLLMPreTrainedModel, GenerationMixin):
             position_ids=position_ids,
             past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
-            labels=labels,
             logits_to_keep=logits_to_keep,
             **kwargs,
         )
         if out.logits is not None and self.config.modality_token_ids:
             out.logits = mask_placeholder_logits(out.logits, list(self.config.modality_token_ids.values()))
+        if labels is not None:  # the loss of the distribution the model samples from (placeholders masked)
+            out.loss = self.language_model.loss_function(out.logits, labels, vocab_size=out.logits.shape[-1], **kwargs)
         return out
 
     def prepare_inputs_for_generation(

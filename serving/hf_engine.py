@@ -20,6 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, 
 from transformers.generation.streamers import BaseStreamer
 
 import onellm  # noqa: F401  (Auto-class registration)
+from onellm.modeling import mask_placeholder_logits
 from onellm.serving.engines import (
     Delta,
     EngineSettings,
@@ -66,13 +67,17 @@ class _LogprobRecorder:
     temperature and top-p, as vLLM's ``raw_logprobs``); the streamer turns them into each generated token's
     :class:`TokenLogprob` with the ``top`` most likely alternatives."""
 
-    def __init__(self, head: torch.nn.Module, top: int):
+    def __init__(self, head: torch.nn.Module, top: int, placeholders: list[int]):
         self.top = top
+        self.placeholders = placeholders  # never generated: masked as the model masks them
         self.latest: torch.Tensor | None = None
         self.handle = head.register_forward_hook(self._record)
 
     def _record(self, module: torch.nn.Module, args: Any, output: torch.Tensor) -> None:
-        self.latest = output[0, -1].float().log_softmax(-1)
+        logits = output[0, -1].float()
+        if self.placeholders:
+            logits = mask_placeholder_logits(logits, self.placeholders)
+        self.latest = logits.log_softmax(-1)
 
     def take(self, ids: list[int]) -> list[TokenLogprob]:
         assert self.latest is not None and len(ids) == 1, "one sequence, one token per step"
@@ -214,7 +219,9 @@ class HFEngine:
             torch.manual_seed(sampling.seed)
         recorder = None
         if sampling.logprobs is not None:
-            recorder = _LogprobRecorder(self.model.get_output_embeddings(), sampling.logprobs)
+            recorder = _LogprobRecorder(
+                self.model.get_output_embeddings(), sampling.logprobs, list(self.model.config.modality_token_ids.values())
+            )
         try:
             with torch.inference_mode(), self._adapter(request.adapter):
                 for index in range(sampling.n):
