@@ -447,6 +447,8 @@ def load_tokenizer(path: str | Path, vocab: int):
         raise ConversionError(f"tokenizer {path}: not a tokenizer.model file or a tokenizer folder")
     if len(tokenizer) != vocab:
         raise ConversionError(f"tokenizer {path} has {len(tokenizer)} tokens; the checkpoint's vocabulary has {vocab}")
+    if tokenizer.pad_token is None:  # LLaMA-2 has none (pad_id -1); batches pad with <unk>, as LLaVA/Vicuna do
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     return tokenizer
 
 
@@ -493,7 +495,7 @@ def convert_official(
     out.mkdir(parents=True, exist_ok=True)
     summary = write_shards(converted_tensors(source, config), out, max_shard_bytes)
     config.save_pretrained(out)
-    GenerationConfig(bos_token_id=1, eos_token_id=2).save_pretrained(out)
+    GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=tok.pad_token_id).save_pretrained(out)
     processor = OneLLMProcessor(
         tok, modality_configs=config.modality_configs, num_queries=config.projector_config["num_queries"],
         chat_template=OFFICIAL_CHAT_TEMPLATE,

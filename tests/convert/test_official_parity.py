@@ -249,3 +249,23 @@ def test_other_dimensions_convert_and_run(tmp_path):
         for modality in config.modalities:
             values = get_modality(modality).dummy_input(**config.modality_options(modality)).unsqueeze(0)
             assert model.embed_modality(modality, values).shape == (1, 8, 96), modality
+
+
+def test_converted_processor_batches_prompts_of_different_lengths(converted, inputs):
+    """LLaMA-2's tokenizer has no pad token: the converted one pads with <unk>, so evaluation and serving batches
+    work (a missing pad token failed `onellm eval` on a converted checkpoint)."""
+    from onellm.processing import OneLLMProcessor
+
+    out, _, model = converted
+    processor = OneLLMProcessor.from_pretrained(out)
+    assert processor.tokenizer.pad_token == "<unk>" and model.generation_config.pad_token_id == 0
+    prompts = [
+        processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": t}]}])
+        for t in ("w5", "w5 w6 w7 w8")
+    ]
+    image = np.random.default_rng(0).integers(0, 256, (64, 48, 3)).astype(np.uint8)
+    batch = processor(text=prompts, image=[image, image])
+    assert batch["input_ids"].shape[0] == 2 and (batch["attention_mask"] == 0).any()
+    with torch.no_grad():
+        generated = model.generate(**batch, max_new_tokens=2, do_sample=False)
+    assert generated.shape == (2, batch["input_ids"].shape[1] + 2)
