@@ -137,8 +137,6 @@ def parse_task(data: dict[str, Any], path: Path) -> Task:
     try:
         spec = build(TaskFile, data, skip=())
         source = _parse_source(spec.source)
-    except TaskConfigError:
-        raise
     except YamlConfigError as exc:
         raise TaskConfigError(f"{path}: {exc}") from None
     if not spec.task.isidentifier():
@@ -149,12 +147,6 @@ def parse_task(data: dict[str, Any], path: Path) -> Task:
         raise _fail(path, "version", "expected an integer or a version string, found an empty string")
     if spec.modality not in modality_names():
         raise _fail(path, "modality", f"{spec.modality!r} is not a registered modality ({', '.join(modality_names())})")
-    try:
-        problem = get_source(source["kind"]).check(source)
-    except KeyError:
-        problem = None
-    if problem:
-        raise _fail(path, f"source.{problem[0]}", problem[1])
     prompt = _parse_prompt(spec.prompt if spec.prompt is not None else DEFAULT_PROMPTS[spec.task_type], spec.task_type, path)
     generation = _parse_generation(spec.generation, path)
     metrics = _parse_metrics(spec.metrics, path)
@@ -202,6 +194,9 @@ def _parse_source(source: Any) -> dict[str, Any]:
     build(_source_schema(kind), source, "source", skip=())
     if not source["dataset"].isidentifier():
         raise YamlConfigError(f"source.dataset: expected a folder name of letters, digits, _; found {source['dataset']!r}")
+    problem = get_source(kind).check(source)
+    if problem:
+        raise YamlConfigError(f"source.{problem[0]}: {problem[1]}")
     return dict(source)
 
 

@@ -29,11 +29,11 @@ def _check_heads(width: int, num_heads: int) -> None:
         raise ValueError(f"projector width {width} is not divisible by num_heads {num_heads}")
 
 
-def _attend(x: torch.Tensor, qkv: tuple[nn.Module, nn.Module, nn.Module], num_heads: int) -> torch.Tensor:
-    """Bidirectional multi-head attention (no mask, no positions): ``[B, S, H] -> [B, S, H]`` before the output
-    projection."""
-    batch, length, width = x.shape
-    q, k, v = (proj(x).view(batch, length, num_heads, -1).transpose(1, 2) for proj in qkv)
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """Bidirectional multi-head attention (no mask, no positions) of projected ``q, k, v`` ``[B, S, H]`` ->
+    ``[B, S, H]``, before the output projection."""
+    batch, length, width = q.shape
+    q, k, v = (t.reshape(batch, length, num_heads, -1).transpose(1, 2) for t in (q, k, v))
     attended = nn.functional.scaled_dot_product_attention(q, k, v)  # every token sees every token
     return attended.transpose(1, 2).reshape(batch, length, width)
 
@@ -52,10 +52,7 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, length, width = x.shape
-        q, k, v = self.qkv(self.norm1(x)).view(batch, length, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
-        attended = nn.functional.scaled_dot_product_attention(q, k, v)  # no mask: every token sees every token
-        x = x + self.out(attended.transpose(1, 2).reshape(batch, length, width))
+        x = x + self.out(_attend(*self.qkv(self.norm1(x)).chunk(3, dim=-1), self.num_heads))
         return x + self.mlp(self.norm2(x))
 
 
@@ -80,7 +77,8 @@ class LlamaBlock(nn.Module):
         self.down = nn.Linear(hidden, width, bias=False)  # W2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.o(_attend(self.attention_norm(x), (self.q, self.k, self.v), self.num_heads))
+        y = self.attention_norm(x)
+        x = x + self.o(_attend(self.q(y), self.k(y), self.v(y), self.num_heads))
         y = self.ffn_norm(x)
         return x + self.down(nn.functional.silu(self.gate(y)) * self.up(y))
 

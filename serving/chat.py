@@ -134,6 +134,7 @@ async def parse_chat(
     if not isinstance(messages, list) or not messages:
         raise bad_request("messages: expected a non-empty list", "messages")
     markers = {get_modality(m).marker: m for m in processor.modalities}
+    known = part_types()
     rendered: list[dict[str, Any]] = []
     pending: list[_PendingInput] = []
     for i, message in enumerate(messages):
@@ -163,7 +164,6 @@ async def parse_chat(
                 _check_text(text, markers, f"{param}.text")
                 parts.append({"type": "text", "text": text})
                 continue
-            known = part_types()
             if not isinstance(part_type, str) or part_type not in known:
                 raise bad_request(
                     f"{param}.type: unknown content part type {part_type!r}; supported: {['text', *known]}",

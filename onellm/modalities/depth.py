@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from onellm.modalities import register_modality
+from onellm.modalities import get_modality, register_modality
 from onellm.modalities.base import WRONG_SHAPE, Modality, Source, npy_shape
 from onellm.modalities.image import (
     DEEP_GREY_MODES,
@@ -23,7 +23,7 @@ from onellm.modalities.image import (
     normalise,
     open_image,
 )
-from onellm.modalities.video import FrameTokenizer
+from onellm.modalities.video import FrameTokenizer, mean_over_frames
 
 
 class MapModality(ImageLikeModality):
@@ -49,23 +49,15 @@ class MapModality(ImageLikeModality):
         rgb = (extras or {}).get("rgb")
         if rgb is None:
             raise self.fail(source, "this model reads the map with its RGB image; give the pair (rgb_path)", WRONG_SHAPE)
-        from onellm.modalities import get_modality
-
         image = get_modality("image").preprocess(rgb, image_size=opts["image_size"], mean=opts["mean"], std=opts["std"])
         return torch.stack([image, rendered])
-
-    def dummy_input(self, **options: Any) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(0)
-        return torch.randn(self.input_shape(**options), generator=generator)
 
     def build_tokenizer(self, width: int, patch_size: int, **options: Any):
         return FrameTokenizer() if self.options(**options)["rgb_pair"] else super().build_tokenizer(width, patch_size)
 
     def pool_encoded(self, encoded: torch.Tensor, batch: int, **options: Any) -> torch.Tensor:
         """The pair's two encodings averaged token-wise (as the official code averages them)."""
-        if not self.options(**options)["rgb_pair"]:
-            return encoded
-        return encoded.unflatten(0, (batch, -1)).mean(dim=1)
+        return mean_over_frames(encoded, batch) if self.options(**options)["rgb_pair"] else encoded
 
 
 def load_map(modality: Modality, source: Source) -> np.ndarray:

@@ -43,7 +43,6 @@ class PointTokenizer(nn.Module):
 
     def __init__(self, width: int, num_groups: int, group_size: int, hidden: int = 128):
         super().__init__()
-        self.class_position = None
         self.num_groups, self.group_size = num_groups, group_size
         # 1x1 convolutions over the neighbour axis == a shared per-point MLP.
         self.point_mlp = nn.Sequential(nn.Linear(6, hidden), nn.GELU(), nn.Linear(hidden, width))

@@ -41,6 +41,11 @@ class FrameTokenizer(nn.Module):
         return self.patches(frames.flatten(0, 1), encoder)
 
 
+def mean_over_frames(encoded: torch.Tensor, batch: int) -> torch.Tensor:
+    """``[B*T, 1+L, C]`` encodings of T frames per input -> ``[B, 1+L, C]``, averaged token-wise."""
+    return encoded.unflatten(0, (batch, -1)).mean(dim=1)
+
+
 def uniform_indices(total: int, count: int) -> np.ndarray:
     """``count`` frame indices spread evenly over ``total`` frames (centre of each segment)."""
     return np.minimum(((np.arange(count) + 0.5) * total / count).astype(np.int64), total - 1)
@@ -108,4 +113,4 @@ class VideoModality(Modality):
         opts = self.options(**options)
         if opts["temporal_pool"] != "mean":
             raise ValueError(f"video option temporal_pool={opts['temporal_pool']!r} is not supported (supported: 'mean')")
-        return encoded.unflatten(0, (batch, -1)).mean(dim=1)
+        return mean_over_frames(encoded, batch)
