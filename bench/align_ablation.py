@@ -1,12 +1,17 @@
-"""Connector ablation for the image alignment stage (issue 11): each variant trains `configs/small/align_image.yaml`
-with a few overrides, then is scored on the held-out test split beside the input-blind baseline.
+"""Stage ablations (issue 11): each variant trains one stage of the small curriculum with a few overrides, then is
+scored on the held-out test split beside the input-blind baseline.
 
     .venv/bin/python bench/align_ablation.py --data runs/demo/data [--variants default linear llava] [--out DIR]
+    .venv/bin/python bench/align_ablation.py --stage instruct --start runs/small/align_rest/final --data runs/demo/data
+
+``--stage align_image`` (default): connectors for `configs/small/align_image.yaml`, scored on images.
+``--stage instruct``: how `configs/small/instruct.yaml` treats the aligned model it starts from (``--start``, an
+align_rest checkpoint), scored on all eight modalities; variant ``start`` scores the starting checkpoint itself.
 
 Per variant: `onellm train` (same corpus, steps, batch, optimizer), `onellm eval` (150 questions, exact match;
-50 captions, CIDEr-D), `onellm diagnose` (projector spread, encoder spread). Printed as one markdown table:
-variant, QA, blind, QA - blind, CIDEr, distinct captions, spread, train seconds. Seconds are wall time on this
-machine, comparable only between variants of the same run. The corpus must exist (`onellm data synth`); a
+50 captions, CIDEr-D, per modality), `onellm diagnose` (projector spread). Printed as one markdown table per
+variant and modality: QA, blind, QA - blind, CIDEr, distinct captions, spread, train seconds. Seconds are wall time
+on this machine, comparable only between variants of the same run. The corpus must exist (`onellm data synth`); a
 variant whose folder holds a finished run is scored again without retraining.
 """
 
@@ -23,11 +28,10 @@ from pathlib import Path
 from onellm.diagnose import distinct_caption_fraction
 
 REPO = Path(__file__).resolve().parents[1]
-STAGE = REPO / "configs/small/align_image.yaml"
 ONELLM = [sys.executable, "-m", "onellm.cli"]
 
 # name -> (what it is, stage overrides). "default" is the small preset as shipped.
-VARIANTS: dict[str, tuple[str, list[str]]] = {
+ALIGN_VARIANTS: dict[str, tuple[str, list[str]]] = {
     "default": ("4x4 pooled regions -> per-token MLP experts (the small preset)", []),
     "linear": (
         "4x4 pooled regions -> linear (in/out projections only, depth 0)",
@@ -53,6 +57,26 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "bf16_2x": ("default, bf16 autocast, twice the steps", ["train.precision=bf16", "train.steps=300"]),
 }
 
+# Instruction tuning from a finished align_rest (issue 11: the shipped stage undid alignment, image CIDEr 1.22 ->
+# 0.65 over the long profile's instruct stage). "start" trains nothing: it scores the starting checkpoint.
+INSTRUCT_VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "start": ("the align_rest checkpoint, no instruction tuning", []),
+    "default": ("LoRA r8 1e-3 + UPM 1e-3 (as shipped)", []),
+    "frozen_upm": ("LoRA r8 1e-3, UPM frozen", ["trainable={lora: 1.0e-3}"]),
+    "low_lr": ("LoRA r8 2e-4 + UPM 2e-4", ["trainable={lora: 2.0e-4, projector.*: 2.0e-4}"]),
+    "lora_low": ("LoRA r8 2e-4, UPM frozen", ["trainable={lora: 2.0e-4}"]),
+    "upm_only": (
+        "no LoRA: UPM 1e-3 on the instruct mixture (align recipe)",
+        ["recipe=align", "lora=null", "trainable={projector.*: 1.0e-3}"],
+    ),
+}
+
+MODALITIES = ["image", "video", "audio", "point", "depth", "normal", "imu", "fmri"]
+STAGES: dict[str, tuple[str, dict[str, tuple[str, list[str]]], list[str]]] = {
+    "align_image": ("configs/small/align_image.yaml", ALIGN_VARIANTS, ["image"]),
+    "instruct": ("configs/small/instruct.yaml", INSTRUCT_VARIANTS, MODALITIES),
+}
+
 
 def run(args: list[str], log: Path) -> None:
     with log.open("a", encoding="utf-8") as out:
@@ -61,69 +85,98 @@ def run(args: list[str], log: Path) -> None:
         raise SystemExit(f"align_ablation: `onellm {' '.join(args[:2])} ...` failed; see {log}")
 
 
-def score(folder: Path, data: Path, log: Path) -> dict:
-    checkpoint = folder / "align_image" / "final"
-    for task, limit in (("synth_image_qa", 150), ("synth_image_caption", 50)):
-        out = folder / f"eval_{task}"
+def score(checkpoint: Path, folder: Path, data: Path, modalities: list[str], log: Path) -> dict[str, dict]:
+    """Per modality: QA accuracy and its input-blind baseline, CIDEr, distinct captions, projector spread."""
+    for kind, limit in (("qa", 150), ("caption", 50)):
+        out = folder / f"eval_{kind}"
         if not (out / "results.json").is_file():
+            tasks = ",".join(f"synth_{m}_{kind}" for m in modalities)
             run(
-                ["eval", "--model", str(checkpoint), "--tasks", task, "--limit", str(limit), "--no-progress",
+                ["eval", "--model", str(checkpoint), "--tasks", tasks, "--limit", str(limit), "--no-progress",
                  "--data-dir", f"synth={data}", "--output", str(out)],
                 log,
             )
     if not (folder / "diagnostics.json").is_file():
         run(
-            ["diagnose", str(checkpoint), "--data", str(data), "--modalities", "image", "--limit", "50",
+            ["diagnose", str(checkpoint), "--data", str(data), "--modalities", ",".join(modalities), "--limit", "50",
              "--out", str(folder / "diagnostics.json")],
             log,
         )
-    qa = json.loads((folder / "eval_synth_image_qa/results.json").read_text())["results"]["synth_image_qa"]
-    cap = json.loads((folder / "eval_synth_image_caption/results.json").read_text())["results"]["synth_image_caption"]
-    samples = [json.loads(line) for line in (folder / "eval_synth_image_caption/samples_synth_image_caption.jsonl").open()]
-    diag = json.loads((folder / "diagnostics.json").read_text())["modalities"]["image"]
-    return {
-        "qa": qa["exact_match,none"],
-        "blind": qa["blind_baseline,none"],
-        "cider": cap["cider,none"],
-        "distinct": distinct_caption_fraction([s["prediction"] for s in samples], [s["references"] for s in samples]),
-        "spread": diag["projector_spread"],
-    }
+    qa = json.loads((folder / "eval_qa/results.json").read_text())["results"]
+    cap = json.loads((folder / "eval_caption/results.json").read_text())["results"]
+    diag = json.loads((folder / "diagnostics.json").read_text())["modalities"]
+    scores = {}
+    for m in modalities:
+        path = folder / f"eval_caption/samples_synth_{m}_caption.jsonl"
+        samples = [json.loads(line) for line in path.open()]
+        scores[m] = {
+            "qa": qa[f"synth_{m}_qa"]["exact_match,none"],
+            "blind": qa[f"synth_{m}_qa"]["blind_baseline,none"],
+            "cider": cap[f"synth_{m}_caption"]["cider,none"],
+            "distinct": distinct_caption_fraction(
+                [s["prediction"] for s in samples], [s["references"] for s in samples]
+            ),
+            "spread": diag[m]["projector_spread"],
+        }
+    return scores
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="synthetic corpus folder (train/val/test.jsonl)")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--out", type=Path, default=REPO / "runs/align_ablation")
+    parser.add_argument("--stage", choices=list(STAGES), default="align_image")
+    parser.add_argument("--start", type=Path, help="instruct: the checkpoint the stage starts from (align_rest)")
+    parser.add_argument("--variants", nargs="+", default=None, help="default: every variant of the stage")
+    parser.add_argument("--out", type=Path, default=None, help="default: runs/<stage>_ablation (runs/align_ablation)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
     args = parser.parse_args()
+    config, variants, modalities = STAGES[args.stage]
+    names = args.variants or list(variants)
+    unknown = [n for n in names if n not in variants]
+    if unknown:
+        print(f"align_ablation: unknown {args.stage} variant(s) {unknown}; known: {list(variants)}", file=sys.stderr)
+        return 2
     if not (args.data / "train.jsonl").is_file():
         print(f"align_ablation: {args.data}/train.jsonl not found; write a corpus first: onellm data synth --out "
               f"{args.data}", file=sys.stderr)
         return 2
+    if args.stage == "instruct" and (args.start is None or not (args.start / "config.json").is_file()):
+        print("align_ablation: --stage instruct needs --start CKPT, a finished align_rest checkpoint (e.g. "
+              "runs/small/align_rest/final from `onellm train configs/small/curriculum.yaml`)", file=sys.stderr)
+        return 2
+    out_root = args.out or REPO / ("runs/align_ablation" if args.stage == "align_image" else f"runs/{args.stage}_ablation")
+    stage_name = Path(config).stem
     rows = []
-    for name in args.variants:
-        what, overrides = VARIANTS[name]
-        folder = args.out / name
+    for name in names:
+        what, overrides = variants[name]
+        folder = out_root / name
         folder.mkdir(parents=True, exist_ok=True)
         log = folder / "log.txt"
         seconds = None
-        if not (folder / "align_image" / "DONE").is_file():
-            sets = [f"output_dir={folder}", f"data.root={args.data}", *overrides]
-            started = time.perf_counter()
-            run(["train", str(STAGE), *[part for s in sets for part in ("--set", s)]], log)
-            seconds = time.perf_counter() - started
-        row = {"variant": name, "what": what, "train_seconds": seconds, **score(folder, args.data, log)}
-        rows.append(row)
-        print(f"{name}: {json.dumps(row)}", flush=True)
+        if name == "start":
+            checkpoint = args.start
+        else:
+            checkpoint = folder / stage_name / "final"
+            if not (folder / stage_name / "DONE").is_file():
+                sets = [f"output_dir={folder}", f"data.root={args.data}"]
+                if args.start is not None:
+                    sets += ["init_from.stage=null", f"init_from.path={args.start.resolve()}"]
+                started = time.perf_counter()
+                sets += overrides
+                run(["train", str(REPO / config), *[part for s in sets for part in ("--set", s)]], log)
+                seconds = time.perf_counter() - started
+        for modality, scores in score(checkpoint, folder, args.data, modalities, log).items():
+            row = {"variant": name, "what": what, "modality": modality, "train_seconds": seconds, **scores}
+            rows.append(row)
+            print(f"{name}: {json.dumps(row)}", flush=True)
     print(f"\n{os.cpu_count()} CPUs; test split of {args.data}\n")
-    print("| variant | QA | blind | QA − blind | CIDEr | distinct | spread | train s |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| variant | modality | QA | blind | QA − blind | CIDEr | distinct | spread | train s |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         secs = f"{r['train_seconds']:.0f}" if r["train_seconds"] else "–"
         print(
-            f"| {r['variant']}: {r['what']} | {r['qa']:.2f} | {r['blind']:.2f} | {r['qa'] - r['blind']:+.2f} | "
-            f"{r['cider']:.2f} | {r['distinct']:.2f} | {r['spread']:.3f} | {secs} |"
+            f"| {r['variant']}: {r['what']} | {r['modality']} | {r['qa']:.2f} | {r['blind']:.2f} | "
+            f"{r['qa'] - r['blind']:+.2f} | {r['cider']:.2f} | {r['distinct']:.2f} | {r['spread']:.3f} | {secs} |"
         )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2), encoding="utf-8")

@@ -4,7 +4,7 @@ One example (what :class:`onellm.instruct_data.loader.ManifestDataset` yields)::
 
     {"id": "synth-image-000012",
      "conversation": [{"role": "user", "content": "<image>\\nCaption it."}, {"role": "assistant", "content": "..."}],
-     "media": [("image", tensor [3, H, W]), ...],     # in marker order
+     "media": [("image", tensor [3, H, W]), ...],     # in marker order; None where the feature cache holds it
      "keys": ["<content hash>", ...]}                 # one per input, for the frozen-feature cache
 
 One batch (what :class:`Collator` returns)::
@@ -13,6 +13,7 @@ One batch (what :class:`Collator` returns)::
     attention_mask  [B, T]
     labels          [B, T]   token ids on assistant turns (answer + end-of-turn token), -100 elsewhere
     mm_inputs       {modality: [n_m, *input_shape]}   inputs of the whole batch, sample by sample, marker order
+                    (a list of n_m tensors-or-None when some inputs were not decoded: their features are cached)
     mm_keys         {modality: [n_m content keys]}
     ids             [B] record ids
     num_label_tokens  int: positions that count in the loss after the causal shift
@@ -141,12 +142,17 @@ class Collator:
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "labels": labels,
-            "mm_inputs": {m: torch.stack(tensors) for m, tensors in media.items()},
+            "mm_inputs": {m: _stack(tensors) for m, tensors in media.items()},
             "mm_keys": keys,
             "ids": [example.get("id") for example in examples],
             # The loss shifts labels by one: position t predicts token t+1, so the first token never counts.
             "num_label_tokens": int((labels[:, 1:] != IGNORE_INDEX).sum()),
         }
+
+
+def _stack(tensors: list[torch.Tensor | None]) -> torch.Tensor | list[torch.Tensor | None]:
+    """One tensor when every input was decoded; else the list as it is (the feature cache fills the gaps)."""
+    return torch.stack(tensors) if all(t is not None for t in tensors) else tensors
 
 
 __all__ = ["CollateError", "Collator", "conversation_segments", "encode_conversation"]

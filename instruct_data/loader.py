@@ -18,7 +18,7 @@ import hashlib
 import json
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -354,15 +354,24 @@ def manifest_stats(manifest: str | os.PathLike, processor: OneLLMProcessor | Non
 class ManifestDataset(Dataset):
     """Validated records; ``dataset[i]`` decodes record i's media with the processor (lazily, every access).
 
-    Returns ``{"id", "conversation": [{"role", "content"}], "media": [(modality, tensor)], "keys": [content key]}``,
-    media in input order (= marker order). A media error here means the file changed after validation; it is raised
-    with the record id rather than skipped.
+    Returns ``{"id", "conversation": [{"role", "content"}], "media": [(modality, tensor | None)], "keys": [content
+    key]}``, media in input order (= marker order). The content key is computed first (file bytes hashed once per
+    dataset); when ``cached(modality, key)`` says the frozen-feature cache already holds that input's encoder
+    features, the input is not decoded and its tensor is ``None`` (the training loop reads the features instead).
+    A media error here means the file changed after validation; it is raised with the record id rather than skipped.
     """
 
-    def __init__(self, records: Sequence[Record], media_root: str | os.PathLike | None, processor: OneLLMProcessor):
+    def __init__(
+        self,
+        records: Sequence[Record],
+        media_root: str | os.PathLike | None,
+        processor: OneLLMProcessor,
+        cached: Callable[[str, str], bool] | None = None,
+    ):
         self.records = list(records)
         self.media_root = media_root
         self.processor = processor
+        self.cached = cached
         self._keys: dict[str, str] = {}  # file path -> content key (hashing a file once per dataset)
 
     def __len__(self) -> int:
@@ -385,11 +394,15 @@ class ManifestDataset(Dataset):
         media, keys = [], []
         for item in record.inputs:
             source, extras = resolve_input(item, self.media_root)
+            key = self._key(source, extras)
+            keys.append(key)
+            if self.cached is not None and self.cached(item.modality, key):
+                media.append((item.modality, None))
+                continue
             try:
                 media.append((item.modality, self.processor.preprocess(item.modality, source, extras)))
             except MediaError as error:
                 raise MediaError(error.modality, error.source, f"{error.problem} (record {record.id})", error.reason) from None
-            keys.append(self._key(source, extras))
         return {
             "id": record.id,
             "conversation": [turn.to_dict() for turn in record.conversation],

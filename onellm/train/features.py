@@ -58,7 +58,11 @@ def cacheable_modalities(model: nn.Module, modalities: list[str]) -> list[str]:
 
 
 class FeatureCache:
-    """``features(model, modality, values [n, ...], keys [n]) -> [n, 1+L, C]``, computing only the misses."""
+    """``features(model, modality, values [n, ...], keys [n]) -> [n, 1+L, C]``, computing only the misses.
+
+    ``has(modality, key)`` tells the dataset before it decodes an input whether its features are already here (in
+    memory or on disk); such inputs reach :meth:`features` as ``None`` and are never decoded.
+    """
 
     def __init__(self, model: nn.Module, modality_options: dict[str, dict], folder: str | os.PathLike | None = None):
         encoder = _encoder_digest(model)
@@ -74,6 +78,13 @@ class FeatureCache:
 
     def _key(self, modality: str, key: str) -> str:
         return f"{modality}/{self.namespace[modality]}-{self.options[modality]}-{key}"
+
+    def has(self, modality: str, key: str) -> bool:
+        """Whether the features of input ``key`` are stored (only modalities this cache was built for)."""
+        if modality not in self.namespace:
+            return False
+        full = self._key(modality, key)
+        return full in self.memory or (self.folder is not None and (self.folder / f"{full}.pt").is_file())
 
     def _load(self, full_key: str) -> torch.Tensor | None:
         if full_key in self.memory:
@@ -99,21 +110,31 @@ class FeatureCache:
             os.replace(tmp, path)
 
     @torch.no_grad()
-    def features(self, model: nn.Module, modality: str, values: torch.Tensor, keys: list[str]) -> torch.Tensor:
-        if len(keys) != values.shape[0] or any(k is None for k in keys):
-            raise ValueError(f"{modality}: need one content key per input, got {len(keys)} for {values.shape[0]}")
+    def features(
+        self, model: nn.Module, modality: str, values: torch.Tensor | list[torch.Tensor | None], keys: list[str]
+    ) -> torch.Tensor:
+        """Features of every input; ``values`` holds ``None`` for inputs the dataset skipped because :meth:`has`."""
+        if len(keys) != len(values) or any(k is None for k in keys):
+            raise ValueError(f"{modality}: need one content key per input, got {len(keys)} for {len(values)}")
         full = [self._key(modality, k) for k in keys]
         found = [self._load(k) for k in full]
         missing = [i for i, tensor in enumerate(found) if tensor is None]
+        device = next(model.parameters()).device
         self.hits += len(keys) - len(missing)
         self.misses += len(missing)
         if missing:
-            computed = model.encode(modality, values[missing])
+            undecoded = [keys[i] for i in missing if values[i] is None]
+            if undecoded:  # listed by has() but unreadable now (deleted or damaged file)
+                raise RuntimeError(
+                    f"{modality}: cached features of input(s) {undecoded} vanished from {self.folder} during the run"
+                )
+            batch = values[missing] if isinstance(values, torch.Tensor) else torch.stack([values[i] for i in missing])
+            computed = model.encode(modality, batch.to(device))
             for i, tensor in zip(missing, computed, strict=True):
                 tensor = tensor.detach().clone()
                 self._store(full[i], tensor)
                 found[i] = tensor
-        return torch.stack(found)
+        return torch.stack([tensor.to(device) for tensor in found])
 
 
 __all__ = ["FeatureCache", "cacheable_modalities", "path_fingerprint"]

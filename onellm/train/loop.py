@@ -165,15 +165,20 @@ class Trainer:
         self.cached = cacheable_modalities(core, modalities) if use_cache else []
         options = {m: collator.processor.options(m) for m in self.cached}
         self.cache = FeatureCache(core, options, feature_cache_dir) if self.cached else None
+        if self.cache is not None:  # the datasets skip decoding inputs whose features are stored
+            for dataset in (train_set, val_set):
+                if dataset is not None:
+                    dataset.cached = self.cache.has
 
     # --- one optimizer step -----------------------------------------------------------------------------------------
     def _forward_inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
         device = self.acc.device
-        mm_inputs = {m: v.to(device) for m, v in batch["mm_inputs"].items()}
-        mm_features = {}
-        for m in list(mm_inputs):
+        mm_inputs, mm_features = {}, {}
+        for m, values in batch["mm_inputs"].items():
             if m in self.cached:
-                mm_features[m] = self.cache.features(self.core, m, mm_inputs.pop(m), batch["mm_keys"][m])
+                mm_features[m] = self.cache.features(self.core, m, values, batch["mm_keys"][m])
+            else:
+                mm_inputs[m] = values.to(device)
         return {
             "input_ids": batch["input_ids"].to(device),
             "attention_mask": batch["attention_mask"].to(device),

@@ -112,3 +112,39 @@ def test_loss_on_label_positions_only_equals_the_models_own_loss(tiny, media_pat
         reference = model(**inputs).loss * batch["num_label_tokens"]  # mean over label tokens -> sum
         ours = label_loss_sum(model, inputs)
     assert torch.allclose(ours, reference, rtol=1e-5)
+
+
+def test_a_stage_with_a_warm_cache_decodes_no_media(synth_tiny, tmp_path, quick, accelerator, monkeypatch):
+    """Issue 14: the dataset asks the feature cache before decoding; with every input cached (a rerun of the stage
+    beside its feature cache and validation cache) a whole stage — training steps and validation — decodes nothing."""
+    import shutil
+    from pathlib import Path
+
+    from onellm.modalities import get_modality
+    from onellm.train.config import load_stage
+    from onellm.train.recipes import run_stage
+
+    image = type(get_modality("image"))
+    decoded: list[str] = []
+    original = image.preprocess
+
+    def counting(self, source, *args, **kwargs):
+        decoded.append(str(source))
+        return original(self, source, *args, **kwargs)
+
+    monkeypatch.setattr(image, "preprocess", counting)
+    config = Path(__file__).resolve().parents[2] / "configs/tiny/align_image.yaml"
+    overrides = quick(synth_tiny, tmp_path, steps=4)  # 4 x 4 samples: every one of the 8 training images, twice
+    stage = load_stage(config, overrides)
+    run_stage(stage, accelerator)
+    cold = len(decoded)
+    assert cold >= 9  # validation of 8 train + 1 val image, then each image once more on its first training visit
+    assert any((tmp_path / "feature_cache").rglob("*.pt"))
+
+    shutil.rmtree(stage.stage_dir)  # the stage runs again from scratch; feature and validation caches stay
+    decoded.clear()
+    stage = load_stage(config, overrides)
+    run_stage(stage, accelerator)
+    assert decoded == []
+    summary = (stage.stage_dir / "summary.md").read_text()
+    assert " 0 misses this run" in summary, summary
