@@ -26,14 +26,15 @@ import platform
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from onellm.instruct_data.collator import Collator
 from onellm.train.common import add_lora, build_data, freeze, load_start, make_accelerator
 from onellm.train.config import load_stage
 from onellm.train.loop import Trainer
+from onellm.train.recipes import build_trainer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -70,23 +71,7 @@ def ours(stage, accelerator, warmup: int, steps: int) -> tuple[float, float, int
     wrapped = add_lora(model, stage.lora, stage.seed) if stage.lora else model
     _, groups = freeze(wrapped, stage.trainable)
     data = build_data(stage, processor, accelerator)
-    trainer = Trainer(
-        accelerator=accelerator,
-        model=wrapped,
-        core=model,
-        collator=Collator(processor, stage.data.max_length),
-        train_set=data.train,
-        val_set=None,
-        mixture=data.mixture,
-        groups=groups,
-        train=stage.train,
-        data=stage.data,
-        stage_dir=stage.stage_dir,
-        seed=stage.seed,
-        feature_cache_dir=None,
-        config_snapshot={},
-        log=lambda *_: None,
-    )
+    trainer = build_trainer(stage, accelerator, wrapped, model, processor, replace(data, val=None), groups, False)
     trainer._train_mode()
     size = stage.train.batch_size
     rows = [[(i * size + j) % len(data.train) for j in range(size)] for i in range(3)]

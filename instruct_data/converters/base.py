@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import posixpath
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -209,26 +210,103 @@ def join_coco_qa(
     return CocoQA(subtype, pairs())
 
 
-def coco_qa_record(source: str, subtype: str, media_prefix: str, qid: Any, question: dict, ann: dict,
-                   answer: str, answers: list[str]) -> Record | None:
-    """One image QA record of a joined pair, or None when the question text or an integer image_id is missing."""
-    image_id = question.get("image_id")
-    if not isinstance(image_id, int) or not str(question.get("question", "")).strip():
-        return None
-    return Record(
-        id=f"{source}-{qid}",
-        inputs=[ModalityInput("image", path=media_path(media_prefix, f"COCO_{subtype}_{image_id:012d}.jpg"))],
-        conversation=[Turn("user", qa_prompt("image", question["question"])), Turn("assistant", answer)],
-        task="qa",
-        references=answers,
-        meta={
+def add_coco_qa(
+    questions_json: str | os.PathLike,
+    annotations_json: str | os.PathLike,
+    collector: Collector,
+    layout: str,
+    media_prefix: str,
+    choose: Callable[[dict, list[str]], str],
+) -> None:
+    """VQA-layout questions + annotations (joined on ``question_id``) -> image QA records: references = the crowd
+    ``answers``, target = ``choose(annotation, answers)`` (which may raise :class:`Rejected`). Pairs without a
+    non-empty answer list, question text or integer ``image_id`` are rejected."""
+    source = collector.format
+    joined = join_coco_qa(questions_json, annotations_json, collector, layout)
+    for where, qid, question, ann in joined.pairs:
+        raw = ann.get("answers") if isinstance(ann.get("answers"), list) else []
+        answers = [str(a.get("answer") or "").strip() if isinstance(a, dict) else "" for a in raw]
+        image_id = question.get("image_id")
+        try:
+            if not answers or not all(answers):
+                found = ann.get("answers")
+                raise Rejected(f"'answers' must be a non-empty list of {{'answer': text}}, found {found!r:.80}")
+            answer = choose(ann, answers)
+            if not isinstance(image_id, int) or not str(question.get("question", "")).strip():
+                raise Rejected("missing question text or integer image_id")
+        except Rejected as exc:
+            collector.reject(where, str(exc))
+            continue
+        path = media_path(media_prefix, f"COCO_{joined.subtype}_{image_id:012d}.jpg")
+        meta = {
             "source": source,
             "question_id": qid,
             "image_id": image_id,
             "question_type": ann.get("question_type"),
             "answer_type": ann.get("answer_type"),
-        },
-    )
+        }
+        item = ModalityInput("image", path=path)
+        collector.add(qa_record(f"{source}-{qid}", item, question["question"], answer, answers, meta), where)
+
+
+def register_vqa_converter(name: str, layout: str, choose: Callable[[dict, list[str]], str], doc: str) -> ConverterFn:
+    """Register converter ``name`` for a VQA-layout pair of files (``questions_json``, ``annotations_json``) whose
+    target answer is ``choose(annotation, answers)``; ``doc`` is its docstring (the CLI's help)."""
+
+    def convert(
+        questions_json: str | os.PathLike,
+        annotations_json: str | os.PathLike,
+        out_manifest: str | os.PathLike,
+        *,
+        media_prefix: str = "",
+    ) -> ConvertReport:
+        collector = Collector(name)
+        add_coco_qa(questions_json, annotations_json, collector, layout, media_prefix, choose)
+        return collector.write(out_manifest)
+
+    convert.__doc__ = doc
+    return register_converter(name)(convert)
+
+
+def coco_caption_images(
+    captions_json: str | os.PathLike, collector: Collector, layout: str, required: tuple[str, ...]
+) -> list[tuple[str, dict[str, Any], list[str]]]:
+    """A COCO-captions-layout file (``images`` + ``annotations`` joined on ``image_id``) -> ``(where, image entry, its
+    captions)`` for every image that has the keys ``required`` and at least one caption. Orphan or empty captions
+    and images without captions are rejected."""
+    data = load_json(captions_json)
+    require_keys(data, ("images", "annotations"), captions_json, layout)
+    name = Path(captions_json).name
+    captions: dict[Any, list[str]] = {}
+    known = {image.get("id") for image in data["images"] if isinstance(image, dict)}
+    for index, ann in enumerate(data["annotations"]):
+        ann_id = ann.get("id") if isinstance(ann, dict) else None
+        where = describe_entry(name, "annotations", index, ann_id)
+        if not isinstance(ann, dict) or ann.get("image_id") not in known:
+            image_id = ann.get("image_id") if isinstance(ann, dict) else None
+            collector.reject(where, f"image_id {image_id!r} is not in 'images'")
+        elif not isinstance(ann.get("caption"), str) or not ann["caption"].strip():
+            collector.reject(where, "empty caption")
+        else:
+            captions.setdefault(ann["image_id"], []).append(ann["caption"].strip())
+    found = []
+    for index, image in enumerate(data["images"]):
+        image_id = image.get("id") if isinstance(image, dict) else None
+        where = describe_entry(name, "images", index, image_id)
+        missing = [key for key in ("id", *required) if not isinstance(image, dict) or image.get(key) in (None, "")]
+        if missing:
+            collector.reject(where, f"missing {missing}")
+        elif image_id not in captions:
+            collector.reject(where, "no captions")
+        else:
+            found.append((where, image, captions[image_id]))
+    return found
+
+
+def majority_answer(answers: list[str]) -> str:
+    """The most frequent answer; ties go to the one given first (VQA-style crowd answers)."""
+    counts = Counter(answers)
+    return max(answers, key=lambda a: (counts[a], -answers.index(a)))
 
 
 # LLaVA-style conversations: [{"from": "human" | "gpt", "value": "..."}]. OneLLM also writes "assistant".
@@ -258,6 +336,49 @@ def replace_placeholder(turns: list[Turn], source_token: str, marker: str) -> in
             found += turn.content.count(source_token)
             turn.content = turn.content.replace(source_token, marker)
     return found
+
+
+def add_conversations(
+    path: str | os.PathLike,
+    collector: Collector,
+    layout: str,
+    id_key: str,
+    build: Callable[[dict[str, Any], Any, list[Turn]], Record],
+    index_if_missing: bool = False,
+) -> None:
+    """Every entry of a LLaVA-style conversation list (JSON list or JSONL) -> ``build(entry, entry_id, turns)``,
+    added to ``collector``. Entries that are not objects, lack ``id_key`` (unless ``index_if_missing``: then the
+    entry's position is its id) or have malformed ``conversations``, and entries ``build`` raises
+    :class:`Rejected` for, are rejected by position."""
+    entries = require_list(load_json(path), path, layout)
+    name = Path(path).name
+    for index, entry in enumerate(entries):
+        entry_id = entry.get(id_key, index if index_if_missing else None) if isinstance(entry, dict) else None
+        where = describe_entry(name, "entries", index, entry_id)
+        try:
+            if not isinstance(entry, dict):
+                raise Rejected("entry must be an object")
+            if entry_id in (None, ""):
+                raise Rejected(f"entry needs an {id_key!r}")
+            record = build(entry, entry_id, source_turns(entry.get("conversations")))
+        except Rejected as exc:
+            collector.reject(where, str(exc))
+            continue
+        collector.add(record, where)
+
+
+def qa_record(
+    record_id: str, item: ModalityInput, question: str, answer: str, references: list[str], meta: dict[str, Any]
+) -> Record:
+    """One short-answer QA record about ``item`` (the modality's QA prompt around ``question``)."""
+    return Record(
+        id=record_id,
+        inputs=[item],
+        conversation=[Turn("user", qa_prompt(item.modality, question)), Turn("assistant", answer)],
+        task="qa",
+        references=references,
+        meta=meta,
+    )
 
 
 def caption_records(

@@ -13,11 +13,13 @@ from collections import Counter
 from onellm.instruct_data.converters.base import (
     Collector,
     ConvertReport,
+    majority_answer,
     media_path,
+    qa_record,
     read_csv,
     register_converter,
 )
-from onellm.instruct_data.schema import ModalityInput, Record, Turn, qa_prompt
+from onellm.instruct_data.schema import ModalityInput
 
 
 @register_converter("clotho_aqa")
@@ -45,17 +47,10 @@ def convert(
     questions_per_file: Counter[str] = Counter()
     for (file_name, question), rows in groups.items():
         answers = [row["answer"] for _, row in rows]
-        counts = Counter(answers)
-        majority = max(answers, key=lambda a: (counts[a], -answers.index(a)))  # most frequent, then first given
         number = questions_per_file[file_name]
         questions_per_file[file_name] += 1
-        record = Record(
-            id=f"clothoaqa-{file_name}-q{number}",
-            inputs=[ModalityInput("audio", path=media_path(media_prefix, file_name))],
-            conversation=[Turn("user", qa_prompt("audio", question)), Turn("assistant", majority)],
-            task="qa",
-            references=answers,
-            meta={"source": "clotho_aqa", "file_name": file_name, "confidence": [row["confidence"] for _, row in rows]},
-        )
+        item = ModalityInput("audio", path=media_path(media_prefix, file_name))
+        meta = {"source": "clotho_aqa", "file_name": file_name, "confidence": [row["confidence"] for _, row in rows]}
+        record = qa_record(f"clothoaqa-{file_name}-q{number}", item, question, majority_answer(answers), answers, meta)
         collector.add(record, rows[0][0])
     return collector.write(out_manifest)

@@ -7,17 +7,14 @@ Layout: ``{"images": [{"id": 391895, "file_name": "COCO_val2014_000000391895.jpg
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from onellm.instruct_data.converters.base import (
     Collector,
     ConvertReport,
     caption_records,
-    describe_entry,
-    load_json,
+    coco_caption_images,
     media_path,
     register_converter,
-    require_keys,
 )
 
 
@@ -36,31 +33,9 @@ def convert(
         media_prefix: folder of the images under the media root, e.g. coco/val2014.
         each_caption: one record per caption (for training) instead of one per image (for evaluation).
     """
-    data = load_json(captions_json)
-    require_keys(data, ("images", "annotations"), captions_json, "a COCO captions file")
-    name = Path(captions_json).name
     collector = Collector("coco_captions")
-    captions: dict[int, list[str]] = {}
-    known = {image.get("id") for image in data["images"] if isinstance(image, dict)}
-    for index, ann in enumerate(data["annotations"]):
-        ann_id = ann.get("id") if isinstance(ann, dict) else None
-        where = describe_entry(name, "annotations", index, ann_id)
-        if not isinstance(ann, dict) or ann.get("image_id") not in known:
-            image_id = ann.get("image_id") if isinstance(ann, dict) else None
-            collector.reject(where, f"image_id {image_id!r} is not in 'images'")
-        elif not isinstance(ann.get("caption"), str) or not ann["caption"].strip():
-            collector.reject(where, "empty caption")
-        else:
-            captions.setdefault(ann["image_id"], []).append(ann["caption"].strip())
-    for index, image in enumerate(data["images"]):
-        image_id = image.get("id") if isinstance(image, dict) else None
-        where = describe_entry(name, "images", index, image_id)
-        if not isinstance(image, dict) or not image.get("file_name"):
-            collector.reject(where, "missing file_name")
-        elif image_id not in captions:
-            collector.reject(where, "no captions")
-        else:
-            meta = {"source": "coco_captions", "image_id": image_id}
-            path = media_path(media_prefix, image["file_name"])
-            caption_records(collector, f"coco-{image_id}", path, captions[image_id], where, meta, "image", each_caption)
+    for where, image, captions in coco_caption_images(captions_json, collector, "a COCO captions file", ("file_name",)):
+        meta = {"source": "coco_captions", "image_id": image["id"]}
+        path = media_path(media_prefix, image["file_name"])
+        caption_records(collector, f"coco-{image['id']}", path, captions, where, meta, "image", each_caption)
     return collector.write(out_manifest)

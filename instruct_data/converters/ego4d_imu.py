@@ -13,53 +13,16 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 from typing import Any
 
 from onellm.instruct_data.converters.base import (
     Collector,
     ConvertReport,
     caption_records,
-    describe_entry,
-    load_json,
+    coco_caption_images,
     media_path,
     register_converter,
-    require_keys,
 )
-
-
-def coco_caption_images(
-    captions_json: str | os.PathLike, collector: Collector, layout: str, required: tuple[str, ...]
-) -> list[tuple[str, dict[str, Any], list[str]]]:
-    """A COCO-captions-layout file -> ``(where, image entry, its captions)`` for every image that has the keys
-    ``required`` and at least one caption. Orphan or empty captions and images without captions are rejected."""
-    data = load_json(captions_json)
-    require_keys(data, ("images", "annotations"), captions_json, layout)
-    name = Path(captions_json).name
-    captions: dict[Any, list[str]] = {}
-    known = {image.get("id") for image in data["images"] if isinstance(image, dict)}
-    for index, ann in enumerate(data["annotations"]):
-        ann_id = ann.get("id") if isinstance(ann, dict) else None
-        where = describe_entry(name, "annotations", index, ann_id)
-        if not isinstance(ann, dict) or ann.get("image_id") not in known:
-            image_id = ann.get("image_id") if isinstance(ann, dict) else None
-            collector.reject(where, f"image_id {image_id!r} is not in 'images'")
-        elif not isinstance(ann.get("caption"), str) or not ann["caption"].strip():
-            collector.reject(where, "empty caption")
-        else:
-            captions.setdefault(ann["image_id"], []).append(ann["caption"].strip())
-    found = []
-    for index, image in enumerate(data["images"]):
-        image_id = image.get("id") if isinstance(image, dict) else None
-        where = describe_entry(name, "images", index, image_id)
-        missing = [key for key in ("id", *required) if not isinstance(image, dict) or image.get(key) in (None, "")]
-        if missing:
-            collector.reject(where, f"missing {missing}")
-        elif image_id not in captions:
-            collector.reject(where, "no captions")
-        else:
-            found.append((where, image, captions[image_id]))
-    return found
 
 
 def _seconds(value: Any) -> float | None:

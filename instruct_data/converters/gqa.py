@@ -19,9 +19,10 @@ from onellm.instruct_data.converters.base import (
     describe_entry,
     load_json,
     media_path,
+    qa_record,
     register_converter,
 )
-from onellm.instruct_data.schema import ModalityInput, Record, Turn, qa_prompt
+from onellm.instruct_data.schema import ModalityInput
 
 
 @register_converter("gqa")
@@ -60,19 +61,13 @@ def convert(
         elif not answer:
             collector.reject(where, "no 'answer' (test / challenge files have none)")
         else:
-            record = Record(
-                id=f"gqa-{qid}",
-                inputs=[ModalityInput("image", path=media_path(media_prefix, f"{image_id}.jpg"))],
-                conversation=[Turn("user", qa_prompt("image", question)), Turn("assistant", answer)],
-                task="qa",
-                references=[answer],
-                meta={
-                    "source": "gqa",
-                    "question_id": qid,
-                    "image_id": image_id,
-                    "full_answer": entry.get("fullAnswer"),
-                    "types": entry.get("types"),
-                },
-            )
-            collector.add(record, where)
+            item = ModalityInput("image", path=media_path(media_prefix, f"{image_id}.jpg"))
+            meta = {
+                "source": "gqa",
+                "question_id": qid,
+                "image_id": image_id,
+                "full_answer": entry.get("fullAnswer"),
+                "types": entry.get("types"),
+            }
+            collector.add(qa_record(f"gqa-{qid}", item, question, answer, [answer], meta), where)
     return collector.write(out_manifest)

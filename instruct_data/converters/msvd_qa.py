@@ -15,10 +15,11 @@ from onellm.instruct_data.converters.base import (
     describe_entry,
     load_json,
     media_path,
+    qa_record,
     register_converter,
     require_list,
 )
-from onellm.instruct_data.schema import ModalityInput, Record, Turn, qa_prompt
+from onellm.instruct_data.schema import ModalityInput
 
 
 def read_mapping(path: str | os.PathLike, collector: Collector) -> dict[str, str]:
@@ -72,13 +73,7 @@ def convert(
         elif not question or not answer:
             collector.reject(where, "empty question or answer")
         else:
-            record = Record(
-                id=f"msvdqa-{qid}",
-                inputs=[ModalityInput("video", path=media_path(media_prefix, clip + extension))],
-                conversation=[Turn("user", qa_prompt("video", question)), Turn("assistant", answer)],
-                task="qa",
-                references=[answer],
-                meta={"source": "msvd_qa", "question_id": qid, "video_id": entry["video_id"], "clip": clip},
-            )
-            collector.add(record, where)
+            item = ModalityInput("video", path=media_path(media_prefix, clip + extension))
+            meta = {"source": "msvd_qa", "question_id": qid, "video_id": entry["video_id"], "clip": clip}
+            collector.add(qa_record(f"msvdqa-{qid}", item, question, answer, [answer], meta), where)
     return collector.write(out_manifest)

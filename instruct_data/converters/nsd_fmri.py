@@ -14,10 +14,10 @@ from onellm.instruct_data.converters.base import (
     Collector,
     ConvertReport,
     caption_records,
+    coco_caption_images,
     media_path,
     register_converter,
 )
-from onellm.instruct_data.converters.ego4d_imu import coco_caption_images
 
 
 @register_converter("nsd_fmri")

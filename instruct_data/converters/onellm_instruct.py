@@ -17,21 +17,17 @@ modality marker.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 from onellm.instruct_data.converters.base import (
     Collector,
     ConvertReport,
     Rejected,
-    describe_entry,
-    load_json,
+    add_conversations,
     media_path,
     register_converter,
-    require_list,
-    source_turns,
 )
-from onellm.instruct_data.schema import ModalityInput, Record
+from onellm.instruct_data.schema import ModalityInput, Record, Turn
 from onellm.modalities import marker, modality_names
 
 IMAGE_TOKEN = "<image>"  # OneLLM's DEFAULT_IMAGE_TOKEN, removed from every turn
@@ -77,35 +73,26 @@ def convert(
     target = ALIASES.get(modality, modality)
     if target != "text" and target not in modality_names():
         raise ValueError(f"modality {modality!r} is not text, rgbd, rgbn or one of {', '.join(modality_names())}")
-    entries = require_list(load_json(instruct_json), instruct_json, "a OneLLM instruction list")
-    name = Path(instruct_json).name
     collector = Collector("onellm_instruct")
-    for index, entry in enumerate(entries):
-        entry_id = entry.get("id", index) if isinstance(entry, dict) else index
-        where = describe_entry(name, "entries", index, entry_id)
-        try:
-            if not isinstance(entry, dict):
-                raise Rejected("entry must be an object")
-            turns = source_turns(entry.get("conversations"))
-            placeholders = [IMAGE_TOKEN] + ([marker(target)] if target != "text" else [])
-            for turn in turns:
-                for token in placeholders:
-                    turn.content = turn.content.replace(token, "")
-                turn.content = turn.content.strip()
-            inputs, extra = [], {}
-            if target != "text":
-                item, extra = _input(target, entry, media_prefix)
-                inputs = [item]
-                turns[0].content = f"{marker(target)}\n{turns[0].content}"
-        except Rejected as exc:
-            collector.reject(where, str(exc))
-            continue
-        record = Record(
+    placeholders = [IMAGE_TOKEN] + ([marker(target)] if target != "text" else [])
+
+    def build(entry: dict, entry_id: Any, turns: list[Turn]) -> Record:
+        for turn in turns:
+            for token in placeholders:
+                turn.content = turn.content.replace(token, "")
+            turn.content = turn.content.strip()
+        inputs, extra = [], {}
+        if target != "text":
+            item, extra = _input(target, entry, media_prefix)
+            inputs = [item]
+            turns[0].content = f"{marker(target)}\n{turns[0].content}"
+        return Record(
             id=collector.unique_id(f"onellm-{modality}-{entry_id}"),  # ids repeat across QA entries of one clip
             inputs=inputs,
             conversation=turns,
             task="chat",
             meta={"source": "onellm_instruct", "source_id": entry_id, **extra},
         )
-        collector.add(record, where)
+
+    add_conversations(instruct_json, collector, "a OneLLM instruction list", "id", build, index_if_missing=True)
     return collector.write(out_manifest)

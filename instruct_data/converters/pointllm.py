@@ -8,21 +8,17 @@ Layout: ``[{"object_id": "<objaverse uid>", "conversation_type": "simple_descrip
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from onellm.instruct_data.converters.base import (
     Collector,
     ConvertReport,
     Rejected,
-    describe_entry,
-    load_json,
+    add_conversations,
     media_path,
     register_converter,
     replace_placeholder,
-    require_list,
-    source_turns,
 )
-from onellm.instruct_data.schema import ModalityInput, Record
+from onellm.instruct_data.schema import ModalityInput, Record, Turn
 from onellm.modalities import marker
 
 POINT_TOKEN = "<point>"  # PointLLM's point_indicator
@@ -43,25 +39,15 @@ def convert(
         media_prefix: folder of the point files under the media root, e.g. pointllm/8192_npy.
         file_pattern: point file name; field {object_id}.
     """
-    entries = require_list(load_json(conversation_json), conversation_json, "a PointLLM list of conversations")
-    name = Path(conversation_json).name
     collector = Collector("pointllm")
-    for index, entry in enumerate(entries):
-        object_id = entry.get("object_id") if isinstance(entry, dict) else None
-        where = describe_entry(name, "entries", index, object_id)
-        try:
-            if not object_id:
-                raise Rejected("entry needs an 'object_id'")
-            turns = source_turns(entry.get("conversations"))
-            found = replace_placeholder(turns, POINT_TOKEN, marker("point"))
-            if found != 1:
-                raise Rejected(f"human turns hold {found} {POINT_TOKEN} token(s), expected 1")
-        except Rejected as exc:
-            collector.reject(where, str(exc))
-            continue
+
+    def build(entry: dict, object_id: str, turns: list[Turn]) -> Record:
+        found = replace_placeholder(turns, POINT_TOKEN, marker("point"))
+        if found != 1:
+            raise Rejected(f"human turns hold {found} {POINT_TOKEN} token(s), expected 1")
         kind = entry.get("conversation_type", "simple_description")  # PointLLM's own default
         brief = kind == "simple_description" and len(turns) == 2
-        record = Record(
+        return Record(
             id=collector.unique_id(f"pointllm-{object_id}"),  # one object has several conversations
             inputs=[ModalityInput("point", path=media_path(media_prefix, file_pattern.format(object_id=object_id)))],
             conversation=turns,
@@ -69,5 +55,6 @@ def convert(
             references=[turns[-1].content] if brief else None,
             meta={"source": "pointllm", "object_id": object_id, "conversation_type": kind},
         )
-        collector.add(record, where)
+
+    add_conversations(conversation_json, collector, "a PointLLM list of conversations", "object_id", build)
     return collector.write(out_manifest)

@@ -18,12 +18,13 @@ from onellm.instruct_data.converters.base import (
     ConvertReport,
     describe_entry,
     load_json,
+    majority_answer,
     media_path,
+    qa_record,
     register_converter,
     require_keys,
 )
-from onellm.instruct_data.converters.okvqa import majority_answer
-from onellm.instruct_data.schema import ModalityInput, Record, Turn, qa_prompt
+from onellm.instruct_data.schema import ModalityInput
 
 
 @register_converter("textvqa")
@@ -59,16 +60,7 @@ def convert(
         elif not answers or not all(answers):
             collector.reject(where, f"'answers' must be a non-empty list of answer strings, found {raw!r:.80}")
         else:
-            record = Record(
-                id=f"textvqa-{qid}",
-                inputs=[ModalityInput("image", path=media_path(media_prefix, f"{image_id}.jpg"))],
-                conversation=[
-                    Turn("user", qa_prompt("image", question)),
-                    Turn("assistant", majority_answer(answers)),
-                ],
-                task="qa",
-                references=answers,
-                meta={"source": "textvqa", "question_id": qid, "image_id": image_id, "set_name": entry.get("set_name")},
-            )
-            collector.add(record, where)
+            item = ModalityInput("image", path=media_path(media_prefix, f"{image_id}.jpg"))
+            meta = {"source": "textvqa", "question_id": qid, "image_id": image_id, "set_name": entry.get("set_name")}
+            collector.add(qa_record(f"textvqa-{qid}", item, question, majority_answer(answers), answers, meta), where)
     return collector.write(out_manifest)

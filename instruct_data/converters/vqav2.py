@@ -8,46 +8,26 @@ Questions: ``{"data_subtype": "val2014", "questions": [{"image_id": 262148, "que
 
 from __future__ import annotations
 
-import os
-
-from onellm.instruct_data.converters.base import (
-    Collector,
-    ConvertReport,
-    coco_qa_record,
-    join_coco_qa,
-    register_converter,
-)
+from onellm.instruct_data.converters.base import Rejected, register_vqa_converter
 
 
-@register_converter("vqav2")
-def convert(
-    questions_json: str | os.PathLike,
-    annotations_json: str | os.PathLike,
-    out_manifest: str | os.PathLike,
-    *,
-    media_prefix: str = "",
-) -> ConvertReport:
+def multiple_choice_answer(annotation: dict, answers: list[str]) -> str:
+    """VQAv2's own target: the annotation's ``multiple_choice_answer`` (the consensus of the 10 answers)."""
+    chosen = str(annotation.get("multiple_choice_answer") or "").strip()
+    if not chosen:
+        raise Rejected("empty multiple_choice_answer")
+    return chosen
+
+
+convert = register_vqa_converter(
+    "vqav2",
+    "VQAv2",
+    multiple_choice_answer,
     """VQAv2 questions + annotations -> QA records (answer = multiple_choice_answer, references = the 10 answers).
 
     Args:
         questions_json: v2_OpenEnded_mscoco_val2014_questions.json (or train2014).
         annotations_json: v2_mscoco_val2014_annotations.json (or train2014).
         media_prefix: folder of the COCO images under the media root, e.g. coco/val2014.
-    """
-    collector = Collector("vqav2")
-    joined = join_coco_qa(questions_json, annotations_json, collector, "VQAv2")
-    for where, qid, question, ann in joined.pairs:
-        answer = str(ann.get("multiple_choice_answer") or "").strip()
-        answers = [str(a.get("answer", "")).strip() for a in ann.get("answers") or [] if isinstance(a, dict)]
-        if not answer:
-            collector.reject(where, "empty multiple_choice_answer")
-            continue
-        if not answers:
-            collector.reject(where, "no 'answers' list")
-            continue
-        record = coco_qa_record("vqav2", joined.subtype, media_prefix, qid, question, ann, answer, answers)
-        if record is None:
-            collector.reject(where, "missing question text or integer image_id")
-            continue
-        collector.add(record, where)
-    return collector.write(out_manifest)
+    """,
+)

@@ -66,7 +66,7 @@ def align(stage: StageConfig, accelerator) -> dict[str, str]:
 
     data = _data(stage, processor, accelerator)
 
-    trainer = _trainer(stage, accelerator, model, model, processor, data, groups)
+    trainer = build_trainer(stage, accelerator, model, model, processor, data, groups)
     result = trainer.fit()
 
     final = stage.stage_dir / "final"
@@ -118,7 +118,7 @@ def instruct(stage: StageConfig, accelerator) -> dict[str, str]:
 
     data = _data(stage, processor, accelerator)
 
-    trainer = _trainer(stage, accelerator, peft_model, model, processor, data, groups)
+    trainer = build_trainer(stage, accelerator, peft_model, model, processor, data, groups)
     result = trainer.fit()
 
     # Outputs: adapter/ (PEFT folder on top of final/), final/ (full-precision base + everything trained except
@@ -194,7 +194,9 @@ def _data(stage, processor, accelerator):
     return data
 
 
-def _trainer(stage, accelerator, model, core, processor, data, groups) -> Trainer:
+def build_trainer(stage, accelerator, model, core, processor, data, groups, persist_features: bool = True) -> Trainer:
+    """The stage's :class:`Trainer` over ``data`` (its feature cache kept on disk under ``output_dir`` unless
+    ``persist_features`` is off: memory only, e.g. for benchmarks)."""
     return Trainer(
         accelerator=accelerator,
         model=model,
@@ -208,7 +210,7 @@ def _trainer(stage, accelerator, model, core, processor, data, groups) -> Traine
         data=stage.data,
         stage_dir=stage.stage_dir,
         seed=stage.seed,
-        feature_cache_dir=Path(stage.output_dir) / "feature_cache",
+        feature_cache_dir=Path(stage.output_dir) / "feature_cache" if persist_features else None,
         config_snapshot=stage.to_dict(),
         log=log if accelerator.is_main_process else (lambda *_: None),
     )
@@ -247,4 +249,4 @@ def _finish(
     accelerator.wait_for_everyone()
 
 
-__all__ = ["RECIPES", "export_lora_stage", "register_recipe", "run_stage"]
+__all__ = ["RECIPES", "build_trainer", "export_lora_stage", "register_recipe", "run_stage"]
