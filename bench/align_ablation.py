@@ -53,6 +53,11 @@ ALIGN_VARIANTS: dict[str, tuple[str, list[str]]] = {
         "rms64 + DINOv2 block 6 concatenated with the last",
         ["init_from.preset_args.out_rms=64", "init_from.preset_args.feature_layers=[6,-1]"],
     ),
+    "layer0": (
+        "default + DINOv2's input tokens (layer 0: patch embedding, colour intact) concatenated with the last block",
+        ["init_from.preset_args.feature_layers=[0,-1]"],
+    ),
+    "layer4": ("default + DINOv2 block 4 concatenated with the last", ["init_from.preset_args.feature_layers=[4,-1]"]),
     "bf16": ("default, bf16 autocast (same steps)", ["train.precision=bf16"]),
     "bf16_2x": ("default, bf16 autocast, twice the steps", ["train.precision=bf16", "train.steps=300"]),
 }

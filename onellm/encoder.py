@@ -3,9 +3,11 @@
 Flow for a batch of modality tokens ``[B, L, C]`` (positions already added by the tokenizer):
 prepend the class token (+ its position), pre-norm, all blocks, post-norm over ALL tokens -> ``[B, 1+L, C]``.
 With ``feature_layers`` other than ``(-1,)`` the output concatenates, along channels, the post-normed hidden states
-of those blocks (``-1`` the last, ``-2`` the one before, ``k >= 1`` block k) -> ``[B, 1+L, C * len(feature_layers)]``:
-a vision transformer's middle blocks keep what its last ones were trained to discard (DINOv2's colour-jitter
-augmentations make its last block's features nearly colour-blind; LLaVA reads CLIP's second-to-last block).
+of those blocks (``-1`` the last, ``-2`` the one before, ``k >= 1`` block k, ``0`` the tokens entering block 1)
+-> ``[B, 1+L, C * len(feature_layers)]``: a vision transformer's earlier blocks keep what its last ones were trained
+to discard (DINOv2's colour-jitter augmentations make its last block's features nearly colour-blind; LLaVA reads
+CLIP's second-to-last block). Layer 0 is a linear function of the input patch (patch embedding + position), so it
+carries the patch's colour losslessly.
 Image-like modalities also borrow the model's patch embedding and position table (:meth:`embed_image`),
 interpolated bicubically when the patch grid differs from the one it was trained on.
 
@@ -84,10 +86,10 @@ class UniversalEncoder(nn.Module):
         if model_type not in _ADAPTERS:
             raise ValueError(f"encoder model_type {model_type!r} is not supported; supported: {supported_encoders()}")
         depth = vision_model.config.num_hidden_layers
-        if not feature_layers or any(not (-depth <= k <= depth and k != 0) for k in feature_layers):
+        if not feature_layers or any(not -depth <= k <= depth for k in feature_layers):
             raise ValueError(
-                f"vision_feature_layers {list(feature_layers)}: each must be a block index in 1..{depth} or "
-                f"-{depth}..-1 (the encoder has {depth} blocks)"
+                f"vision_feature_layers {list(feature_layers)}: each must be a block index in 1..{depth}, "
+                f"-{depth}..-1, or 0 for the tokens entering the first block (the encoder has {depth} blocks)"
             )
         self.model = vision_model
         self._model_type = model_type
@@ -147,8 +149,9 @@ class UniversalEncoder(nn.Module):
             cls = parts.class_token.reshape(1, 1, -1) + position.reshape(1, 1, -1).to(tokens.dtype)
             tokens = torch.cat([cls.expand(tokens.shape[0], -1, -1), tokens], dim=1)
         depth = len(parts.blocks)
-        wanted = [k if k > 0 else depth + 1 + k for k in self.feature_layers]  # 1-based block numbers
-        hidden, outputs = parts.pre_norm(tokens), {}
+        wanted = [k if k >= 0 else depth + 1 + k for k in self.feature_layers]  # 1-based block numbers; 0: input
+        hidden = parts.pre_norm(tokens)
+        outputs = {0: hidden}
         for number, block in enumerate(parts.blocks[: max(wanted)], start=1):  # later blocks are not needed
             hidden = block(hidden, None)
             outputs[number] = hidden

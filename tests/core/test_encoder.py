@@ -59,9 +59,24 @@ def test_feature_layers_concatenate_post_normed_blocks(kind):
         assert torch.allclose(ours[..., 32:], last(last.embed_image(pixels)), atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["clip", "siglip", "dinov2"])
+def test_feature_layer_zero_is_the_input_to_the_first_block(kind):
+    """Layer 0 = the tokens entering block 1 (patch embedding + positions, after the pre-norm where the family has
+    one), post-normed like the others: HF's hidden_states[0]."""
+    model = build(kind)
+    pixels = torch.randn(2, 3, 32, 32)
+    encoder = UniversalEncoder(model, feature_layers=[0, -1])
+    with torch.no_grad():
+        ours = encoder(encoder.embed_image(pixels))
+        hidden = model(pixel_values=pixels, output_hidden_states=True).hidden_states
+        norm = model.layernorm if kind == "dinov2" else model.post_layernorm
+        assert torch.allclose(ours[..., :32], norm(hidden[0]), atol=1e-5)
+        assert torch.allclose(ours[..., 32:], UniversalEncoder(model)(encoder.embed_image(pixels)), atol=1e-5)
+
+
 def test_feature_layers_out_of_range_are_named():
-    with pytest.raises(ValueError, match=r"vision_feature_layers \[0\]: each must be a block index in 1..2 or -2..-1"):
-        UniversalEncoder(build("clip"), feature_layers=[0])
+    with pytest.raises(ValueError, match=r"vision_feature_layers \[3\]: each must be a block index in 1..2, -2..-1"):
+        UniversalEncoder(build("clip"), feature_layers=[3])
     with pytest.raises(ValueError, match="the encoder has 2 blocks"):
         UniversalEncoder(build("clip"), feature_layers=[-3])
 
