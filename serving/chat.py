@@ -31,6 +31,7 @@ import torch
 
 from onellm.modalities import MediaError, get_modality, modality_names
 from onellm.processing import OneLLMProcessor
+from onellm.serving.engines import ParsedChat
 from onellm.serving.errors import APIError, bad_request
 from onellm.serving.media import MediaFetcher, decode_base64
 
@@ -41,26 +42,6 @@ def part_types() -> dict[str, str]:
     return {part: m for m in modality_names() for part in get_modality(m).content_parts}
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
-
-
-@dataclass
-class ParsedChat:
-    """A request's prompt and its inputs, in prompt order."""
-
-    prompt_ids: list[int]  # one marker token per input (vLLM's processor expands them itself)
-    expanded_ids: list[int]  # each marker expanded to N+2 placeholder positions (what the LLM sees)
-    inputs: list[tuple[str, torch.Tensor]]  # (modality, preprocessed tensor [*input_shape])
-
-    @property
-    def prompt_tokens(self) -> int:
-        return len(self.expanded_ids)
-
-    def mm_inputs(self) -> dict[str, torch.Tensor]:
-        """``{modality: [n_m, *input_shape]}`` in prompt order, as ``OneLLMForConditionalGeneration`` takes it."""
-        grouped: dict[str, list[torch.Tensor]] = {}
-        for modality, tensor in self.inputs:
-            grouped.setdefault(modality, []).append(tensor)
-        return {m: torch.stack(ts) for m, ts in grouped.items()}
 
 
 @dataclass

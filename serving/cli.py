@@ -11,10 +11,13 @@ import os
 import socket
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from onellm.serving.engines import Engine, default_engine, engine_names
 from onellm.serving.media import MediaPolicy, MiB
+
+if TYPE_CHECKING:  # the service imports the processor and the chat parser: not needed to build the parser
+    from onellm.serving.service import ChatService
 
 
 def _lora(value: str) -> tuple[str, Path]:
@@ -86,6 +89,33 @@ def ensure_port_free(args: argparse.Namespace, command: str) -> None:
                 f"cannot listen on {args.host}:{args.port} ({exc.strerror}); stop what holds it or pick another "
                 "port with --port N",
             )
+
+
+def check_adapter_names(served: str, adapters: tuple[str, ...], command: str) -> None:
+    """Exit when an adapter is named like the served model: a request's ``model`` must select one of them."""
+    if served in adapters:
+        usage_error(command, f"adapter name {served!r} equals the served model name; rename it (--lora NAME=PATH)")
+
+
+def run_server(app: Any, service: ChatService, args: argparse.Namespace, command: str) -> None:
+    """uvicorn on ``--host``:``--port`` until interrupted, or until the engine fails (its worker process died): then
+    the server stops, as vLLM's own server does, and the process exits with status 1 so that a supervisor restarts
+    it (docs/api.md, Faults). Status 3 (uvicorn's) when the app did not start."""
+    import uvicorn
+
+    config = uvicorn.Config(
+        app, host=args.host, port=args.port, log_level=args.log_level.lower(), timeout_graceful_shutdown=5
+    )
+    server = uvicorn.Server(config)
+    service.on_failure = lambda: setattr(server, "should_exit", True)
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn re-raises the SIGINT it stopped on, once it has shut down
+        pass
+    if service.failure is not None:
+        raise SystemExit(f"onellm {command}: the engine failed: {service.failure}; exiting with status 1")
+    if not server.started:
+        raise SystemExit(3)
 
 
 def engine_from_args(args: argparse.Namespace, command: str) -> Engine:
@@ -161,7 +191,6 @@ def add_serve_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
 
 def serve(args: argparse.Namespace) -> None:
     """Build the engine and the app from parsed arguments and run uvicorn until interrupted."""
-    import uvicorn
     from transformers import AutoProcessor
 
     import onellm  # noqa: F401  (Auto-class registration)
@@ -172,8 +201,7 @@ def serve(args: argparse.Namespace) -> None:
     ensure_port_free(args, "serve")
     adapters = dict(args.lora)
     served = args.served_model_name or checkpoint.name
-    if served in adapters:
-        usage_error("serve", f"adapter name {served!r} equals the served model name; rename it (--lora NAME=PATH)")
+    check_adapter_names(served, tuple(adapters), "serve")
     engine = engine_from_args(args, "serve")
     policy = media_policy_from_args(
         args,
@@ -193,7 +221,7 @@ def serve(args: argparse.Namespace) -> None:
         media=policy,
     )
     app = build_app(engine, AutoProcessor.from_pretrained(str(checkpoint)), settings)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower(), timeout_graceful_shutdown=5)
+    run_server(app, app.state.service, args, "serve")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,24 +2,42 @@
 
 An engine takes a :class:`GenerationRequest` (prompt ids with one marker per input + the preprocessed inputs) and
 yields :class:`Delta` s: new text and token ids per choice, and a finish reason at the end. Cancelling the
-consuming task aborts the request in the engine (client disconnects, timeouts).
+consuming task aborts the request in the engine (client disconnects, timeouts). An engine whose worker is gone
+raises :class:`EngineFailed` and says so in :meth:`Engine.failure` (the server then exits: docs/api.md, Faults).
+
+The types here are all an engine sees; the HTTP layer (:mod:`.chat`, :mod:`.service`) builds them.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
-import logging
-import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
-from onellm.serving.chat import ParsedChat
+
+@dataclass
+class ParsedChat:
+    """A request's prompt and its inputs, in prompt order (:func:`onellm.serving.chat.parse_chat` builds it)."""
+
+    prompt_ids: list[int]  # one marker token per input (vLLM's processor expands them itself)
+    expanded_ids: list[int]  # each marker expanded to N+2 placeholder positions (what the LLM sees)
+    inputs: list[tuple[str, torch.Tensor]]  # (modality, preprocessed tensor [*input_shape])
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.expanded_ids)
+
+    def mm_inputs(self) -> dict[str, torch.Tensor]:
+        """``{modality: [n_m, *input_shape]}`` in prompt order, as ``OneLLMForConditionalGeneration`` takes it."""
+        grouped: dict[str, list[torch.Tensor]] = {}
+        for modality, tensor in self.inputs:
+            grouped.setdefault(modality, []).append(tensor)
+        return {m: torch.stack(ts) for m, ts in grouped.items()}
 
 
 @dataclass(frozen=True)
@@ -77,6 +95,10 @@ class EngineSettings:
     seed: int = 0
 
 
+class EngineFailed(RuntimeError):
+    """The engine can no longer generate (its worker process died); only a restart of the server helps."""
+
+
 class Engine(Protocol):
     name: str
 
@@ -89,6 +111,10 @@ class Engine(Protocol):
 
     def num_unfinished(self) -> int:
         """Requests the engine holds (queued or generating); aborted ones must leave promptly."""
+        ...
+
+    def failure(self) -> str | None:
+        """Why the engine can no longer generate (its worker process died), or None while it can."""
         ...
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[list[Delta]]: ...
@@ -140,22 +166,3 @@ def adapter_targets_whole_model(path: Path) -> bool:
             return any(".language_model." in f".{key}" for key in handle.keys())
     state = torch.load(Path(path) / "adapter_model.bin", map_location="cpu", weights_only=True)
     return any(".language_model." in f".{key}" for key in state)
-
-
-def engine_lifespan(engine: Any, state: dict[str, bool], logger: logging.Logger):
-    """A FastAPI lifespan that starts ``engine`` before the first request and stops it at shutdown;
-    ``state["ready"]`` says whether it is up (what ``/health`` reports)."""
-
-    @asynccontextmanager
-    async def lifespan(app: Any):
-        started = time.monotonic()
-        await engine.start()
-        state["ready"] = True
-        logger.info("engine %s ready in %.1f s", engine.name, time.monotonic() - started)
-        try:
-            yield
-        finally:
-            state["ready"] = False
-            await engine.stop()
-
-    return lifespan

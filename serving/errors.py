@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel, Field
+
 # OpenAI's error "type" per HTTP status; clients (the openai package) map the status to an exception class.
 _TYPES = {
     400: "invalid_request_error",
@@ -15,6 +17,21 @@ _TYPES = {
     500: "server_error",
     503: "server_error",
 }
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str = Field(description="invalid_request_error | authentication_error | not_found_error | ...")
+    param: str | None = Field(description="the offending request field, e.g. messages[0].content[1].image_url")
+    code: str | None = Field(
+        description="invalid_api_key | model_not_found | context_length_exceeded | timeout | engine_failed | null"
+    )
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error shape; every error response and the error event of a stream carry it."""
+
+    error: ErrorDetail
 
 
 class APIError(Exception):
@@ -32,9 +49,8 @@ class APIError(Exception):
 
 
 def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
-    return {
-        "error": {"message": message, "type": _TYPES.get(status, "invalid_request_error"), "param": param, "code": code}
-    }
+    detail = ErrorDetail(message=message, type=_TYPES.get(status, "invalid_request_error"), param=param, code=code)
+    return ErrorResponse(error=detail).model_dump(mode="json")
 
 
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:

@@ -149,6 +149,9 @@ class HFEngine:
     def num_unfinished(self) -> int:
         return self._unfinished
 
+    def failure(self) -> str | None:
+        return None  # generation runs in this process: a crash of it is the server's own
+
     def _load(self) -> None:
         if self.settings.dtype not in _DTYPES:
             raise ValueError(

@@ -2,117 +2,21 @@
 
 The chat route reads and validates its body itself (so that every error has OpenAI's shape and the API key is
 checked before the body), so FastAPI cannot derive the request schema from a parameter: :func:`chat_openapi` gives
-it (with this server's model names and limits) and the schemas the event stream refers to. The response models
-describe what the handlers in :mod:`.app` build; tests/reliability/test_schemathesis.py checks responses against
-this description.
+it (with this server's model names and limits) and the schemas the event stream refers to. The models are those
+the service builds its responses from (:mod:`.protocol`, :mod:`.errors`); tests/reliability/test_schemathesis.py
+checks responses against this description.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
-from onellm.serving.chat import ROLES, part_types
+from onellm.serving.errors import ErrorResponse
+from onellm.serving.protocol import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Health, ModelList
 
 REF = "#/components/schemas/{model}"
-
-
-# --- errors ---------------------------------------------------------------------------------------------------------
-class ErrorDetail(BaseModel):
-    message: str
-    type: str = Field(description="invalid_request_error | authentication_error | not_found_error | ...")
-    param: str | None = Field(description="the offending request field, e.g. messages[0].content[1].image_url")
-    code: str | None = Field(description="invalid_api_key | model_not_found | timeout | null")
-
-
-class ErrorResponse(BaseModel):
-    """OpenAI's error shape (:mod:`.errors`)."""
-
-    error: ErrorDetail
-
-
-# --- responses ------------------------------------------------------------------------------------------------------
-class AssistantMessage(BaseModel):
-    role: Literal["assistant"]
-    content: str
-
-
-class TopLogprob(BaseModel):
-    token: str
-    logprob: float = Field(description="natural log of the probability under the raw model distribution")
-    bytes: list[int] = Field(description="the token's text as UTF-8 bytes")
-
-
-class TokenLogprob(TopLogprob):
-    top_logprobs: list[TopLogprob] = Field(description="the top_logprobs most likely tokens, most likely first")
-
-
-class ChoiceLogprobs(BaseModel):
-    content: list[TokenLogprob] = Field(description="one per generated token (logprobs: true)")
-
-
-class Choice(BaseModel):
-    index: int = Field(ge=0)
-    message: AssistantMessage
-    finish_reason: Literal["stop", "length"]
-    logprobs: ChoiceLogprobs | None = None
-    token_ids: list[int] | None = Field(default=None, description="the generated token ids (return_token_ids)")
-
-
-class Usage(BaseModel):
-    prompt_tokens: int = Field(ge=0, description="each media input counts N+2 placeholder positions")
-    completion_tokens: int = Field(ge=0)
-    total_tokens: int = Field(ge=0)
-
-
-class ChatCompletion(BaseModel):
-    id: str
-    object: Literal["chat.completion"]
-    created: int
-    model: str
-    choices: list[Choice] = Field(min_length=1)
-    usage: Usage
-
-
-class Delta(BaseModel):
-    role: Literal["assistant"] | None = Field(default=None, description="in each choice's first chunk")
-    content: str
-
-
-class ChunkChoice(BaseModel):
-    index: int = Field(ge=0)
-    delta: Delta
-    finish_reason: Literal["stop", "length"] | None
-    logprobs: ChoiceLogprobs | None = None
-    token_ids: list[int] | None = Field(default=None, description="this chunk's token ids (return_token_ids)")
-
-
-class ChatCompletionChunk(BaseModel):
-    id: str
-    object: Literal["chat.completion.chunk"]
-    created: int
-    model: str
-    choices: list[ChunkChoice] = Field(description="empty in the usage chunk")
-    usage: Usage | None = Field(default=None, description="the last chunk, with stream_options.include_usage")
-
-
-class ModelCard(BaseModel):
-    id: str
-    object: Literal["model"]
-    created: int
-    owned_by: str
-    parent: str | None = Field(default=None, description="for a LoRA adapter: the served model it applies to")
-
-
-class ModelList(BaseModel):
-    object: Literal["list"]
-    data: list[ModelCard] = Field(min_length=1)
-
-
-class Health(BaseModel):
-    status: Literal["ok", "starting"]
-    engine: str
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -157,7 +61,7 @@ def chat_responses() -> dict[int | str, dict[str, Any]]:
         404: _error("unknown model"),
         413: _error("request body or one media input above its size limit"),
         429: _error("--max-queue requests in flight; retry after Retry-After seconds"),
-        503: _error("the engine is still starting"),
+        503: _error("the engine is still starting, or its worker died and the server is exiting"),
         504: _error("--request-timeout exceeded"),
     }
 
@@ -172,59 +76,8 @@ def models_responses() -> dict[int | str, dict[str, Any]]:
 def health_responses() -> dict[int | str, dict[str, Any]]:
     return {
         200: {"model": Health, "description": "the engine is up"},
-        503: {"model": Health, "description": "the engine is still starting"},
+        503: {"model": Health, "description": "the engine is still starting, or it failed (the server is exiting)"},
     }
-
-
-# --- the chat request -----------------------------------------------------------------------------------------------
-STOP_SCHEMA = {  # what parse_body accepts
-    "anyOf": [
-        {"type": "string", "minLength": 1},
-        {"type": "array", "items": {"type": "string", "minLength": 1}, "maxItems": 4},
-        {"type": "null"},
-    ]
-}
-
-
-def messages_schema() -> dict[str, Any]:
-    """JSON schema of ``messages``: roles, and content as a string or a list of parts (one per :func:`part_types`)."""
-    media = {
-        "type": "object",
-        "description": "exactly one of url (data:, allowlisted http(s):, file: under the allowed folder) or data "
-        "(base64 of the file)",
-        "properties": {
-            "url": {"type": "string"},
-            "data": {"type": "string"},
-            "format": {"type": "string", "description": "file format, e.g. wav, npy, csv"},
-            "sample_rate": {"type": "number", "exclusiveMinimum": 0, "description": "imu: samples per second"},
-        },
-        "oneOf": [{"required": ["url"]}, {"required": ["data"]}],
-    }
-    parts: list[dict[str, Any]] = [
-        {
-            "type": "object",
-            "required": ["type", "text"],
-            "properties": {"type": {"const": "text"}, "text": {"type": "string"}},
-        }
-    ]
-    for part_type in part_types():
-        payload = {"anyOf": [media, {"type": "string"}]} if part_type.endswith("_url") else media  # a bare URL
-        parts.append(
-            {
-                "type": "object",
-                "required": ["type", part_type],
-                "properties": {"type": {"const": part_type}, part_type: payload},
-            }
-        )
-    message = {
-        "type": "object",
-        "required": ["role"],
-        "properties": {
-            "role": {"enum": list(ROLES)},
-            "content": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"anyOf": parts}}, {"type": "null"}]},
-        },
-    }
-    return {"type": "array", "minItems": 1, "items": message}
 
 
 def _schemas(model: type[BaseModel]) -> dict[str, Any]:
@@ -233,26 +86,17 @@ def _schemas(model: type[BaseModel]) -> dict[str, Any]:
     return {**schema.pop("$defs", {}), model.__name__: schema}
 
 
-def chat_openapi(request: type[BaseModel], models: list[str], max_n: int) -> tuple[dict[str, Any], dict[str, Any]]:
+def chat_openapi(models: list[str], max_n: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """The chat route's ``openapi_extra`` (its JSON request body, ``model`` one of ``models``, ``n`` at most
     ``max_n``) and the component schemas that the body and the event stream refer to."""
-    components = {**_schemas(request), **_schemas(ChatCompletionChunk), **_schemas(ErrorResponse)}
-    body = components[request.__name__]["properties"]
+    request = ChatCompletionRequest.__name__
+    components = {**_schemas(ChatCompletionRequest), **_schemas(ChatCompletionChunk), **_schemas(ErrorResponse)}
+    body = components[request]["properties"]
     body["model"]["enum"] = list(models)  # any other name: 404
     body["n"]["maximum"] = max_n
-    ref = {"$ref": REF.format(model=request.__name__)}
+    ref = {"$ref": REF.format(model=request)}
     extra = {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
     return extra, components
 
 
-__all__ = [
-    "STOP_SCHEMA",
-    "ChatCompletion",
-    "ChatCompletionChunk",
-    "ErrorResponse",
-    "chat_openapi",
-    "chat_responses",
-    "health_responses",
-    "messages_schema",
-    "models_responses",
-]
+__all__ = ["chat_openapi", "chat_responses", "health_responses", "models_responses"]

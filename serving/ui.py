@@ -4,10 +4,11 @@
 
 One process: uvicorn runs a FastAPI app whose lifespan starts the engine (built from the same flags and by the
 same code as ``onellm serve``: :func:`onellm.serving.cli.engine_from_args`), mounts the page at ``/`` and answers
-``GET /health`` once the engine is up. A turn travels the way an API request does: the page writes OpenAI chat
-messages carrying each uploaded file inline (base64, in the content part type of its modality),
-:func:`onellm.serving.chat.parse_chat` validates and preprocesses them under the same media limits, and the
-engine's streaming ``generate`` (the one behind ``"stream": true``) yields the answer as tokens arrive.
+``GET /health`` once the engine is up. A turn is an API request to the same
+:class:`~onellm.serving.service.ChatService` that ``onellm serve``'s routes call: the page writes OpenAI chat
+messages carrying each uploaded file inline (base64, in the content part type of its modality), and the service
+validates and preprocesses them under the same media limits, checks the context length and streams the answer
+as tokens arrive (the path behind ``"stream": true``).
 
 Everything but the page layout (:func:`build_page`) is plain Python, tested without a browser.
 """
@@ -20,26 +21,26 @@ import logging
 import mimetypes
 import re
 import time
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from onellm.modalities import get_modality, modality_names
-from onellm.serving.chat import parse_chat
 from onellm.serving.cli import (
     add_engine_arguments,
     add_input_limit_arguments,
+    check_adapter_names,
     checkpoint_from_args,
     engine_from_args,
     ensure_port_free,
     media_policy_from_args,
+    run_server,
 )
-from onellm.serving.engines import Engine, GenerationRequest, SamplingSettings, engine_lifespan
 from onellm.serving.errors import APIError
-from onellm.serving.media import MediaFetcher, MediaPolicy
+from onellm.serving.protocol import ChatCompletionRequest
+from onellm.serving.service import ChatService, ServiceSettings
 
 logger = logging.getLogger("onellm.ui")
 
@@ -163,21 +164,16 @@ def name_files(message: str, files: dict[str, str]) -> str:
 class ChatPage:
     """The page's behaviour, without Gradio: turns a submitted message into streamed chat updates.
 
-    Chat messages are Gradio's ``{"role", "content"}`` dicts (content: text, or ``{"path": ...}`` for a file).
+    Each turn is a chat request to ``service``, the one behind ``onellm serve``'s API: the same parsing, media
+    limits, context check and streamed generation. Chat messages are Gradio's ``{"role", "content"}`` dicts
+    (content: text, or ``{"path": ...}`` for a file).
     """
 
-    engine: Engine
-    processor: Any  # OneLLMProcessor
-    policy: MediaPolicy = field(default_factory=MediaPolicy)
-    max_inputs: int = 8
-    adapters: tuple[str, ...] = ()  # LoRA adapter names given with --lora
-
-    def __post_init__(self) -> None:
-        self.fetcher = MediaFetcher(self.policy)
+    service: ChatService
 
     @property
     def modalities(self) -> list[str]:
-        return list(self.processor.modalities)
+        return list(self.service.processor.modalities)
 
     def describe(self, files: Sequence[str], choice: str) -> str:
         """One line per attached file: the modality it will be sent as, or why it cannot be."""
@@ -227,38 +223,42 @@ class ChatPage:
         yield [*chat, answer], turns, "Preprocessing…"
         started = time.monotonic()
         messages, names = build_messages(turns, question)
+        body = ChatCompletionRequest(
+            model=adapter or self.service.settings.served_model_name,
+            messages=messages,
+            max_tokens=int(max_tokens),
+            temperature=float(temperature),
+            stream=True,
+            return_token_ids=True,  # the status line counts them
+        )
         try:
-            parsed = await parse_chat(messages, self.processor, self.fetcher, self.max_inputs)
-            room = self.engine.max_model_len - parsed.prompt_tokens
-            if room < 1:
-                raise APIError(
-                    400,
-                    f"the conversation is {parsed.prompt_tokens} tokens (media included); the context holds "
-                    f"{self.engine.max_model_len}. Clear the chat to start over.",
-                )
+            call = await self.service.prepare(body, fit_context=True)
         except APIError as exc:
-            yield [*chat, _error(name_files(exc.message, names))], turns, "Not sent."
+            message = name_files(exc.message, names)
+            if exc.code == "context_length_exceeded":
+                message += ". Clear the chat to start over."
+            yield [*chat, _error(message)], turns, "Not sent."
             return
         except Exception as exc:  # a decoder failing in a way parse_chat does not translate: report, keep the page
             logger.exception("preprocessing failed")
             yield [*chat, _error(f"could not read the input ({type(exc).__name__}: {exc})")], turns, "Not sent."
             return
-        sampling = SamplingSettings(max_tokens=min(int(max_tokens), room), temperature=float(temperature))
-        request = GenerationRequest(
-            request_id=f"ui-{uuid.uuid4().hex}", chat=parsed, sampling=sampling, adapter=adapter or None
-        )
         tokens, finish = 0, None
         try:
-            async with aclosing(self.engine.generate(request)) as stream:
-                async for deltas in stream:
-                    for delta in deltas:
-                        answer = {"role": "assistant", "content": answer["content"] + delta.text}
-                        tokens += len(delta.token_ids)
-                        finish = delta.finish_reason or finish
+            chunks = await self.service.stream(call)
+            async with aclosing(chunks):  # type: ignore[type-var]
+                async for chunk in chunks:
+                    if any(c.delta.role for c in chunk.choices):
+                        continue  # the stream's opening chunk: no text yet
+                    for c in chunk.choices:
+                        answer = {"role": "assistant", "content": answer["content"] + c.delta.content}
+                        tokens += len(c.token_ids or ())
+                        finish = c.finish_reason or finish
                     yield [*chat, answer], turns, f"Generating… {tokens} tokens"
         except Exception as exc:  # the engine refused the input (vLLM validation) or failed: say so, keep the page
             logger.exception("generation failed")
-            yield [*chat, _error(f"generation failed: {type(exc).__name__}: {exc}")], turns, "Failed."
+            reason = exc.message if isinstance(exc, APIError) else f"{type(exc).__name__}: {exc}"
+            yield [*chat, _error(f"generation failed: {reason}")], turns, "Failed."
             return
         seconds = time.monotonic() - started
         said = answer["content"]
@@ -266,14 +266,15 @@ class ChatPage:
             answer = {"role": "assistant", "content": "*(the model ended its answer at once)*"}
         status = (
             f"{tokens} tokens in {seconds:.1f} s ({tokens / max(seconds, 1e-6):.1f} tokens/s) · "
-            f"finish: {finish or 'stop'} · prompt: {parsed.prompt_tokens} tokens · engine: {self.engine.name}"
+            f"finish: {finish or 'stop'} · prompt: {call.generation.chat.prompt_tokens} tokens · "
+            f"engine: {self.service.engine.name}"
         )
         yield [*chat, answer], [*turns, replace(question, answer=said)], status
 
     def _upload(self, path: Path, choice: str) -> Upload:
-        size = path.stat().st_size
-        if size > self.policy.max_bytes:
-            raise UploadError(f"{path.name}: {size} bytes, above the {self.policy.max_bytes}-byte limit per input")
+        size, limit = path.stat().st_size, self.service.settings.media.max_bytes
+        if size > limit:
+            raise UploadError(f"{path.name}: {size} bytes, above the {limit}-byte limit per input")
         return Upload(path, resolve_modality(path, choice, self.modalities))
 
 
@@ -289,7 +290,7 @@ def build_page(page: ChatPage, title: str) -> Any:
     with gr.Blocks(title=f"onellm · {title}", analytics_enabled=False) as blocks:
         gr.Markdown(
             f"## onellm · {title}\n"
-            f"Attach a file ({', '.join(page.modalities)}), ask about it, and the `{page.engine.name}` engine "
+            f"Attach a file ({', '.join(page.modalities)}), ask about it, and the `{page.service.engine.name}` engine "
             f"answers as it generates. Earlier turns stay in the conversation until you clear it."
         )
         chatbot = gr.Chatbot(
@@ -313,10 +314,10 @@ def build_page(page: ChatPage, title: str) -> Any:
                     max_tokens = gr.Slider(1, 1024, value=128, step=1, label="max tokens", elem_id="max-tokens")
                     temperature = gr.Slider(0.0, 2.0, value=0.7, step=0.05, label="temperature (0 = greedy)")
                     adapter = gr.Dropdown(
-                        [(BASE_MODEL, ""), *((name, name) for name in page.adapters)],
+                        [(BASE_MODEL, ""), *((name, name) for name in page.service.settings.adapters)],
                         value="",
                         label="LoRA adapter",
-                        visible=bool(page.adapters),
+                        visible=bool(page.service.settings.adapters),
                     )
                 clear = gr.Button("clear the conversation", variant="secondary", size="sm")
         turns = gr.State([])
@@ -351,23 +352,17 @@ def build_page(page: ChatPage, title: str) -> Any:
 
 
 def build_ui_app(page: ChatPage, title: str) -> Any:
-    """A FastAPI app: the engine starts and stops with it, ``/health`` says when it is up, the page is at ``/``."""
+    """A FastAPI app: the engine starts and stops with it (the service's lifespan), ``GET /health`` is the API
+    server's, the page is at ``/``."""
     import gradio as gr
     from fastapi import FastAPI
-    from fastapi.responses import JSONResponse
 
-    engine, state = page.engine, {"ready": False}
+    from onellm.serving.app import add_health_route
 
-    app = FastAPI(title="onellm ui", lifespan=engine_lifespan(engine, state, logger))
-
-    @app.get("/health")
-    async def health() -> JSONResponse:
-        body = {"status": "ok" if state["ready"] else "starting", "engine": engine.name}
-        return JSONResponse(body, status_code=200 if state["ready"] else 503)
-
-    return gr.mount_gradio_app(
-        app, build_page(page, title), path="/", ssr_mode=False, max_file_size=page.policy.max_bytes
-    )
+    app = FastAPI(title="onellm ui", lifespan=page.service.lifespan)
+    add_health_route(app, page.service)
+    max_bytes = page.service.settings.media.max_bytes
+    return gr.mount_gradio_app(app, build_page(page, title), path="/", ssr_mode=False, max_file_size=max_bytes)
 
 
 def add_ui_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -393,7 +388,6 @@ def run_ui(args: argparse.Namespace) -> None:
         import gradio  # noqa: F401
     except ModuleNotFoundError:
         raise SystemExit("onellm ui needs Gradio: pip install 'onellm[ui]'") from None
-    import uvicorn
     from transformers import AutoProcessor
 
     import onellm  # noqa: F401  (Auto-class registration)
@@ -401,17 +395,18 @@ def run_ui(args: argparse.Namespace) -> None:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     checkpoint = checkpoint_from_args(args, "ui")
     ensure_port_free(args, "ui")
-    engine = engine_from_args(args, "ui")
-    page = ChatPage(
-        engine,
-        AutoProcessor.from_pretrained(str(checkpoint)),
-        media_policy_from_args(args),
-        args.max_inputs_per_request,
-        tuple(name for name, _ in args.lora),
+    adapters = tuple(name for name, _ in args.lora)
+    check_adapter_names(checkpoint.name, adapters, "ui")
+    settings = ServiceSettings(
+        served_model_name=checkpoint.name,  # the base model; the page's dropdown picks an adapter by its name
+        adapters=adapters,
+        max_inputs_per_request=args.max_inputs_per_request,
+        media=media_policy_from_args(args),
     )
-    app = build_ui_app(page, checkpoint.name)
-    logger.info("chat page at http://%s:%d/ (engine %s)", args.host, args.port, engine.name)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower(), timeout_graceful_shutdown=5)
+    service = ChatService(engine_from_args(args, "ui"), AutoProcessor.from_pretrained(str(checkpoint)), settings)
+    app = build_ui_app(ChatPage(service), checkpoint.name)
+    logger.info("chat page at http://%s:%d/ (engine %s)", args.host, args.port, service.engine.name)
+    run_server(app, service, args, "ui")
 
 
 __all__ = [

@@ -12,7 +12,14 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
-from onellm.serving.engines import Delta, EngineSettings, GenerationRequest, TokenLogprob, adapter_rank
+from onellm.serving.engines import (
+    Delta,
+    EngineFailed,
+    EngineSettings,
+    GenerationRequest,
+    TokenLogprob,
+    adapter_rank,
+)
 
 # vLLM sizes its LoRA buffers by max_lora_rank, which must be one of these.
 _LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
@@ -85,10 +92,18 @@ class VLLMEngine:
     def num_unfinished(self) -> int:
         return 0 if self.llm is None else int(self.llm.get_num_unfinished_requests())
 
+    def failure(self) -> str | None:
+        # AsyncLLM's monitor thread notices at once when the engine-core process exits; a dead worker process takes
+        # its engine core down with it (vLLM's executor shuts down when one of its workers dies).
+        if self.llm is not None and self.llm.errored:
+            return "vLLM's engine-core process exited (a worker process died, or the engine failed: see the log)"
+        return None
+
     async def generate(self, request: GenerationRequest) -> AsyncIterator[list[Delta]]:
         from vllm import SamplingParams
         from vllm.renderers.inputs.preprocess import parse_model_prompt
         from vllm.sampling_params import RequestOutputKind
+        from vllm.v1.engine.exceptions import EngineDeadError
 
         from onellm.serving.vllm_model import Preprocessed
 
@@ -114,18 +129,21 @@ class VLLMEngine:
         lora = self.lora_requests[request.adapter] if request.adapter else None
         request_id = f"{request.request_id}-{uuid.uuid4().hex[:8]}"
         # Closing this generator (client gone, timeout) closes vLLM's, which aborts the request in the engine.
-        async with aclosing(self.llm.generate(engine_input, params, request_id, lora_request=lora)) as outputs:
-            async for output in outputs:
-                yield [
-                    Delta(
-                        c.index,
-                        c.text,
-                        list(c.token_ids),
-                        c.finish_reason if c.finish_reason != "abort" else None,
-                        _token_logprobs(c.token_ids, c.logprobs, sampling.logprobs),
-                    )
-                    for c in output.outputs
-                ]
+        try:
+            async with aclosing(self.llm.generate(engine_input, params, request_id, lora_request=lora)) as outputs:
+                async for output in outputs:
+                    yield [
+                        Delta(
+                            c.index,
+                            c.text,
+                            list(c.token_ids),
+                            c.finish_reason if c.finish_reason != "abort" else None,
+                            _token_logprobs(c.token_ids, c.logprobs, sampling.logprobs),
+                        )
+                        for c in output.outputs
+                    ]
+        except EngineDeadError:
+            raise EngineFailed(self.failure() or "vLLM's engine core died") from None
 
 
 def _token_logprobs(token_ids: Any, positions: Any, top: int | None) -> list[TokenLogprob]:

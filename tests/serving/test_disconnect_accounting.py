@@ -35,6 +35,9 @@ class EndlessEngine:
     def num_unfinished(self) -> int:
         return self.open
 
+    def failure(self) -> str | None:
+        return None
+
     async def generate(self, request):
         self.open += 1
         try:

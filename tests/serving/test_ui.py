@@ -15,6 +15,7 @@ import re
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ from media_factory import npy_bytes, png_bytes
 from onellm.serving.chat import parse_chat
 from onellm.serving.engines import Delta, GenerationRequest
 from onellm.serving.media import MediaFetcher, MediaPolicy
+from onellm.serving.service import ChatService, ServiceSettings
 from onellm.serving.ui import (
     AUTO,
     ChatPage,
@@ -56,9 +58,12 @@ def run(coroutine):
     return asyncio.run(coroutine)
 
 
-def collect(stream: AsyncIterator) -> list:
+def collect(page: ChatPage, *reply: Any) -> list:
+    """Every update of ``page.reply(*reply)``, with the page's service started as the app's lifespan starts it."""
+
     async def gather() -> list:
-        return [item async for item in stream]
+        async with page.service.lifespan():
+            return [item async for item in page.reply(*reply)]
 
     return run(gather())
 
@@ -73,6 +78,18 @@ class FakeEngine:
         self.pieces, self.fail = pieces, fail
         self.requests: list[GenerationRequest] = []
 
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    def num_unfinished(self) -> int:
+        return 0
+
+    def failure(self) -> str | None:
+        return None
+
     async def generate(self, request: GenerationRequest) -> AsyncIterator[list[Delta]]:
         self.requests.append(request)
         if self.fail is not None:
@@ -82,12 +99,16 @@ class FakeEngine:
             yield [Delta(0, piece, [100 + i], "length" if last else None)]
 
 
+def page_on(engine: FakeEngine, processor: Any, **settings: Any) -> ChatPage:
+    return ChatPage(ChatService(engine, processor, ServiceSettings("tiny", **settings)))
+
+
 # --- modality detection ---------------------------------------------------------------------------------
 def test_detect_modality_by_extension_and_content(media_paths, tmp_path):
     # The shared sample files (tests/media_factory.py). An RGB normal-map PNG looks like a photo and an IMU
     # recording [T, 6] like a coloured point cloud [P, 6]: those two need the dropdown.
     expected = {m: m for m in ALL} | {"normal": "image", "imu": "point"}
-    assert {m: detect_modality(path, ALL) for m, path in media_paths.items()} == expected
+    assert {m: detect_modality(media_paths[m], ALL) for m in ALL} == expected  # the six others: test_extended_modalities
     assert resolve_modality(media_paths["normal"], "normal", ALL) == "normal"
     assert resolve_modality(media_paths["imu"], "imu", ALL) == "imu"
 
@@ -111,7 +132,7 @@ def test_detect_modality_by_extension_and_content(media_paths, tmp_path):
 
 
 def test_describe_says_how_each_file_will_be_sent(tiny, media_paths, tmp_path):
-    page = ChatPage(FakeEngine(), tiny[1])
+    page = page_on(FakeEngine(), tiny[1])
     (tmp_path / "notes.txt").write_text("hello")
     lines = page.describe([str(media_paths["imu"]), str(media_paths["audio"]), str(tmp_path / "notes.txt")], AUTO)
     assert lines.split("\n\n") == [
@@ -180,9 +201,9 @@ def test_name_files_replaces_field_names():
 def test_reply_streams_the_answer_and_keeps_the_conversation(tiny, media_paths):
     _, processor = tiny
     engine = FakeEngine()
-    page = ChatPage(engine, processor)
+    page = page_on(engine, processor)
 
-    updates = collect(page.reply([str(media_paths["image"])], "What is it?", [], [], AUTO, 16, 0.0))
+    updates = collect(page, [str(media_paths["image"])], "What is it?", [], [], AUTO, 16, 0.0)
     chats = [chat for chat, _, _ in updates]
     answers = [chat[-1]["content"] for chat in chats]
     assert chats[0][:2] == [
@@ -198,7 +219,7 @@ def test_reply_streams_the_answer_and_keeps_the_conversation(tiny, media_paths):
     assert (sampling.max_tokens, sampling.temperature) == (16, 0.0)
 
     # A second turn without a file: the model sees the first turn, its image and its answer.
-    updates = collect(page.reply([], "And then?", chat, turns, AUTO, 16, 0.7))
+    updates = collect(page, [], "And then?", chat, turns, AUTO, 16, 0.7)
     chat, turns, _ = updates[-1]
     assert len(turns) == 2 and len(chat) == 5
     second = engine.requests[1].chat
@@ -209,7 +230,7 @@ def test_reply_streams_the_answer_and_keeps_the_conversation(tiny, media_paths):
 def test_reply_reports_bad_input_in_the_chat(tiny, media_paths, tmp_path):
     _, processor = tiny
     engine = FakeEngine()
-    page = ChatPage(engine, processor, MediaPolicy(max_bytes=10_000))
+    page = page_on(engine, processor, media=MediaPolicy(max_bytes=10_000))
     (tmp_path / "broken.png").write_bytes(b"not a png")
     (tmp_path / "big.png").write_bytes(png_bytes(size=(200, 200)))
     (tmp_path / "notes.txt").write_text("hello")
@@ -220,38 +241,38 @@ def test_reply_reports_bad_input_in_the_chat(tiny, media_paths, tmp_path):
         "notes.txt": r"notes\.txt: unknown file type",
     }
     for name, pattern in cases.items():
-        chat, turns, status = collect(page.reply([str(tmp_path / name)], "What?", [], [], AUTO))[-1]
+        chat, turns, status = collect(page, [str(tmp_path / name)], "What?", [], [], AUTO)[-1]
         assert re.search(pattern, chat[-1]["content"]), chat[-1]
         assert chat[-1]["role"] == "assistant" and turns == [] and status == "Not sent."
     # A file the dropdown forces onto the wrong modality fails in preprocessing, also as a message.
-    chat, _, _ = collect(page.reply([str(media_paths["image"])], "", [], [], "fmri"))[-1]
+    chat, _, _ = collect(page, [str(media_paths["image"])], "", [], [], "fmri")[-1]
     assert re.search(r"cat\.png: .*\.npy", chat[-1]["content"]), chat[-1]
     assert engine.requests == []  # nothing reached the engine
 
-    _, _, status = collect(page.reply([], "  ", [], [], AUTO))[-1]
+    _, _, status = collect(page, [], "  ", [], [], AUTO)[-1]
     assert status == "Type a question or attach a file."
 
 
 def test_reply_survives_unexpected_failures(tiny, media_paths, monkeypatch):
     _, processor = tiny
-    failing = ChatPage(FakeEngine(fail=RuntimeError("engine died")), processor)
-    chat, turns, status = collect(failing.reply([], "Hi", [], [], AUTO))[-1]
+    failing = page_on(FakeEngine(fail=RuntimeError("engine died")), processor)
+    chat, turns, status = collect(failing, [], "Hi", [], [], AUTO)[-1]
     assert chat[-1]["content"] == "⚠️ **Error:** generation failed: RuntimeError: engine died"
     assert turns == [] and status == "Failed."
 
     def broken_decoder(*args, **kwargs):
         raise RuntimeError("decoder crashed")
 
-    page = ChatPage(FakeEngine(), processor)
+    page = page_on(FakeEngine(), processor)
     monkeypatch.setattr(processor, "preprocess", broken_decoder)
-    chat, turns, status = collect(page.reply([str(media_paths["image"])], "Hi", [], [], AUTO))[-1]
+    chat, turns, status = collect(page, [str(media_paths["image"])], "Hi", [], [], AUTO)[-1]
     assert chat[-1]["content"] == "⚠️ **Error:** could not read the input (RuntimeError: decoder crashed)"
     assert turns == [] and status == "Not sent."
 
 
 def test_an_empty_answer_is_shown_as_such_and_kept_empty(tiny):
     _, processor = tiny
-    chat, turns, _ = collect(ChatPage(FakeEngine(pieces=("",)), processor).reply([], "Hi", [], [], AUTO))[-1]
+    chat, turns, _ = collect(page_on(FakeEngine(pieces=("",)), processor), [], "Hi", [], [], AUTO)[-1]
     assert chat[-1]["content"] == "*(the model ended its answer at once)*"
     assert turns == [Turn((), "Hi", "")]
 
