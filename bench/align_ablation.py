@@ -90,6 +90,17 @@ def run(args: list[str], log: Path) -> None:
         raise SystemExit(f"align_ablation: `onellm {' '.join(args[:2])} ...` failed; see {log}")
 
 
+def spreads(checkpoint: Path, data: Path, modalities: list[str]) -> dict[str, dict]:
+    """``{modality: {"projector_spread"}}`` over the test split's first 50 inputs of each modality."""
+    from onellm import OneLLMForConditionalGeneration, OneLLMProcessor
+    from onellm.diagnose import read_split, spread_on_split
+
+    model = OneLLMForConditionalGeneration.from_pretrained(checkpoint).eval()
+    processor = OneLLMProcessor.from_pretrained(checkpoint)
+    test = read_split(data, "test")
+    return {m: {"projector_spread": spread_on_split(model, processor, test, data, m, 50)[0]} for m in modalities}
+
+
 def score(checkpoint: Path, folder: Path, data: Path, modalities: list[str], log: Path) -> dict[str, dict]:
     """Per modality: QA accuracy and its input-blind baseline, CIDEr, distinct captions, projector spread."""
     for kind, limit in (("qa", 150), ("caption", 50)):
@@ -102,11 +113,14 @@ def score(checkpoint: Path, folder: Path, data: Path, modalities: list[str], log
                 log,
             )
     if not (folder / "diagnostics.json").is_file():
-        run(
-            ["diagnose", str(checkpoint), "--data", str(data), "--modalities", ",".join(modalities), "--limit", "50",
-             "--out", str(folder / "diagnostics.json")],
-            log,
-        )
+        if len(modalities) == 1:  # the whole diagnosis (probes, shuffled-input loss; ~100 s a modality)
+            run(
+                ["diagnose", str(checkpoint), "--data", str(data), "--modalities", modalities[0], "--limit", "50",
+                 "--out", str(folder / "diagnostics.json")],
+                log,
+            )
+        else:  # the projector spread alone (seconds), as the demo's report measures it
+            (folder / "diagnostics.json").write_text(json.dumps({"modalities": spreads(checkpoint, data, modalities)}))
     qa = json.loads((folder / "eval_qa/results.json").read_text())["results"]
     cap = json.loads((folder / "eval_caption/results.json").read_text())["results"]
     diag = json.loads((folder / "diagnostics.json").read_text())["modalities"]

@@ -19,12 +19,11 @@ from onellm.instruct_data.synth import generator_names, synthesize
 
 
 def _run_synth(args: argparse.Namespace) -> int:
-    modalities = [m.strip() for m in args.modalities.split(",") if m.strip()] if args.modalities else None
     report = synthesize(
         args.out,
         per_modality=args.per_modality,
         seed=args.seed,
-        modalities=modalities,
+        modalities=args.modalities or None,
         fmri_voxels=args.fmri_voxels,
         workers=args.workers,
     )
@@ -35,7 +34,8 @@ def _run_synth(args: argparse.Namespace) -> int:
 def _add_synth(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "synth",
-        help="write the synthetic 8-modality corpus (media + train/val/test.jsonl + synth_info.json)",
+        help="write the synthetic corpus (media + train/val/test.jsonl + synth_info.json): OneLLM's eight "
+        "modalities, or all fourteen with --modalities all",
         description="Write the synthetic corpus: media under OUT/media/<modality>/, OUT/{train,val,test}.jsonl "
         "(80/10/10, disjoint by content) and OUT/synth_info.json. Same seed = same corpus.",
     )
@@ -43,7 +43,10 @@ def _add_synth(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--per-modality", type=int, required=True, help="items per modality (each = 1 caption + 3 QA)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument(
-        "--modalities", default=None, help=f"comma-separated subset of {','.join(generator_names())} (default: all)"
+        "--modalities",
+        default=None,
+        help="'all' (fourteen), a set ('extended': the six beyond OneLLM's), or comma-separated names of "
+        f"{','.join(generator_names())} (default: OneLLM's eight)",
     )
     parser.add_argument("--fmri-voxels", type=int, default=2048, help="length of the fMRI voxel vector (default 2048)")
     parser.add_argument("--workers", type=int, default=None, help="render processes (default: CPU count for >= 200)")

@@ -47,12 +47,18 @@ def _build(args: argparse.Namespace) -> int:
             )
             return 2
         kwargs = {"llm_path": args.llm_path, "encoder_path": args.encoder_path}
+        if args.modalities:
+            print("onellm build: the 7b preset is the official layout: OneLLM's eight modalities, no --modalities",
+                  file=sys.stderr)  # fmt: skip
+            return 2
     else:
         kwargs = {"seed": args.seed} if args.preset == "tiny" else {}
+        if args.modalities:
+            kwargs["modalities"] = args.modalities
     try:
         model, processor = build_preset(args.preset, **kwargs)
-    except FileNotFoundError as exc:
-        print(f"onellm build: {exc}", file=sys.stderr)
+    except (FileNotFoundError, KeyError) as exc:
+        print(f"onellm build: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
         return 2
     out = Path(args.out)
     model.save_pretrained(out)
@@ -72,6 +78,11 @@ def make_parser() -> argparse.ArgumentParser:
     build.add_argument("--seed", type=int, default=0, help="tiny only: the random seed")
     build.add_argument("--llm-path", help="7b only: a local LLaMA-2-7B HF folder")
     build.add_argument("--encoder-path", help="7b only: a local CLIP ViT-L/14 HF folder")
+    build.add_argument(
+        "--modalities",
+        help="tiny/small: the modalities to build: 'all' (fourteen), a set ('extended'), or names separated by commas "
+        "(default: OneLLM's eight and installed plugins)",
+    )
     build.set_defaults(func=_build)
     for module_name, function in _COMMANDS:
         try:

@@ -28,7 +28,8 @@ from transformers import (
 )
 
 from onellm.configuration import OneLLMConfig
-from onellm.modalities import get_modality, modality_names
+from onellm.modalities import get_modality, modality_names, resolve_modalities
+from onellm.modalities.base import ONELLM_SET
 from onellm.modeling import OneLLMForConditionalGeneration
 from onellm.processing import CHAT_TEMPLATE, OneLLMProcessor
 from onellm.registry import Registry
@@ -51,14 +52,16 @@ def build_preset(name: str, **kwargs) -> tuple[OneLLMForConditionalGeneration, O
     return _PRESETS[name](**kwargs)
 
 
-def family_modalities(family: str, modalities: list[str] | None = None) -> dict[str, dict]:
-    """``{modality: option overrides}`` of preset family ``family`` ("tiny", "small", "7b") for ``modalities``
-    (default: every registered one), each from its modality file's ``preset_options`` (none: the defaults)."""
-    return {m: dict(get_modality(m).preset_options.get(family, {})) for m in (modalities or modality_names())}
+def family_modalities(family: str, modalities: str | list[str] | None = None) -> dict[str, dict]:
+    """``{modality: option overrides}`` of preset family ``family`` ("tiny", "small", "7b") for ``modalities`` (a
+    selection as :func:`onellm.modalities.resolve_modalities` reads it: None = the default sets, ``"all"``, a set
+    name, or names), each from its modality file's ``preset_options`` (none: the defaults)."""
+    return {m: dict(get_modality(m).preset_options.get(family, {})) for m in resolve_modalities(modalities)}
 
 
 def preset_modality_options(name: str) -> dict[str, dict]:
-    """The per-modality options a preset builds with (no model is built): what data must match."""
+    """The per-modality options a preset builds with, for every registered modality (an opt-in one gets the options
+    it would be built with): what data must match. No model is built."""
     if name not in _PRESETS:
         raise KeyError(f"unknown preset {name!r}; known: {preset_names()}")
     return {m: get_modality(m).preset(name) for m in modality_names()}
@@ -151,15 +154,18 @@ def tiny_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
 
 @register_preset("tiny")
 def build_tiny(
-    seed: int = 0, modalities: list[str] | None = None, router: str = "pooled", num_experts: int = 3,
+    seed: int = 0, modalities: str | list[str] | None = None, router: str = "pooled", num_experts: int = 3,
     norm: str = "standardize", queries: str = "learned", expert: str = "transformer", out_rms: float | None = None,
     feature_layers: list[int] | None = None,
 ):
-    """Random weights, every modality; builds in well under a second. Attention head dim 32 (vLLM CPU needs >= 32)."""
+    """Random weights; builds in well under a second. Attention head dim 32 (vLLM CPU needs >= 32).
+
+    ``modalities``: None = the default sets (OneLLM's eight and plugins), ``"all"`` (all fourteen + plugins), a set
+    name (``"extended"``) or names (see :func:`onellm.modalities.resolve_modalities`)."""
     torch.manual_seed(seed)
     tokenizer = tiny_tokenizer()
     text = LlamaConfig(
-        vocab_size=576,  # 512 BPE + 3 special + 8 markers, padded to a multiple of 64
+        vocab_size=576,  # 512 BPE + 3 special + up to 61 markers (14 built in), padded to a multiple of 64
         hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
         max_position_embeddings=2048, tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
@@ -180,7 +186,7 @@ def build_tiny(
 
 @register_preset("small")
 def build_small(
-    cache_dir: str | Path | None = None, modalities: list[str] | None = None, num_experts: int = 3,
+    cache_dir: str | Path | None = None, modalities: str | list[str] | None = None, num_experts: int = 3,
     queries: str = "pooled", expert: str = "mlp", num_queries: int = 16, out_rms: float | str | None = None,
     feature_layers: list[int] | None = None, depth: int = 2,
 ):
@@ -190,6 +196,7 @@ def build_small(
     ``num_queries=64`` (the 8x8 patch grid, unpooled) LLaVA's per-token MLP connector; ``depth=0`` a linear one.
     ``out_rms``: RMS-normalise the soft tokens to this scale ("text": the LLM's text-embedding RMS, 0.136);
     ``feature_layers``: the encoder blocks the UPM reads (default the last). BENCHMARKS.md has what each measured.
+    ``modalities``: as in the tiny preset (None = the default sets; ``"all"`` for all fourteen).
     """
     from onellm.weights import dinov2_small_path, smollm2_path
 
@@ -229,7 +236,8 @@ SEVEN_B_PROJECTOR = {
 def build_7b(llm_path: str | Path, encoder_path: str | Path):
     """The paper's configuration from local folders (a LLaMA-2-7B checkpoint and a CLIP ViT-L/14 vision model) in the
     official OneLLM layout (:data:`SEVEN_B_PROJECTOR`, the modalities' "7b" options): the layout of released weights
-    converted with ``onellm convert official``.
+    converted with ``onellm convert official``, so exactly OneLLM's eight modalities (the ``onellm`` set; no
+    extended or plugin modality).
     """
     for label, path in (("llm_path", llm_path), ("encoder_path", encoder_path)):
         if not Path(path).is_dir():
@@ -240,7 +248,8 @@ def build_7b(llm_path: str | Path, encoder_path: str | Path):
     vision_class = CLIPVisionModel if AutoConfig.from_pretrained(encoder_path).model_type == "clip" else AutoModel
     vision = vision_class.from_pretrained(encoder_path, dtype=torch.bfloat16)
     return assemble(
-        llm.config, vision.config, tokenizer, SEVEN_B_PROJECTOR, family_modalities("7b"), llm=llm, vision=vision
+        llm.config, vision.config, tokenizer, SEVEN_B_PROJECTOR, family_modalities("7b", ONELLM_SET), llm=llm,
+        vision=vision,
     )
 
 
@@ -254,9 +263,9 @@ def seven_b_config() -> OneLLMConfig:
         hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, image_size=224,
         patch_size=14, hidden_act="quick_gelu",
     )
-    # Marker ids follow LLaMA-2's 32000-token vocabulary, in curriculum order.
-    token_ids = {m: 32000 + i for i, m in enumerate(modality_names())}
+    # Marker ids follow LLaMA-2's 32000-token vocabulary, in curriculum order: OneLLM's eight (32000..32007).
+    token_ids = {m: 32000 + i for i, m in enumerate(modality_names(ONELLM_SET))}
     return OneLLMConfig(
         text_config=text.to_dict(), vision_config=vision.to_dict(), projector_config=SEVEN_B_PROJECTOR,
-        modality_configs=family_modalities("7b"), modality_token_ids=token_ids,
+        modality_configs=family_modalities("7b", ONELLM_SET), modality_token_ids=token_ids,
     )

@@ -24,7 +24,15 @@ def media_paths(media_dir) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def tiny():
-    """(model, processor) of the tiny preset, all eight modalities, random weights (seed 0)."""
+    """(model, processor) of the tiny preset, OneLLM's eight modalities (its default), random weights (seed 0)."""
     from onellm.presets import build_preset
 
     return build_preset("tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_all():
+    """(model, processor) of the tiny preset built with all fourteen modalities (``modalities="all"``), seed 0."""
+    from onellm.presets import build_preset
+
+    return build_preset("tiny", modalities="all")

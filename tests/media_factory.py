@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import av
 import numpy as np
@@ -61,6 +62,30 @@ def npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def grey16_png_bytes(size: tuple[int, int] = (40, 48), seed: int = 0, low: int = 1000, high: int = 40_000) -> bytes:
+    """A 16-bit single-channel PNG (an X-ray's detector counts, an infrared camera's centi-kelvin)."""
+    grey = np.random.default_rng(seed).integers(low, high, (size[1], size[0])).astype(np.uint16)
+    buffer = io.BytesIO()
+    Image.fromarray(grey).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def series_csv_bytes(steps: int = 120, channels: int = 3, header: bool = True) -> bytes:
+    """A time series as CSV: one row per step, one column per channel, a header row of channel names."""
+    t = np.arange(steps)[:, None]
+    values = np.sin(t / (5.0 + np.arange(channels))) * (1 + np.arange(channels)) + t * 0.01
+    lines = [",".join(f"ch{c}" for c in range(channels))] if header else []
+    lines += [",".join(f"{v:.5f}" for v in row) for row in values]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def json_bytes(data: object) -> bytes:
+    return json.dumps(data).encode()
+
+
+GRAPH = {"nodes": [[1, 0], [0, 1], [1, 1], [0, 0], [1, 0]], "edges": [[0, 1], [1, 2], [2, 0], [2, 3], [3, 4]]}
+ROW = {"age": 41, "height": 1.82, "city": "Oslo", "member": True, "note": None}
+
 # One valid file per modality, named as a user would name it. The fMRI length matches the tiny preset (2048).
 SAMPLE_FILES = {
     "image": ("cat.png", lambda: png_bytes()),
@@ -71,4 +96,11 @@ SAMPLE_FILES = {
     "normal": ("normal.png", lambda: normal_png_bytes()),
     "imu": ("walk.npy", lambda: npy_bytes(np.random.default_rng(1).normal(size=(300, 6)).astype(np.float32))),
     "fmri": ("scan.npy", lambda: npy_bytes(np.random.default_rng(2).normal(size=2048).astype(np.float32))),
+    # The six beyond OneLLM's eight (opt-in: the tiny preset builds them with modalities="all").
+    "xray": ("chest.png", lambda: grey16_png_bytes(seed=3)),
+    "infrared": ("thermal.png", lambda: grey16_png_bytes(seed=4, low=28_000, high=33_000)),
+    "hyperspectral": ("field.npy", lambda: npy_bytes(np.random.default_rng(5).random((20, 24, 40)).astype(np.float32))),
+    "timeseries": ("sensors.csv", lambda: series_csv_bytes()),
+    "tabular": ("row.json", lambda: json_bytes(ROW)),
+    "graph": ("molecule.json", lambda: json_bytes(GRAPH)),
 }

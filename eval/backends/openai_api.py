@@ -9,10 +9,11 @@ this machine's files. Content parts, one per modality:
 | image  | ``{"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}`` (OpenAI) |
 | audio  | ``{"type": "input_audio", "input_audio": {"data": "<base64>", "format": "wav"}}`` (OpenAI) |
 | video  | ``{"type": "video_url", "video_url": {"url": "data:video/mp4;base64,..."}}`` (vLLM's extension) |
-| point, depth, normal, imu, fmri | ``{"type": "input_<name>", "input_<name>": {"data": "<base64>", "format": "npy"}}`` |
+| any other | ``{"type": "input_<name>", "input_<name>": {"data": "<base64>", "format": "npy"}}`` (the file's own format: png, csv, json, ...) |
 
-(``input_point_cloud`` for point clouds; IMU parts also carry ``sample_rate`` when the record has one.) The last
-four are onellm's extension parts, served by ``onellm serve``. Requests run concurrently (``concurrency`` at a
+(``input_point_cloud`` for point clouds; IMU parts also carry ``sample_rate`` when the record has one.) Each part
+type comes from the modality's file (``Modality.part_types``); the ``input_*`` parts are onellm's extension parts,
+served by ``onellm serve``. Requests run concurrently (``concurrency`` at a
 time); 429 and 5xx answers and connection errors are retried with exponential backoff, honouring Retry-After.
 """
 

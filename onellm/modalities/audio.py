@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from onellm.modalities import register_modality
-from onellm.modalities.base import TOO_LONG, WRONG_SHAPE, Modality, Source, class_position
+from onellm.modalities.base import ONELLM_SET, TOO_LONG, WRONG_SHAPE, Modality, Source, class_position
 
 SAMPLE_RATE = 16_000
 # AudioSet statistics of the 128-bin fbank (the AST convention OneLLM follows).
@@ -105,6 +105,7 @@ class AudioTokenizer(nn.Module):
 @register_modality
 class AudioModality(Modality):
     name = "audio"
+    group = ONELLM_SET
     order = 2
     # target_length frames of 10 ms: 1024 (~10 s) in OneLLM; presets for CPU training use a few seconds.
     # class_position: the position table also covers the encoder's class token (OneLLM's layout).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import os
 from pathlib import Path
@@ -22,6 +23,14 @@ WRONG_SHAPE = "wrong shape"
 NAN = "NaN"
 TOO_LONG = "too long"
 MEDIA_REASONS = (MISSING_FILE, UNDECODABLE, WRONG_SHAPE, NAN, TOO_LONG)
+
+# The sets a modality belongs to (``Modality.group``). Presets, ``onellm data synth`` and the default curricula build
+# the default sets unless asked for more (``modalities: all``, a set name or a list of names):
+ONELLM_SET = "onellm"  # OneLLM's eight; the official 7b layout (and its converter) is exactly these
+EXTENDED_SET = "extended"  # Meta-Transformer's six beyond them (X-ray ... graph): opt-in
+PLUGIN_SET = "plugin"  # the base class's value: a modality from another package, built by default
+MODALITY_SETS = (ONELLM_SET, EXTENDED_SET, PLUGIN_SET)
+DEFAULT_SETS = (ONELLM_SET, PLUGIN_SET)
 
 
 class MediaError(ValueError):
@@ -66,6 +75,27 @@ def npy_shape(path: Path) -> tuple[int, ...] | None:
         return None
 
 
+def npy_header_shape(data: bytes) -> tuple[int, ...] | None:
+    """The shape the header of ``.npy`` bytes announces (nothing else is parsed), or None when they are not one."""
+    if data[:6] != b"\x93NUMPY":
+        return None
+    try:
+        stream = io.BytesIO(data)
+        major, _ = np.lib.format.read_magic(stream)
+        read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, _, _ = read(stream)
+    except Exception:  # a malformed header: preprocess reports it
+        return None
+    return tuple(shape)
+
+
+def signed_log(values: np.ndarray) -> np.ndarray:
+    """``sign(x) * log(1 + |x|)``: any real number to a range a Linear layer takes (1e6 -> 13.8, 1e38 -> 87.5),
+    monotonic, exact near zero; for values whose scale is unknown in advance (table cells, series levels)."""
+    values = np.asarray(values, dtype=np.float64)
+    return np.sign(values) * np.log1p(np.abs(values))
+
+
 def pick_variant(modality: str, option: str, value: str, variants: dict[str, Any]) -> Any:
     """``variants[value]``, or an error naming the modality option and the known values."""
     if value not in variants:
@@ -77,6 +107,8 @@ class Modality:
     """Base class. Subclasses set the class attributes and implement the three methods."""
 
     name: ClassVar[str] = ""
+    # The set it belongs to (one of MODALITY_SETS): OneLLM's eight, the opt-in extended six, or a plugin's (default).
+    group: ClassVar[str] = PLUGIN_SET
     # Curriculum order (image first); also the order of `modality_names()`.
     order: ClassVar[int] = 100
     # True when the tokenizer is the encoder's own (frozen) patch embedding.
@@ -109,6 +141,11 @@ class Modality:
                 f"modality {self.name!r} has no option(s) {unknown}; known: {sorted(self.defaults)}"
             )
         return {**self.defaults, **overrides}
+
+    @property
+    def default_set(self) -> bool:
+        """Whether presets, ``onellm data synth`` and the default curricula include it unless asked otherwise."""
+        return self.group in DEFAULT_SETS
 
     @property
     def prompt_noun(self) -> str:
@@ -208,6 +245,21 @@ class Modality:
         if not np.issubdtype(array.dtype, np.number):
             raise self.fail(source, f"expected a numeric array, found dtype {array.dtype}", WRONG_SHAPE)
         return array.astype(np.float32, copy=False)
+
+    def read_csv(self, source: Source, data: bytes) -> list[list[str]]:
+        """The non-blank rows of CSV bytes (UTF-8, comma-separated, cells stripped); a clear error when they are not
+        text or the rows are ragged."""
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise self.fail(source, "not a readable CSV table (not UTF-8 text)") from None
+        rows = [[cell.strip() for cell in row] for row in csv.reader(io.StringIO(text)) if any(c.strip() for c in row)]
+        if not rows:
+            raise self.fail(source, "the CSV table has no rows")
+        widths = sorted({len(row) for row in rows})
+        if len(widths) > 1:
+            raise self.fail(source, f"ragged CSV table: rows have {widths} cells", WRONG_SHAPE)
+        return rows
 
     def check_finite(self, source: Source, array: np.ndarray | torch.Tensor) -> None:
         bad = ~np.isfinite(array) if isinstance(array, np.ndarray) else ~torch.isfinite(array)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from onellm.modalities import get_modality, register_modality
-from onellm.modalities.base import WRONG_SHAPE, Modality, Source, npy_shape
+from onellm.modalities.base import ONELLM_SET, WRONG_SHAPE, Modality, Source, npy_shape
 from onellm.modalities.image import (
     DEEP_GREY_MODES,
     ImageLikeModality,
@@ -73,6 +73,7 @@ def load_map(modality: Modality, source: Source) -> np.ndarray:
 @register_modality
 class DepthModality(MapModality):
     name = "depth"
+    group = ONELLM_SET
     order = 4
     noun = "depth map"
     suffixes = (".png", ".npy")

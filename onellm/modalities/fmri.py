@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from onellm.modalities import register_modality
-from onellm.modalities.base import WRONG_SHAPE, Modality, Source, class_position, npy_shape, pick_variant
+from onellm.modalities.base import ONELLM_SET, WRONG_SHAPE, Modality, Source, class_position, npy_shape, pick_variant
 
 
 class FMRITokenizer(nn.Module):
@@ -59,6 +59,7 @@ LAYOUTS = {"chunks": FMRITokenizer, "interleaved": InterleavedFMRITokenizer}
 @register_modality
 class FMRIModality(Modality):
     name = "fmri"
+    group = ONELLM_SET
     order = 7
     # voxels_per_token: layout "chunks"; tokens: layout "interleaved". class_position: the position table also
     # covers the encoder's class token (OneLLM's layout).

@@ -12,7 +12,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import nn
 
 from onellm.modalities import register_modality
-from onellm.modalities.base import WRONG_SHAPE, Modality, Source
+from onellm.modalities.base import ONELLM_SET, TOO_LONG, WRONG_SHAPE, Modality, Source, npy_header_shape, npy_shape
 
 # CLIP's statistics; presets replace them with the encoder's own (DINOv2 uses ImageNet's).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -58,6 +58,19 @@ def normalise(array: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]
     """``[H, W, 3]`` in [0, 1] -> ``[3, H, W]`` standardised with per-channel mean/std."""
     tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).permute(2, 0, 1)
     return (tensor - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+
+
+def grey_pixels(unit: np.ndarray, size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """A single-channel map ``[H, W]`` scaled to [0, 1] -> ``[3, size, size]`` for the encoder's patch embedding:
+    resized and centre-cropped at full precision, the one channel repeated three times, encoder mean/std.
+
+    Why three copies and not a 1-channel embedding: the frozen patch embedding is a Conv2d over RGB, and feeding the
+    grey value to all three inputs equals a one-channel convolution whose kernel is the sum of the RGB kernels --
+    how ImageNet-pretrained backbones are applied to radiographs and thermal images, and how the encoder saw grey
+    photos in pretraining. The encoder stays untouched, so the whole path up to the projector is frozen and its
+    features cache; a learned 1 -> 3 mapping would make it trainable for no gain while the encoder is frozen."""
+    square = fit_square_array(np.asarray(unit, dtype=np.float32)[..., None], size)
+    return normalise(np.repeat(np.clip(square, 0.0, 1.0), 3, axis=-1), mean, std)
 
 
 def open_image(modality: Modality, source: Source, data: bytes | None = None) -> Image.Image:
@@ -119,9 +132,71 @@ class ImageLikeModality(Modality):
         return PatchTokenizer()
 
 
+# Pillow modes of single-channel images: 8-bit ("L"), 16-bit ("I;16*"), 32-bit integer ("I") and float ("F").
+GREY_MODES = ("L", *DEEP_GREY_MODES, "F")
+
+
+def load_grey(modality: Modality, source: Source) -> np.ndarray:
+    """A single-channel image as float32 ``[H, W]`` in its file's own units: an 8/16-bit PNG (or any image Pillow
+    reads; colour ones are read as luminance), a ``.npy`` file/bytes or an array ``[H, W]`` (``[H, W, 1]`` and grey
+    saved as ``[H, W, 3]`` are accepted). Errors name the input: wrong shape, too many pixels, NaN."""
+    if isinstance(source, (np.ndarray, torch.Tensor)):
+        grey = modality.load_array(source)
+    else:
+        data = modality.read_bytes(source)
+        if data[:6] == b"\x93NUMPY":
+            grey = modality.load_array(source)
+        else:
+            image = open_image(modality, source, data)
+            grey = np.asarray(image if image.mode in GREY_MODES else image.convert("L"), dtype=np.float32)
+    if grey.ndim == 3 and grey.shape[-1] in (1, 3, 4):
+        grey = grey[..., :3].mean(axis=-1)  # one channel, or a grey image saved as RGB(A)
+    if grey.ndim != 2 or min(grey.shape) < 1:
+        raise modality.fail(source, f"expected a single-channel [H, W] image, found shape {list(grey.shape)}", WRONG_SHAPE)
+    if grey.size > MAX_PIXELS:
+        raise modality.fail(source, f"{grey.shape[1]}x{grey.shape[0]} pixels exceeds the {MAX_PIXELS} pixel limit", TOO_LONG)
+    modality.check_finite(source, grey)
+    return grey.astype(np.float32, copy=False)
+
+
+class GreyImageModality(ImageLikeModality):
+    """A single-channel image (X-ray, infrared) with its own scaling to [0, 1], then the image path through
+    :func:`grey_pixels`. Subclasses implement :meth:`scale`."""
+
+    suffixes = (".png", ".tif", ".tiff", ".npy")
+
+    def precheck(self, data: bytes, limits: dict[str, float]) -> str | None:
+        """The image header's pixel count (see ImageLikeModality), or a ``.npy`` header's ``H x W``."""
+        shape, limit = npy_header_shape(data), limits.get("max_image_pixels")
+        if shape is None:
+            return super().precheck(data, limits)
+        if limit is not None and len(shape) >= 2 and shape[0] * shape[1] > limit:
+            return f"array is {shape[1]}x{shape[0]} = {shape[0] * shape[1]} pixels, above the server's {int(limit)}-pixel limit"
+        return None
+
+    def file_match(self, path: Path) -> int:
+        """A single-channel image or an ``[H, W]`` array, weakly: a grey PNG is likelier a photo (8-bit) or a depth
+        map (16-bit), an ``[H, W]`` array a depth map; those win ties (curriculum order), so the chat page's dropdown
+        picks this modality."""
+        if path.suffix.lower() == ".npy":
+            shape = npy_shape(path)
+            return 1 if shape is not None and len(shape) == 2 else 0
+        return 1 if image_mode(path) in GREY_MODES else 0
+
+    def scale(self, grey: np.ndarray, **options: Any) -> np.ndarray:
+        """``[H, W]`` in the file's units -> ``[H, W]`` in [0, 1]."""
+        raise NotImplementedError
+
+    def preprocess(self, source: Source, extras: dict | None = None, **options: Any) -> torch.Tensor:
+        opts = self.options(**options)
+        unit = self.scale(load_grey(self, source).astype(np.float64), **opts)
+        return grey_pixels(unit, opts["image_size"], opts["mean"], opts["std"])
+
+
 @register_modality
 class ImageModality(ImageLikeModality):
     name = "image"
+    group = ONELLM_SET
     order = 0
     part_types = ("image_url",)
     url_part = True

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from onellm.modalities import register_modality
-from onellm.modalities.base import WRONG_SHAPE, Modality, Source, class_position, npy_shape
+from onellm.modalities.base import ONELLM_SET, WRONG_SHAPE, Modality, Source, class_position, npy_shape
 
 GRAVITY = 9.80665  # accelerometer channels are divided by g so both sensor groups are O(1)
 
@@ -41,6 +41,7 @@ class IMUTokenizer(nn.Module):
 @register_modality
 class IMUModality(Modality):
     name = "imu"
+    group = ONELLM_SET
     order = 6
     # stride None: the kernel (non-overlapping windows). class_position: the table also covers the class token.
     # accel_in_g: accelerometer channels divided by g (OneLLM's released weights read them raw, in m/s^2).

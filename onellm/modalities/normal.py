@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from onellm.modalities import register_modality
-from onellm.modalities.base import WRONG_SHAPE, Source, npy_shape
+from onellm.modalities.base import ONELLM_SET, WRONG_SHAPE, Source, npy_shape
 from onellm.modalities.depth import MapModality, load_map
 from onellm.modalities.image import fit_square_array, image_mode, normalise
 
@@ -17,6 +17,7 @@ from onellm.modalities.image import fit_square_array, image_mode, normalise
 @register_modality
 class NormalModality(MapModality):
     name = "normal"
+    group = ONELLM_SET
     order = 5
     noun = "surface normal map"
     suffixes = (".png", ".npy")

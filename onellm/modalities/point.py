@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from onellm.modalities import register_modality
-from onellm.modalities.base import WRONG_SHAPE, Modality, Source, class_position, npy_shape, pick_variant
+from onellm.modalities.base import ONELLM_SET, WRONG_SHAPE, Modality, Source, class_position, npy_shape, pick_variant
 
 
 def farthest_point_sample(xyz: torch.Tensor, count: int) -> torch.Tensor:
@@ -131,6 +131,7 @@ def read_ply(modality: Modality, source: Source, data: bytes) -> np.ndarray:
 @register_modality
 class PointModality(Modality):
     name = "point"
+    group = ONELLM_SET
     order = 3
     # OneLLM: 8192 points; presets for CPU training use fewer points and groups.
     defaults = {"num_points": 8192, "num_groups": 512, "group_size": 32, "tokenizer": "mlp"}

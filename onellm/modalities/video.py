@@ -15,7 +15,7 @@ from PIL import Image
 from torch import nn
 
 from onellm.modalities import register_modality
-from onellm.modalities.base import TOO_LONG, WRONG_SHAPE, Modality, Source
+from onellm.modalities.base import ONELLM_SET, TOO_LONG, WRONG_SHAPE, Modality, Source
 from onellm.modalities.image import (
     CLIP_MEAN,
     CLIP_STD,
@@ -54,6 +54,7 @@ def uniform_indices(total: int, count: int) -> np.ndarray:
 @register_modality
 class VideoModality(Modality):
     name = "video"
+    group = ONELLM_SET
     order = 1
     image_like = True
     defaults = {"image_size": 224, "mean": CLIP_MEAN, "std": CLIP_STD, "num_frames": 8, "temporal_pool": "mean"}

@@ -135,6 +135,17 @@ def test_an_unknown_preset_lists_the_known_ones(tmp_path):
     assert "invalid choice: 'huge'" in done.stderr and "'tiny'" in done.stderr
 
 
+def test_build_opts_into_more_modalities_and_names_an_unknown_one(tmp_path):
+    done = onellm(tmp_path, "build", "tiny", "--out", "ckpt", "--modalities", "all")
+    assert done.returncode == 0, done.stderr
+    config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    assert len(config["modality_configs"]) == 14 and "graph" in config["modality_token_ids"]
+    done = onellm(tmp_path, "build", "tiny", "--out", "x", "--modalities", "image,smell")
+    assert_one_line(done, "unknown modality 'smell'; known: image, video", "(or all, default, onellm, extended")
+    done = onellm(tmp_path, "build", "7b", "--out", "x", "--llm-path", "a", "--encoder-path", "b", "--modalities", "all")
+    assert_one_line(done, "the 7b preset is the official layout: OneLLM's eight modalities")
+
+
 def test_build_7b_without_local_checkpoints_names_the_flags(tmp_path):
     done = onellm(tmp_path, "build", "7b", "--out", "x")
     assert_one_line(done, "7b preset", "--llm-path and --encoder-path")

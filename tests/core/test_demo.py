@@ -150,6 +150,29 @@ def test_data_step_rewrites_a_corpus_of_another_size(tmp_path):
     assert info["per_modality"] == 4
 
 
+def test_the_all_profile_opts_into_fourteen_modalities(tmp_path):
+    """``onellm demo --profile all``: the extended curriculum, a corpus of the modalities it reads, every one scored."""
+    from onellm.demo.pipeline import PROFILES, curriculum_modalities, load_demo_curriculum
+    from onellm.eval.task import load_tasks
+
+    extended = ["xray", "infrared", "hyperspectral", "timeseries", "tabular", "graph"]
+    default = load_demo_curriculum(REPO / PROFILES["default"][0], tmp_path, {})
+    assert curriculum_modalities(default) == MODALITIES  # `make demo` is unchanged
+    path, per_modality = PROFILES["all"]
+    curriculum = load_demo_curriculum(REPO / path, tmp_path, {})
+    assert curriculum_modalities(curriculum) == MODALITIES + extended and per_modality == DEFAULT_PER_MODALITY
+    assert curriculum.stages[0].init_from.preset_args == {"modalities": "all"}
+    assert [s.name for s in curriculum.stages][-2:] == ["align_extended", "instruct_all"]
+    assert curriculum.stages[-1].modalities == MODALITIES + extended  # scored after the last stage: 28 tasks
+    assert len(load_tasks([f"synth_{m}_{kind}" for m in MODALITIES + extended for kind in ("caption", "qa")])) == 28
+    # The data step writes the modalities asked for and rewrites a corpus of other modalities.
+    assert prepare_data(tmp_path / "data", per_modality=3, seed=0, modalities=extended) == "ran"
+    assert prepare_data(tmp_path / "data", per_modality=3, seed=0, modalities=extended) == "skipped"
+    assert sorted(p.name for p in (tmp_path / "data" / "media").iterdir()) == sorted(extended)
+    assert prepare_data(tmp_path / "data", per_modality=3, seed=0) == "ran"
+    assert json.loads((tmp_path / "data" / "synth_info.json").read_text())["modalities"] == MODALITIES
+
+
 def test_data_step_restarts_an_interrupted_write(tmp_path):
     folder = tmp_path / "data"
     (folder / "media").mkdir(parents=True)

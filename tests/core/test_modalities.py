@@ -8,21 +8,46 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from media_factory import npy_bytes, png_bytes, wav_bytes
+from media_factory import json_bytes, npy_bytes, png_bytes, wav_bytes
 
-from onellm.modalities import MediaError, get_modality, marker, modality_names
+from onellm.modalities import (
+    MediaError,
+    default_modality_names,
+    get_modality,
+    marker,
+    modality_names,
+    resolve_modalities,
+)
 from onellm.modalities.point import farthest_point_sample
 from onellm.modalities.video import uniform_indices
 from onellm.presets import family_modalities
 
-ALL = ["image", "video", "audio", "point", "depth", "normal", "imu", "fmri"]
+EIGHT = ["image", "video", "audio", "point", "depth", "normal", "imu", "fmri"]
+EXTENDED = ["xray", "infrared", "hyperspectral", "timeseries", "tabular", "graph"]
+ALL = EIGHT + EXTENDED
+TINY = family_modalities("tiny", "all")  # every modality's tiny-preset options
 
 
-def test_registry_has_eight_modalities_in_curriculum_order():
+def test_registry_has_fourteen_modalities_in_curriculum_order():
     assert modality_names() == ALL
-    assert marker("audio") == "<audio>"
+    assert marker("audio") == "<audio>" and marker("timeseries") == "<timeseries>"
     with pytest.raises(KeyError, match="unknown modality 'smell'"):
         get_modality("smell")
+
+
+def test_opt_in_sets():
+    """OneLLM's eight are built by default; the six beyond them only when asked ("all", "extended", names)."""
+    assert default_modality_names() == modality_names("onellm") == EIGHT == resolve_modalities(None)
+    assert modality_names("extended") == EXTENDED == resolve_modalities("extended")
+    assert resolve_modalities("all") == ALL == resolve_modalities(["default", "extended"])
+    assert resolve_modalities("default,graph,image") == [*EIGHT, "graph"]  # sets in curriculum order, no repeats
+    assert resolve_modalities(["tabular", "image"]) == ["tabular", "image"]  # a list keeps its order
+    assert [get_modality(m).default_set for m in ALL] == [True] * 8 + [False] * 6
+    with pytest.raises(KeyError, match="unknown modality 'smell'; known: image, .* \\(or all, default, onellm"):
+        resolve_modalities("image,smell")
+    with pytest.raises(KeyError, match="unknown modality set 'rare'"):
+        modality_names("rare")
+    assert list(family_modalities("tiny")) == EIGHT and list(TINY) == ALL
 
 
 def test_unknown_option_is_named():
@@ -32,7 +57,7 @@ def test_unknown_option_is_named():
 
 @pytest.mark.parametrize("name", ALL)
 def test_preprocess_path_and_bytes_give_the_fixed_shape(name, media_paths):
-    modality, options = get_modality(name), family_modalities("tiny")[name]
+    modality, options = get_modality(name), TINY[name]
     from_path = modality.preprocess(media_paths[name], **options)
     from_bytes = modality.preprocess(media_paths[name].read_bytes(), **options)
     assert tuple(from_path.shape) == modality.input_shape(**options)
@@ -232,6 +257,19 @@ BAD_INPUTS = [
     ("fmri", "short.npy", lambda: npy_bytes(np.zeros(2000, np.float32)), "expected 2048 voxels, found 2000"),
     ("fmri", "text.npy", lambda: b"not numpy at all", "not a readable .npy"),
     ("depth", "blank.npy", lambda: npy_bytes(np.zeros((8, 8), np.float32)), "no valid"),
+    ("xray", "pair.npy", lambda: npy_bytes(np.zeros((8, 8, 2), np.float32)), r"single-channel \[H, W\].*\[8, 8, 2\]"),
+    ("xray", "cut.png", _corrupt_png, "not a decodable image"),
+    ("infrared", "nan.npy", lambda: npy_bytes(np.full((8, 8), np.nan, np.float32)), "NaN"),
+    ("hyperspectral", "flat.npy", lambda: npy_bytes(np.zeros((8, 8), np.float32)), r"cube \[H, W, B\]"),
+    ("hyperspectral", "deep.npy", lambda: npy_bytes(np.zeros((2, 2, 2000), np.float32)), "2000 bands exceeds"),
+    ("timeseries", "wide.npy", lambda: npy_bytes(np.zeros((5, 40), np.float32)), "found 40 .*transpose"),
+    ("timeseries", "words.csv", lambda: b"a,b\n1,2\nx,3\n", "CSV cell 'x'"),
+    ("tabular", "list.json", lambda: b"[1, 2]", "JSON object of fields, found a list"),
+    ("tabular", "nested.json", lambda: b'{"size": {"w": 1}}', "field 'size' holds a dict"),
+    ("tabular", "two.csv", lambda: b"a,b\n1,2\n3,4\n", "a CSV header and one row, found 3 rows"),
+    ("graph", "dangling.json", lambda: b'{"nodes": [[1], [0]], "edges": [[0, 7]]}', "edge to node 7.*2 nodes"),
+    ("graph", "ragged.json", lambda: b'{"nodes": [[1, 0], [1]], "edges": []}', "different feature counts"),
+    ("graph", "broken.json", lambda: b'{"edges": [[0, 1]', "not a readable JSON graph"),
 ]
 
 
@@ -240,7 +278,7 @@ def test_bad_input_error_names_file_and_problem(tmp_path, name, filename, make, 
     path = tmp_path / filename
     path.write_bytes(make())
     with pytest.raises(MediaError, match=problem) as info:
-        get_modality(name).preprocess(path, **family_modalities("tiny")[name])
+        get_modality(name).preprocess(path, **TINY[name])
     assert str(path) in str(info.value) and info.value.modality == name
 
 
@@ -267,6 +305,14 @@ def test_media_errors_carry_a_reason_code(tmp_path):
         ("image", np.zeros((4, 4), dtype=np.uint8), {}, WRONG_SHAPE),
         ("fmri", npy_bytes(np.full(2048, np.nan, dtype=np.float32)), {"num_voxels": 2048}, NAN),
         ("audio", wav_bytes(seconds=2.0), {"max_seconds": 1.0}, TOO_LONG),
+        ("xray", tmp_path / "absent.png", {}, MISSING_FILE),
+        ("infrared", b"\x89PNG broken", {}, UNDECODABLE),
+        ("hyperspectral", np.zeros((4, 4, 1), np.float32), {}, WRONG_SHAPE),
+        ("timeseries", np.zeros((100_001, 1), np.float32), {"max_steps": 100_000}, TOO_LONG),
+        ("tabular", b'{"price": NaN}', {}, NAN),
+        ("tabular", json_bytes({f"f{i}": i for i in range(9)}), {"max_fields": 8}, TOO_LONG),
+        ("graph", json_bytes({"nodes": 17, "edges": []}), {"max_nodes": 16}, TOO_LONG),
+        ("graph", json_bytes({"nodes": [[np.nan]], "edges": []}), {}, NAN),
     ]
     for name, source, options, reason in cases:
         with pytest.raises(MediaError) as caught:

@@ -20,7 +20,7 @@ import numpy as np, torch
 from pathlib import Path
 from onellm.modalities import modality_names, get_modality
 from onellm.instruct_data.schema import media_noun, record_problems
-from onellm.presets import build_preset, preset_modality_options
+from onellm.presets import build_preset, preset_modality_options, seven_b_config
 from onellm.serving.chat import part_types
 from onellm.serving.ui import detect_modality
 from onellm.eval.backends.openai_api import content_part
@@ -45,6 +45,7 @@ print(json.dumps({
     "detected": detect_modality(folder / "kettle.npy", modality_names()),
     "shape": list(values.shape), "generated": out.shape[1] - batch["input_ids"].shape[1],
     "in_model": "thermal" in model.config.modalities,
+    "default_set": get_modality("thermal").default_set, "seven_b": seven_b_config().modalities,
 }))
 """
 
@@ -61,6 +62,8 @@ def test_an_installed_modality_plugin_needs_no_edit_in_onellm(tmp_path):
     assert seen["preset"] == 32  # the tiny family's image size, inherited by the plugin's image-like class
     assert seen["part"] == "thermal" and seen["sent_as"] == "input_thermal"
     assert seen["shape"] == [1, 3, 32, 32] and seen["generated"] == 3
+    # A plugin is built by default (its group: "plugin"), but the official 7b layout stays OneLLM's eight.
+    assert seen["default_set"] and seen["seven_b"] == seen["names"][:8]
 
 
 def test_without_the_plugin_the_registry_is_the_builtin_one():

@@ -9,8 +9,9 @@ from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, Auto
 from onellm import OneLLMForConditionalGeneration
 from onellm.train.groups import parameter_groups, set_trainable
 
-ALL = ["image", "video", "audio", "point", "depth", "normal", "imu", "fmri"]
-IMAGE_LIKE = {"image", "video", "depth", "normal"}
+EIGHT = ["image", "video", "audio", "point", "depth", "normal", "imu", "fmri"]
+ALL = [*EIGHT, "xray", "infrared", "hyperspectral", "timeseries", "tabular", "graph"]  # tiny_all's fourteen
+IMAGE_LIKE = {"image", "video", "depth", "normal", "xray", "infrared"}
 
 
 def caption_batch(processor, modality, path, answer="a red circle"):
@@ -26,9 +27,14 @@ def caption_batch(processor, modality, path, answer="a red circle"):
     return batch, labels
 
 
+def test_the_tiny_preset_builds_the_eight_unless_asked(tiny, tiny_all):
+    assert tiny[0].config.modalities == EIGHT and tiny_all[0].config.modalities == ALL
+    assert tiny_all[1].modalities == ALL and len(set(tiny_all[1].modality_token_ids.values())) == 14
+
+
 @pytest.mark.parametrize("modality", ALL)
-def test_backward_reaches_only_what_trains(tiny, media_paths, modality):
-    model, processor = tiny
+def test_backward_reaches_only_what_trains(tiny_all, media_paths, modality):
+    model, processor = tiny_all
     # The alignment-stage policy: LLM and encoder frozen; this modality's tokenizer and the projector train.
     patterns = ["projector.*"] + ([] if modality in IMAGE_LIKE else [f"tokenizer.{modality}"])
     counts = set_trainable(model, patterns)
@@ -55,8 +61,8 @@ def test_backward_reaches_only_what_trains(tiny, media_paths, modality):
 
 
 @pytest.mark.parametrize("modality", ALL)
-def test_generate_every_modality(tiny, media_paths, modality):
-    model, processor = tiny
+def test_generate_every_modality(tiny_all, media_paths, modality):
+    model, processor = tiny_all
     prompt = processor.apply_chat_template([{"role": "user", "content": [{"type": modality}, {"type": "text", "text": "?"}]}])
     batch = processor(text=prompt, **{modality: [media_paths[modality]]})
     out = model.generate(**batch, max_new_tokens=5, do_sample=False)

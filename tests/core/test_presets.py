@@ -34,6 +34,9 @@ def test_tiny_is_deterministic_for_a_seed():
 
 def test_7b_shapes_follow_the_paper():
     config = seven_b_config()
+    # The official layout: exactly OneLLM's eight modalities, whatever else is registered (the opt-in six).
+    assert config.modalities == ["image", "video", "audio", "point", "depth", "normal", "imu", "fmri"]
+    assert sorted(config.modality_token_ids.values()) == list(range(32000, 32008))
     assert config.text_config.hidden_size == 4096 and config.text_config.num_hidden_layers == 32
     assert config.vision_config.hidden_size == 1024 and config.vision_config.patch_size == 14
     assert (config.projector_config["num_experts"], config.projector_config["depth"], config.projector_config["num_queries"]) == (3, 8, 30)

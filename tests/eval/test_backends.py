@@ -34,8 +34,9 @@ from onellm.presets import build_preset
 
 def save_tiny(folder: Path) -> Path:
     """The tiny preset with its LLM's matrices re-drawn at std 0.5 (see tests/eval/test_runner.py: otherwise the
-    random tiny LLM repeats "\\n" forever and every answer is empty, which would make comparisons vacuous)."""
-    model, processor = build_preset("tiny")
+    random tiny LLM repeats "\\n" forever and every answer is empty, which would make comparisons vacuous). Built
+    with all fourteen modalities, so every backend is checked on every content part."""
+    model, processor = build_preset("tiny", modalities="all")
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name, weight in model.language_model.named_parameters():
@@ -54,7 +55,7 @@ def checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("synth")
-    synthesize(folder, per_modality=3, seed=0)
+    synthesize(folder, per_modality=3, seed=0, modalities="all")
     return folder
 
 
@@ -188,7 +189,8 @@ def test_openai_request_shape_concurrency_and_retry(api, corpus):
             assert part[kind]["sample_rate"] == 50
     assert {get_modality(m).content_parts[0] for m in modality_names()} == {
         "image_url", "video_url", "input_audio", "input_point_cloud", "input_depth", "input_normal", "input_imu",
-        "input_fmri",
+        "input_fmri", "input_xray", "input_infrared", "input_hyperspectral", "input_timeseries", "input_tabular",
+        "input_graph",
     }  # fmt: skip
 
 

@@ -7,7 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
-from media_factory import npy_bytes
+from media_factory import json_bytes, npy_bytes
 
 from onellm.instruct_data.loader import (
     DataValidationError,
@@ -19,6 +19,7 @@ from onellm.instruct_data.loader import (
 from onellm.instruct_data.schema import caption_prompt
 
 ALL = ["image", "video", "audio", "point", "depth", "normal", "imu", "fmri"]
+EXTENDED = ["xray", "infrared", "hyperspectral", "timeseries", "tabular", "graph"]
 
 
 def record(record_id, modality, path, answer="a thing", prompt=None, **extra):
@@ -136,3 +137,36 @@ def test_dataset_decodes_lazily_with_content_keys(corpus, tiny, media_paths):
     assert content_key(copy, {}) == content_key(media_paths["image"], {})
     assert content_key(copy, {}) != content_key(media_paths["depth"], {})
     assert content_key(np.ones(3, np.float32), {}) != content_key(np.ones(4, np.float32), {})
+
+
+def test_extended_modalities_validate_decode_and_name_bad_files(tmp_path, media_dir, media_paths, tiny, tiny_all):
+    """The six beyond OneLLM's eight pass the same data checks; a model built without them rejects them by name."""
+    media = tmp_path / "media"
+    shutil.copytree(media_dir, media)
+    (media / "cube_nan.npy").write_bytes(npy_bytes(np.full((4, 4, 8), np.nan, np.float32)))
+    (media / "row_nested.json").write_bytes(json_bytes({"size": [1, 2]}))
+    (media / "big_graph.json").write_bytes(json_bytes({"nodes": 40, "edges": [[0, 39]]}))
+    rows = [record(f"good-{m}", m, f"media/{media_paths[m].name}") for m in EXTENDED]
+    rows += [
+        record("missing", "xray", "media/nope.png"),
+        record("nan", "hyperspectral", "media/cube_nan.npy"),
+        record("nested", "tabular", "media/row_nested.json"),
+        record("big", "graph", "media/big_graph.json"),
+    ]
+    manifest = tmp_path / "train.jsonl"
+    manifest.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    _, processor = tiny_all
+    report = validate_manifest(manifest, tmp_path, processor, max_length=200)
+    assert sorted(r.id for r in report.kept) == sorted(f"good-{m}" for m in EXTENDED)
+    by_id = {r.record_id: r for r in report.rejected}
+    assert {i: r.reason for i, r in by_id.items()} == {
+        "missing": "missing file", "nan": "NaN", "nested": "wrong shape", "big": "too long"
+    }  # fmt: skip
+    assert by_id["big"].file == "media/big_graph.json" and "40 nodes exceeds the 16-node limit" in by_id["big"].detail
+    dataset = ManifestDataset(report.kept, tmp_path, processor)
+    for index in range(len(dataset)):
+        ((modality, tensor),) = dataset[index]["media"]
+        assert tuple(tensor.shape) == tuple(processor.dummy_input(modality).shape)
+    # The tiny preset's default build (OneLLM's eight) does not take them: rejected as such, never dropped.
+    default = validate_manifest(manifest, tmp_path, tiny[1], max_length=200)
+    assert not default.kept and set(default.counts()) == {"unsupported modality"}

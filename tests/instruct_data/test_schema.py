@@ -82,6 +82,23 @@ def test_prompts_use_the_modality_marker():
     )
 
 
+def test_the_schema_knows_the_six_beyond_onellms_eight():
+    """Nouns, markers and allowed keys come from each modality's file: nothing in the schema names them."""
+    nouns = {
+        "xray": "X-ray image", "infrared": "infrared image", "hyperspectral": "hyperspectral image",
+        "timeseries": "time series", "tabular": "table row", "graph": "graph",
+    }  # fmt: skip
+    for modality, noun in nouns.items():
+        assert caption_prompt(modality) == f"<{modality}>\nProvide a one-sentence caption for the provided {noun}."
+        record = _record(
+            inputs=[{"modality": modality, "path": f"media/{modality}/000001.json"}],
+            conversation=[{"role": "user", "content": caption_prompt(modality)}, {"role": "assistant", "content": "x"}],
+        )
+        assert record_problems(record) == []
+    timed = _record(inputs=[{"modality": "timeseries", "path": "s.csv", "sample_rate": 10}])
+    assert any("sample_rate is only allowed for audio, imu inputs" in p for p in record_problems(timed))
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

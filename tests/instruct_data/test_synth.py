@@ -18,10 +18,11 @@ from onellm.instruct_data.schema import read_manifest
 from onellm.instruct_data.synth import SPLITS, generator_names, get_generator, synthesize
 from onellm.instruct_data.synth.base import BACKGROUNDS, COLOURS
 from onellm.instruct_data.synth.corpus import QA_PER_ITEM
-from onellm.modalities import marker, modality_names
+from onellm.modalities import default_modality_names, marker, modality_names
 
 PER_MODALITY = 5
 SEED = 7
+EXTENDED = ["xray", "infrared", "hyperspectral", "timeseries", "tabular", "graph"]  # opt-in: --modalities all
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,8 @@ def test_same_seed_gives_identical_files_whatever_the_worker_count(corpus, tmp_p
     for name in ("train.jsonl", "val.jsonl", "test.jsonl", "synth_info.json"):
         assert (again / name).read_bytes() == (corpus / name).read_bytes(), name
     first, second = _media(corpus), _media(again)
-    assert len(first) == PER_MODALITY * (len(generator_names()) + 2)  # depth and normal add a paired RGB each
+    # The default corpus: OneLLM's eight (the other six are opt-in); depth and normal add a paired RGB each.
+    assert len(first) == PER_MODALITY * (len(default_modality_names()) + 2)
     assert first == second  # PNG, MP4, WAV and NPY bytes identical
     other = tmp_path / "c"
     synthesize(other, per_modality=PER_MODALITY, seed=SEED + 1, modalities=["image"])
@@ -65,9 +67,9 @@ def test_same_seed_gives_identical_files_whatever_the_worker_count(corpus, tmp_p
 def test_counts_report_and_info(corpus, records):
     info = json.loads((corpus / "synth_info.json").read_text())
     assert info["seed"] == SEED and info["per_modality"] == PER_MODALITY and info["generator_version"]
-    assert set(info["vocabulary"]) == set(generator_names())
+    assert set(info["vocabulary"]) == set(default_modality_names()) == set(info["modalities"])
     assert info["vocabulary"]["image"]["shapes"][:3] == ["circle", "square", "triangle"]
-    for name in generator_names():
+    for name in default_modality_names():
         counts = info["items"][name]
         assert sum(counts.values()) == PER_MODALITY
         assert all(counts[split] >= 1 for split in SPLITS), (name, counts)  # every modality in every split
@@ -182,7 +184,80 @@ ORACLE = {
     ("fmri", "shape"): lambda a, q: a["shape"],
     ("fmri", "color"): lambda a, q: a["colour"],
     ("fmri", "size"): lambda a, q: a["size"],
+    # The six beyond OneLLM's eight.
+    ("xray", "count"): lambda a, q: str(len(a["objects"])),
+    ("xray", "shape"): lambda a, q: a["shape"],
+    ("xray", "size"): lambda a, q: a["size"],
+    ("xray", "position"): lambda a, q: a["objects"][0]["position"],
+    ("xray", "presence"): lambda a, q: "yes" if any(_phrase(o["position"]) in q for o in a["objects"]) else "no",
+    ("infrared", "count"): lambda a, q: str(len(a["spots"])),
+    ("infrared", "hottest"): lambda a, q: max(a["spots"], key=lambda s: s["delta"])["cell"],
+    ("infrared", "side"): lambda a, q: max(a["spots"], key=lambda s: s["delta"])["cell"].split()[-1],
+    ("infrared", "presence"): lambda a, q: "yes" if _asked_cell(q) in {s["cell"] for s in a["spots"]} else "no",
+    ("hyperspectral", "dominant"): lambda a, q: a["background"],
+    ("hyperspectral", "patch"): lambda a, q: a["patch"],
+    ("hyperspectral", "position"): lambda a, q: a["position"],
+    ("hyperspectral", "size"): lambda a, q: a["size"],
+    ("hyperspectral", "presence"): lambda a, q: "yes" if any(f" {m} in" in q for m in (a["background"], a["patch"])) else "no",
+    ("timeseries", "channels"): lambda a, q: str(a["channels"]),
+    ("timeseries", "trend"): lambda a, q: a["trend"],
+    ("timeseries", "spikes"): lambda a, q: str(a["spikes"]),
+    ("timeseries", "seasonal"): lambda a, q: "yes" if a["seasonal"] else "no",
+    ("timeseries", "spike_channel"): lambda a, q: f"channel {a['spike_channel']}",
+    ("tabular", "largest"): lambda a, q: max((f for f in a["fields"] if isinstance(f[1], int)), key=lambda f: f[1])[0],
+    ("tabular", "smallest"): lambda a, q: min((f for f in a["fields"] if isinstance(f[1], int)), key=lambda f: f[1])[0],
+    ("tabular", "count"): lambda a, q: str(len(a["fields"])),
+    ("tabular", "category"): lambda a, q: next(v for n, v in a["fields"] if q.startswith(f"<tabular>\nWhat is the {n}?")),
+    ("tabular", "compare"): lambda a, q: _compare(dict(a["fields"]), q),
+    ("tabular", "threshold"): lambda a, q: next(
+        ("yes" if v > 50 else "no") for n, v in a["fields"] if f"the {n} above" in q
+    ),
+    ("graph", "nodes"): lambda a, q: str(len(a["colours"])),
+    ("graph", "edges"): lambda a, q: str(len(a["edges"])),
+    ("graph", "cycle"): lambda a, q: "yes" if _graph_has_cycle(a) else "no",
+    ("graph", "hub"): lambda a, q: a["colours"][int(np.argmax(_graph_degrees(a)))],
+    ("graph", "hub_degree"): lambda a, q: str(max(_graph_degrees(a))),
 }
+
+
+def _phrase(position: str) -> str:
+    return {"left": "on the left", "right": "on the right", "top": "at the top", "bottom": "at the bottom",
+            "center": "in the center"}[position]  # fmt: skip
+
+
+def _asked_cell(question: str) -> str:
+    """"Is there a hot spot at the top left?" -> "top left"; "... in the center?" -> "center"."""
+    where = re.fullmatch(r"<infrared>\nIs there a hot spot (.+)\? .*", question).group(1)
+    return "center" if where == "in the center" else where.removeprefix("at the ")
+
+
+def _compare(fields: dict, question: str) -> str:
+    first, second = re.fullmatch(r"<tabular>\nIs the (\w+) greater than the (\w+)\? .*", question).groups()
+    return "yes" if fields[first] > fields[second] else "no"
+
+
+def _graph_degrees(attrs) -> list[int]:
+    degrees = [0] * len(attrs["colours"])
+    for i, j in attrs["edges"]:
+        degrees[i] += 1
+        degrees[j] += 1
+    return degrees
+
+
+def _graph_has_cycle(attrs) -> bool:
+    """Union-find: an edge joining two nodes already connected closes a cycle."""
+    parent = list(range(len(attrs["colours"])))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    for i, j in attrs["edges"]:
+        if root(i) == root(j):
+            return True
+        parent[root(i)] = root(j)
+    return False
 
 
 def _caption_words(modality, attrs) -> list[str]:
@@ -200,11 +275,24 @@ def _caption_words(modality, attrs) -> list[str]:
         )
     if modality in ("depth", "normal"):
         return [attrs["shape"], attrs["distance"], attrs["side"]]
+    if modality == "xray":
+        return [attrs["shape"], attrs["size"], *(_phrase(o["position"]) for o in attrs["objects"])]
+    if modality == "infrared":
+        return ["hot spot", max(attrs["spots"], key=lambda s: s["delta"])["cell"]]
+    if modality == "hyperspectral":
+        return [attrs["background"], attrs["patch"], attrs["size"], _phrase(attrs["position"])]
+    if modality == "timeseries":
+        return ["channel", attrs["trend"] if attrs["trend"] != "flat" else "no trend"]
+    if modality == "tabular":
+        return [value for _, value in attrs["fields"] if isinstance(value, str)]
+    if modality == "graph":
+        return ["with a cycle" if _graph_has_cycle(attrs) else "without cycles", attrs["colours"][int(np.argmax(_graph_degrees(attrs)))]]
     return [attrs["shape"], attrs["colour"]]  # video, point, fmri
 
 
-def test_qa_answers_follow_from_the_attributes(tmp_path):
-    synthesize(tmp_path, per_modality=40, seed=3, fmri_voxels=32, workers=1)
+@pytest.mark.parametrize("selection", [None, "extended"], ids=["eight", "extended"])
+def test_qa_answers_follow_from_the_attributes(tmp_path, selection):
+    synthesize(tmp_path, per_modality=40, seed=3, modalities=selection, fmri_voxels=32, workers=1)
     checked: dict[str, int] = {}
     for split in SPLITS:
         for record in read_manifest(tmp_path / f"{split}.jsonl"):
@@ -217,7 +305,8 @@ def test_qa_answers_follow_from_the_attributes(tmp_path):
                 question = record.conversation[0].content
                 assert record.answer == oracle(attrs, question), (record.id, question, record.answer, attrs)
                 checked[modality] = checked.get(modality, 0) + 1
-    assert set(checked) == set(generator_names()) and min(checked.values()) >= 40
+    assert set(checked) == set(default_modality_names() if selection is None else EXTENDED)
+    assert min(checked.values()) >= 40
 
 
 # --- the media show what the text says ---------------------------------------------------------------------------
@@ -353,8 +442,98 @@ def test_cli_synth_and_bad_modality(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "image" in printed and "audio" in printed and "records: train" in printed
     assert sorted(p.name for p in (tmp_path / "media").iterdir()) == ["audio", "image"]
+    assert data_cli(["synth", "--out", str(tmp_path / "all"), "--per-modality", "3", "--modalities", "all"]) == 0
+    assert sorted(p.name for p in (tmp_path / "all" / "media").iterdir()) == sorted(modality_names())
     with pytest.raises(KeyError, match="no synthetic generator for \\['sound'\\]; known: image, video"):
         synthesize(tmp_path, per_modality=1, seed=0, modalities=["sound"])
+
+
+# --- the six beyond OneLLM's eight: their media show what the text says --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def extended(tmp_path_factory) -> tuple[Path, list]:
+    out = tmp_path_factory.mktemp("synth_extended")
+    synthesize(out, per_modality=12, seed=SEED, modalities="extended", workers=1)
+    return out, [r for split in SPLITS for r in read_manifest(out / f"{split}.jsonl") if r.task == "caption"]
+
+
+def _extended_items(extended, modality):
+    root, captions = extended
+    items = [(root / r.inputs[0].path, r.meta["attributes"]) for r in captions if r.inputs[0].modality == modality]
+    assert len(items) == 12
+    return items
+
+
+def test_all_and_extended_selections(extended):
+    root, _ = extended
+    assert json.loads((root / "synth_info.json").read_text())["modalities"] == EXTENDED
+    assert sorted(p.name for p in (root / "media").iterdir()) == sorted(EXTENDED)
+    with pytest.raises(KeyError, match="no synthetic generator for \\['smell'\\]"):
+        synthesize(root / "x", per_modality=1, seed=0, modalities="extended,smell")
+
+
+def test_xray_objects_are_bright_where_described(extended):
+    centres = {"left": (20, 48), "right": (76, 48), "top": (48, 20), "bottom": (48, 76), "center": (48, 48)}
+    for path, attrs in _extended_items(extended, "xray"):
+        image = Image.open(path)
+        counts = np.asarray(image).astype(float)
+        assert image.mode == "I;16" and counts.shape == (96, 96)
+        tissue = np.median(counts)
+        for obj in attrs["objects"]:
+            x, y = centres[obj["position"]]
+            assert counts[y + obj["dy"], x + obj["dx"]] > 2.5 * tissue, (path, attrs)
+        empty = [p for p in centres if p not in {o["position"] for o in attrs["objects"]}]
+        assert all(counts[centres[p][1], centres[p][0]] < 1.5 * tissue for p in empty)
+
+
+def test_infrared_hottest_spot_is_where_described(extended):
+    cells = {"top left": (12, 12), "top": (32, 12), "top right": (52, 12), "left": (12, 32), "center": (32, 32),
+             "right": (52, 32), "bottom left": (12, 52), "bottom": (32, 52), "bottom right": (52, 52)}  # fmt: skip
+    for path, attrs in _extended_items(extended, "infrared"):
+        kelvin = np.asarray(Image.open(path)).astype(float) / 100
+        y, x = np.unravel_index(np.argmax(kelvin), kelvin.shape)
+        nearest = min(cells, key=lambda c: (cells[c][0] - x) ** 2 + (cells[c][1] - y) ** 2)
+        assert nearest == max(attrs["spots"], key=lambda s: s["delta"])["cell"], (path, attrs)
+        assert abs(np.median(kelvin) - attrs["ambient"]) < 2
+
+
+def test_hyperspectral_patch_has_its_material_spectrum(extended):
+    from onellm.instruct_data.synth.hyperspectral import POSITIONS, spectrum
+
+    for path, attrs in _extended_items(extended, "hyperspectral"):
+        cube = np.load(path)
+        assert cube.shape == (24, 24, attrs["bands"]) and cube.dtype == np.float32
+        x, y = POSITIONS[attrs["position"]]
+        inside = cube[y + attrs["dy"], x + attrs["dx"]] / attrs["illumination"]
+        corner = {"left": (23, 0), "right": (0, 0), "top": (0, 23), "bottom": (0, 0), "center": (0, 0)}[attrs["position"]]
+        outside = cube[corner] / attrs["illumination"]
+        for pixel, material in ((inside, attrs["patch"]), (outside, attrs["background"])):
+            assert np.abs(pixel - spectrum(material, attrs["bands"])).max() < 0.06, (path, attrs, material)
+
+
+def test_timeseries_show_their_channels_trend_and_spikes(extended):
+    for path, attrs in _extended_items(extended, "timeseries"):
+        values = np.load(path) if path.suffix == ".npy" else np.loadtxt(path, delimiter=",", ndmin=2)
+        assert values.shape == (attrs["steps"], attrs["channels"]) and path.suffix == f".{attrs['format']}"
+        scale = np.array([2.0, 15.0, 1.0, 8.0])[: attrs["channels"]]
+        z = (values - np.median(values, axis=0)) / scale
+        third = attrs["steps"] // 3
+        change = np.median(z[-third:], axis=0) - np.median(z[:third], axis=0)
+        expected = {"rising": 2.0, "falling": -2.0, "flat": 0.0}[attrs["trend"]]  # 3 x (5/6 - 1/6)
+        assert np.all(np.abs(change - expected) < 0.8), (path, attrs, change)
+        peaks = np.abs(np.diff(z, axis=0)) > 2.0  # a spike's steep edges; noise and trend steps are far below
+        spiky = [c + 1 for c in range(attrs["channels"]) if peaks[:, c].any()]
+        assert spiky == ([attrs["spike_channel"]] if attrs["spikes"] else []), (path, attrs)
+
+
+def test_tabular_and_graph_files_hold_the_described_content(extended):
+    for path, attrs in _extended_items(extended, "tabular"):
+        assert json.loads(path.read_text()) == dict(attrs["fields"])
+    for path, attrs in _extended_items(extended, "graph"):
+        data = json.loads(path.read_text())
+        assert [["red", "green", "blue", "yellow"][row.index(1.0)] for row in data["nodes"]] == attrs["colours"]
+        assert sorted(sorted(edge) for edge in data["edges"]) == attrs["edges"]
 
 
 def test_commands_mount_under_onellm_data(tmp_path):

@@ -34,14 +34,16 @@ def test_every_shipped_yaml_loads(path):
     if is_curriculum(path):
         curriculum = load_curriculum(path)
         stages = curriculum.stages
-        assert [s.recipe for s in stages] == ["align", "expand_experts", "align", "align", "instruct"]
-        # all eight modalities are aligned over the curriculum, and instruct covers all of them
+        recipes = ["align", "expand_experts", "align", "align", "instruct"]
+        expected = {"image", "video", "audio", "point", "depth", "normal", "imu", "fmri"}
+        if path.stem.endswith("-all"):  # the extended curriculum: one more alignment stage for the other six
+            recipes.insert(4, "align")
+            expected |= {"xray", "infrared", "hyperspectral", "timeseries", "tabular", "graph"}
+            assert stages[0].init_from.preset_args == {"modalities": "all"}  # the model is built with all fourteen
+        assert [s.recipe for s in stages] == recipes
+        # every modality is aligned over the curriculum, and instruct covers all of them
         aligned = {m for s in stages if s.recipe == "align" for m in s.modalities}
-        assert (
-            aligned
-            == set(stages[-1].modalities)
-            == {"image", "video", "audio", "point", "depth", "normal", "imu", "fmri"}
-        )
+        assert aligned == set(stages[-1].modalities) == expected
         assert len({s.output_dir for s in stages}) == 1
     else:
         stage = load_stage(path)
