@@ -175,7 +175,8 @@ def main() -> int:
         if name == "start":
             checkpoint = args.start
         else:
-            checkpoint = folder / stage_name / "final"
+            # an instruct stage's final/ holds the base without LoRA; merged/ has the adapter folded in
+            checkpoint = folder / stage_name / ("merged" if args.stage == "instruct" else "final")
             if not (folder / stage_name / "DONE").is_file():
                 sets = [f"output_dir={folder}", f"data.root={args.data}"]
                 if args.start is not None:
