@@ -16,17 +16,19 @@ Content parts, by ``type`` (docs/api.md has the JSON of each):
 | input_fmri          | fmri     | ``{"data": base64 .npy}`` or ``{"url": ...}``                |
 
 Every input is fetched/decoded and preprocessed exactly once, here, by ``OneLLMProcessor.preprocess``; the engines
-receive the tensors. Errors are 4xx :class:`APIError` naming the field (``messages[0].content[1].image_url``).
+receive the tensors. The bytes go to the modality as they came: nothing here parses a file format, so a part is read
+by the same code as the file on disk (a ``"format": "csv"`` part as a ``.csv`` file, see :func:`_preprocess`).
+Errors are 4xx :class:`APIError` naming the field (``messages[0].content[1].image_url``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from onellm.modalities import MediaError, get_modality, modality_names
@@ -40,6 +42,7 @@ def part_types() -> dict[str, str]:
     """Content part type -> modality, from the registered modalities' ``part_types`` (a modality file declares the
     parts it arrives in; nothing here lists them)."""
     return {part: m for m in modality_names() for part in get_modality(m).content_parts}
+
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
@@ -74,7 +77,6 @@ async def _load(pending: _PendingInput, fetcher: MediaFetcher, processor: OneLLM
     problem = get_modality(modality).precheck(data, policy.limits())
     if problem:
         raise bad_request(f"{param}: {problem}", param)
-    source: Any = data
     extras = {}
     if "sample_rate" in payload and "sample_rate" not in get_modality(modality).extra_keys:
         raise bad_request(f"{param}.sample_rate: {modality} inputs take no sample rate", f"{param}.sample_rate")
@@ -83,17 +85,10 @@ async def _load(pending: _PendingInput, fetcher: MediaFetcher, processor: OneLLM
         if not isinstance(rate, (int, float)) or isinstance(rate, bool) or rate <= 0:
             raise bad_request(f"{param}.sample_rate: expected a positive number, got {rate!r}", f"{param}.sample_rate")
         extras["sample_rate"] = float(rate)
-    if str(payload.get("format", "")).lower() == "csv":
-        try:
-            source = np.loadtxt(io.StringIO(data.decode("utf-8")), delimiter=",", ndmin=2)
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise bad_request(f"{param}.data: not a numeric CSV table ({exc})", f"{param}.data") from None
-
-    def preprocess() -> torch.Tensor:
-        return processor.preprocess(modality, source, extras or None)
+    fmt = str(payload.get("format", "")).lower()
 
     try:
-        tensor = await asyncio.to_thread(preprocess)
+        tensor = await asyncio.to_thread(_preprocess, processor, modality, data, fmt, extras or None)
     except MediaError as exc:
         raise bad_request(f"{param}: {exc.problem}", param) from None
     except (ValueError, TypeError) as exc:
@@ -103,6 +98,22 @@ async def _load(pending: _PendingInput, fetcher: MediaFetcher, processor: OneLLM
     ).all():  # e.g. float32 statistics of values near 3e38 overflow; NaN would reach the LLM
         raise bad_request(f"{param}: the {modality} input gives non-finite values after preprocessing", param)
     return tensor
+
+
+def _preprocess(processor: OneLLMProcessor, modality: str, data: bytes, fmt: str, extras: dict | None) -> torch.Tensor:
+    """``processor.preprocess`` of one part's bytes; ``fmt`` is the part's ``format`` (lower case, "" if none).
+
+    The modality reads its formats itself (its header row, its one-row table, its timestamp column). Binary formats
+    announce themselves in their first bytes (PNG, WAV, ``.npy``), so the bytes are handed over as they are. CSV
+    has no such signature: a modality tells a CSV from its other formats by the file's suffix, so a CSV part is
+    handed over as a ``.csv`` file in a private temporary folder, removed once read (a :class:`MediaError` is
+    answered with its ``problem``, which names the part's fault, not that folder)."""
+    if fmt != "csv":
+        return processor.preprocess(modality, data, extras)
+    with tempfile.TemporaryDirectory(prefix="onellm-part-") as folder:
+        path = Path(folder) / "input.csv"
+        path.write_bytes(data)
+        return processor.preprocess(modality, path, extras)
 
 
 async def parse_chat(

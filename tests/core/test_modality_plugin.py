@@ -1,7 +1,9 @@
 """A modality from another installed package (the entry point group ``onellm.modalities``) works with no edit in
 onellm (issue 12): ``tests/plugins`` holds a package ``onellm_thermal`` and its ``.dist-info`` with the entry point;
 a subprocess with that folder on its path sees the modality in the registry, the record schema, the presets, the
-server's content parts and the chat page, and a tiny model takes a thermal input through HF generate."""
+server's content parts and the chat page, and a tiny model takes a thermal input through HF generate.
+``test_modality_plugin_stack.py`` takes the same plugin through the commands: data validate, train, serve (hf and
+vllm), eval."""
 
 from __future__ import annotations
 

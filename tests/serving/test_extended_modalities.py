@@ -117,6 +117,32 @@ def test_bad_new_inputs_get_400_naming_the_part(server_all):
         assert server_all.alive() and http.get("/health").status_code == 200
 
 
+def test_csv_parts_are_read_by_the_modalitys_own_csv_reader(server_all):
+    """CSV parts reach the modality as CSV files (the server parses no CSV itself): a time series with a header row
+    answers as the same numbers without one, a one-row table with a header as the same row sent as JSON, and an IMU
+    CSV (numbers only, as IMU files are) still reads."""
+    row_csv = b"age,height,city,member,note\n41,1.82,Oslo,True,\n"  # ROW; the empty cell is its null field
+    imu_csv = "".join(f"{0.1 * i:.1f},0.2,9.8,0,0,{0.01 * i:.2f}\n" for i in range(60)).encode()
+    cases = {
+        "timeseries with header": part("timeseries", series_csv_bytes(header=True), "csv"),
+        "timeseries without header": part("timeseries", series_csv_bytes(header=False), "csv"),
+        "tabular one-row CSV": part("tabular", row_csv, "csv"),
+        "tabular JSON": part("tabular", json_bytes(ROW), "json"),
+        "imu CSV": {"type": "input_imu", "input_imu": {"data": base64.b64encode(imu_csv).decode(), "format": "csv"}},
+    }
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    tokens = {}
+    with httpx.Client(base_url=server_all.url, timeout=120) as http:
+        for case, csv_part in cases.items():
+            body = {"model": "tiny", "messages": user(csv_part), "max_tokens": 4, "temperature": 0,
+                    "return_token_ids": True}  # fmt: skip
+            response = http.post("/v1/chat/completions", headers=auth, json=body)
+            assert response.status_code == 200, (case, response.text)
+            tokens[case] = response.json()["choices"][0]["token_ids"]
+    assert tokens["timeseries with header"] == tokens["timeseries without header"]
+    assert tokens["tabular one-row CSV"] == tokens["tabular JSON"]
+
+
 def test_chat_page_detects_and_sends_the_new_files(tiny_all, media_paths):
     """The page's file detection and its messages, for the six sample files (tests/media_factory.py)."""
     from onellm.serving.chat import parse_chat
@@ -140,14 +166,11 @@ def test_chat_page_detects_and_sends_the_new_files(tiny_all, media_paths):
         "png", "png", "npy", "csv", "json", "json"
     ]  # fmt: skip
     assert files["messages[0].content[5]"] == "molecule.json"
-    # The page's CSV part of a time series with a header row goes through the server's CSV reader: the sample file
-    # has one, so it is sent as the modality reads it from disk instead (headerless CSV parts are tested above).
-    content[3] = part("timeseries", series_csv_bytes(header=False), "csv")
+    # Each part is read as its file is from disk: the time series' CSV (with a header row) included.
     parsed = asyncio.run(parse_chat(messages, processor, MediaFetcher(MediaPolicy()), max_inputs=8))
     assert [m for m, _ in parsed.inputs] == EXTENDED
     for (modality, tensor), path in zip(parsed.inputs, (media_paths[m] for m in EXTENDED), strict=True):
-        if modality != "timeseries":
-            assert tensor.equal(processor.preprocess(modality, path)), modality
+        assert tensor.equal(processor.preprocess(modality, path)), modality
 
 
 @pytest.mark.slow
