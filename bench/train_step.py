@@ -10,7 +10,7 @@ For each preset and each of two stages, on image records of a small synthetic co
 - ``instruct``: ours = LoRA (the stage's r and targets) on the LLM + the K-expert UPM trainable; LLaVA = the same
   LoRA on its LLM + its projector trainable.
 
-Both sides see the same samples, batch size, precision (fp32) and optimizer (AdamW). The difference in work: our
+Both sides see the same samples, batch size, precision (the stage's: bf16 autocast where native) and optimizer (AdamW). The difference in work: our
 UPM hands the LLM N+2 tokens per image (tiny: 6, small: 10), LLaVA hands it one token per patch (tiny: 16,
 small: 64). Data loading is outside the timed step for both (batches are built beforehand) and timed on its own:
 "batch build" = dataset + collator for one batch in the steady state; with the cache on, inputs whose features are
