@@ -155,7 +155,9 @@ def llava(stage, trainer: Trainer, warmup: int, steps: int) -> float:
     ]
 
     def step(batch):
-        model(**batch).loss.backward()
+        with trainer._autocast():  # the same precision as our side (bf16 autocast where native)
+            loss = model(**batch).loss
+        loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
