@@ -89,7 +89,7 @@ class TimeSeriesTokenizer(nn.Module):
         embedded = self.patch_embed(patches) + self.stats_embed(values[..., 1:STATS].to(dtype)).unsqueeze(2)
         mask = present[:, :, None, None]  # [B, Cm, 1, 1] over [B, Cm, N, C]
         mean = (embedded * mask).sum(1) / mask.sum(1).clamp(min=1)  # [B, N, C]
-        peak = embedded.masked_fill(~mask, torch.finfo(dtype).min).amax(1)
+        peak = embedded.masked_fill(~mask, torch.finfo(embedded.dtype).min).amax(1)  # bf16 under autocast
         peak = torch.where(mask.any(1), peak, torch.zeros_like(peak))  # no channel at all (a blank dummy)
         time_tokens = self.pool(torch.cat([mean, peak], dim=-1)) + self.time_positions
         channel_tokens = torch.where(present[..., None], embedded.mean(2) + self.channel_index, self.pad.to(dtype))

@@ -45,6 +45,10 @@ def test_tokenizer_shapes_and_gradients(name):
     # bfloat16 (vLLM on the CPU, autocast): structure columns (flags, hash digits, adjacency) survive the cast.
     half = tokenizer.to(torch.bfloat16)(batch.to(torch.bfloat16), None)
     assert half.dtype == torch.bfloat16 and (half.float() - tokens.detach()).abs().max() < 0.1
+    # fp32 weights under bf16 autocast (training with `precision: auto` on a bf16 CPU/GPU): activations are bf16.
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = tokenizer.float()(batch, None)
+    assert torch.isfinite(mixed).all() and (mixed.float() - tokens.detach()).abs().max() < 0.1
 
 
 # --- X-ray and infrared: single-channel images through the frozen patch embedding ---------------------------------------
