@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,7 +86,7 @@ async def _load(pending: _PendingInput, fetcher: MediaFetcher, processor: OneLLM
         if not isinstance(rate, (int, float)) or isinstance(rate, bool) or rate <= 0:
             raise bad_request(f"{param}.sample_rate: expected a positive number, got {rate!r}", f"{param}.sample_rate")
         extras["sample_rate"] = float(rate)
-    fmt = str(payload.get("format", "")).lower()
+    fmt = str(payload.get("format", "")).lower() or _url_format(payload.get("url"))
 
     try:
         tensor = await asyncio.to_thread(_preprocess, processor, modality, data, fmt, extras or None)
@@ -98,6 +99,17 @@ async def _load(pending: _PendingInput, fetcher: MediaFetcher, processor: OneLLM
     ).all():  # e.g. float32 statistics of values near 3e38 overflow; NaN would reach the LLM
         raise bad_request(f"{param}: the {modality} input gives non-finite values after preprocessing", param)
     return tensor
+
+
+def _url_format(url: Any) -> str:
+    """The format a URL announces when the part gives none: ``csv`` for ``data:text/csv`` or a path ending in
+    ``.csv`` (CSV has no signature in its bytes), else "" (binary formats are recognised from their bytes)."""
+    if not isinstance(url, str):
+        return ""
+    if url[:5].lower() == "data:":
+        mime = url[5:].split(",", 1)[0].split(";", 1)[0].strip().lower()
+        return "csv" if mime in ("text/csv", "application/csv") else ""
+    return "csv" if urllib.parse.urlparse(url).path.lower().endswith(".csv") else ""
 
 
 def _preprocess(processor: OneLLMProcessor, modality: str, data: bytes, fmt: str, extras: dict | None) -> torch.Tensor:

@@ -129,6 +129,12 @@ def test_csv_parts_are_read_by_the_modalitys_own_csv_reader(server_all):
         "tabular one-row CSV": part("tabular", row_csv, "csv"),
         "tabular JSON": part("tabular", json_bytes(ROW), "json"),
         "imu CSV": {"type": "input_imu", "input_imu": {"data": base64.b64encode(imu_csv).decode(), "format": "csv"}},
+        # no "format": a data URL's media type, or a URL path's .csv suffix, says CSV
+        "imu CSV data URL": {"type": "input_imu", "input_imu": {"url": data_url(imu_csv, "text/csv")}},
+        "timeseries CSV data URL": {
+            "type": "input_timeseries",
+            "input_timeseries": {"url": data_url(series_csv_bytes(header=True), "text/csv")},
+        },
     }
     auth = {"Authorization": f"Bearer {API_KEY}"}
     tokens = {}
@@ -141,6 +147,12 @@ def test_csv_parts_are_read_by_the_modalitys_own_csv_reader(server_all):
             tokens[case] = response.json()["choices"][0]["token_ids"]
     assert tokens["timeseries with header"] == tokens["timeseries without header"]
     assert tokens["tabular one-row CSV"] == tokens["tabular JSON"]
+    assert tokens["imu CSV data URL"] == tokens["imu CSV"]
+    assert tokens["timeseries CSV data URL"] == tokens["timeseries without header"]
+
+
+def data_url(data: bytes, mime: str) -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
 
 
 def test_chat_page_detects_and_sends_the_new_files(tiny_all, media_paths):
