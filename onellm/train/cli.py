@@ -11,6 +11,7 @@ Running the same command again skips finished stages and resumes an interrupted 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -49,6 +50,26 @@ def missing_manifests(stages) -> str | None:
     return None
 
 
+def start_mismatch(stages) -> str | None:
+    """Before any model loads: the first stage started from a checkpoint folder (``init_from.path``) that lacks one
+    of the stage's modalities, as one line (read from its config.json; stages chained by name are checked when
+    they start)."""
+    from onellm.train.common import missing_start_modalities
+
+    for stage in stages:
+        if stage.init_from.path is None or stage.init_from.stage is not None:
+            continue
+        config = Path(stage.init_from.path) / "config.json"
+        try:
+            has = list(json.loads(config.read_text(encoding="utf-8"))["modality_configs"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # no checkpoint there, or not ours: load_start names it
+        problem = missing_start_modalities(stage, has)
+        if problem:
+            return problem
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     from onellm.train.config import ConfigError, is_curriculum, load_curriculum, load_stage, parse_overrides
 
@@ -71,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{stage.name:<14} {stage.recipe:<15} {', '.join(stage.modalities) or '-':<40} -> {stage.stage_dir}")
         return 0
 
-    missing = missing_manifests(stages)  # --check validates the configs alone: the corpus may come later
+    missing = missing_manifests(stages) or start_mismatch(stages)  # --check: the configs alone (no corpus yet)
     if missing:
         print(f"onellm train: {missing}", file=sys.stderr)
         return 2
@@ -89,6 +110,9 @@ def run(args: argparse.Namespace) -> int:
     except CheckpointWriteError as exc:
         print(f"onellm train: {exc.strerror}", file=sys.stderr)
         return 1
+    except (ConfigError, FileNotFoundError) as exc:  # found once a stage starts: its start model, its records
+        print(f"onellm train: {exc}", file=sys.stderr)
+        return 2
     accelerator.end_training()
     return 0
 

@@ -30,7 +30,7 @@ from onellm.processing import OneLLMProcessor
 from onellm.projectors.upm import UniversalProjectionModule, expand_experts
 from onellm.train import stage_folder
 from onellm.train.checkpoint import write_atomically
-from onellm.train.config import LoraSettings, StageConfig
+from onellm.train.config import ConfigError, LoraSettings, StageConfig
 from onellm.train.groups import group_of, parameter_groups, set_trainable
 
 DONE = stage_folder.DONE
@@ -75,6 +75,19 @@ def init_path(stage: StageConfig) -> Path | None:
 # --- models ---------------------------------------------------------------------------------------------------------
 
 
+def missing_start_modalities(stage: StageConfig, has: list[str]) -> str | None:
+    """One line naming the modalities ``stage`` reads that its start model (with modalities ``has``) lacks."""
+    absent = [m for m in stage.modalities if m not in has]
+    if not absent:
+        return None
+    init = stage.init_from
+    start = f"stage {init.stage!r} ({init_path(stage)})" if init.stage else str(init.path or f"preset {init.preset!r}")
+    return (
+        f"{stage.source}: init_from: {start} has no {', '.join(absent)} (it has {', '.join(has)}); start from a model"
+        " built with them, e.g. `onellm build PRESET --modalities all`, or --set init_from.preset_args.modalities=all"
+    )
+
+
 def load_start(
     stage: StageConfig, quantize_llm: bool = False
 ) -> tuple[OneLLMForConditionalGeneration, OneLLMProcessor]:
@@ -101,6 +114,9 @@ def load_start(
             raise FileNotFoundError(f"{stage.source}: init_from: {path} holds no checkpoint ({where})")
         processor = OneLLMProcessor.from_pretrained(str(path))
         model = _load_model(path, quantize_llm, stage)
+    problem = missing_start_modalities(stage, model.config.modalities)
+    if problem:
+        raise ConfigError(problem)
     if init.num_experts is not None and model.config.projector_config["num_experts"] != init.num_experts:
         torch.manual_seed(stage.seed)
         set_projector(model, fresh_projector(model, init.num_experts))

@@ -86,6 +86,19 @@ def test_train_with_a_bad_key_or_value_names_it(tmp_path, corpus, override, expe
     assert_one_line(done, "align_image.yaml", expected)
 
 
+def test_train_from_a_model_without_the_stages_modalities_names_them(tmp_path):
+    """align_extended started from a checkpoint of OneLLM's eight: the six it lacks are named, with the build fix."""
+    from onellm.instruct_data.synth import synthesize
+
+    synthesize(tmp_path / "data", per_modality=10, seed=0, modalities=["xray", "image"], workers=1)
+    assert onellm(tmp_path, "build", "tiny", "--out", "eight").returncode == 0
+    stage = CONFIGS / "tiny" / "align_extended.yaml"
+    sets = ["init_from.path=eight", "init_from.stage=null", "data.root=data", "output_dir=runs"]
+    sets += ["data.sources=[{modalities: [xray], tasks: [caption]}]", "data.replay.modalities=[image]"]
+    done = onellm(tmp_path, "train", str(stage), *[arg for kv in sets for arg in ("--set", kv)])
+    assert_one_line(done, "init_from: eight has no xray (it has audio,", "onellm build PRESET --modalities all")
+
+
 def test_eval_without_the_corpus_names_the_file_and_the_synth_command(tmp_path):
     done = onellm(tmp_path, "eval", "--model", str(tmp_path), "--tasks", "synth_image_caption", "--output", "o")
     assert_one_line(done, "missing file", "test.jsonl", "onellm data synth --out")
