@@ -175,9 +175,10 @@ def main() -> int:
         if name == "start":
             checkpoint = args.start
         else:
-            # an instruct stage's final/ holds the base without LoRA; merged/ has the adapter folded in
-            checkpoint = folder / stage_name / ("merged" if args.stage == "instruct" else "final")
-            if not (folder / stage_name / "DONE").is_file():
+            # an instruct stage's final/ holds the base without LoRA, merged/ the adapter folded in; a variant without
+            # LoRA (upm_only: the align recipe) writes final/ alone
+            stage_dir = folder / stage_name
+            if not (stage_dir / "DONE").is_file():
                 sets = [f"output_dir={folder}", f"data.root={args.data}"]
                 if args.start is not None:
                     sets += ["init_from.stage=null", f"init_from.path={args.start.resolve()}"]
@@ -185,6 +186,7 @@ def main() -> int:
                 sets += overrides
                 run(["train", str(REPO / config), *[part for s in sets for part in ("--set", s)]], log)
                 seconds = time.perf_counter() - started
+            checkpoint = stage_dir / "merged" if (stage_dir / "merged").is_dir() else stage_dir / "final"
         for modality, scores in score(checkpoint, folder, args.data, modalities, log).items():
             row = {"variant": name, "what": what, "modality": modality, "train_seconds": seconds, **scores}
             rows.append(row)
