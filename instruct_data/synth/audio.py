@@ -8,14 +8,7 @@ from typing import Any
 import numpy as np
 import soundfile
 
-from onellm.instruct_data.synth.base import (
-    QA,
-    Description,
-    Generator,
-    count_word,
-    pick_paraphrases,
-    register_generator,
-)
+from onellm.instruct_data.synth.base import QA, Generator, count_word, register_generator
 
 SAMPLE_RATE = 16_000
 DURATION = 2.0  # seconds -> 32 000 samples
@@ -117,7 +110,7 @@ class AudioGenerator(Generator):
         soundfile.write(path, waveform(attrs, rng), SAMPLE_RATE, subtype="PCM_16", format="WAV")
         return {"modality": self.modality, "path": f"{stem}.wav"}
 
-    def describe(self, attrs: dict[str, Any], rng: np.random.Generator) -> Description:
+    def captions(self, attrs: dict[str, Any], rng: np.random.Generator) -> tuple[str, list[str]]:
         kind = attrs["kind"]
         pitch = attrs.get("pitch", "")
         if kind == "beeps":
@@ -167,9 +160,9 @@ class AudioGenerator(Generator):
                 f"a hiss heard {count_word(n)} time{'s' if n > 1 else ''}",
                 f"white noise in {count_word(n)} short burst{'s' if n > 1 else ''}",
             ]
-        return Description(caption, pick_paraphrases(rng, variants, caption), self._questions(attrs))
+        return caption, variants
 
-    def _questions(self, attrs: dict[str, Any]) -> list[QA]:
+    def questions(self, attrs: dict[str, Any], rng: np.random.Generator) -> list[QA]:
         kind = attrs["kind"]
         questions = [
             QA("kind", "What kind of sound is it: beeps, tone, sweep, noise or chord?", kind),

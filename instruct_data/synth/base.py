@@ -71,7 +71,17 @@ class Generator:
         raise NotImplementedError
 
     def describe(self, attrs: dict[str, Any], rng: np.random.Generator) -> Description:
-        """Caption, 1-4 paraphrases and every answerable question for these attributes."""
+        """Caption, 1-4 paraphrases (drawn from :meth:`captions`' candidates) and every answerable question. ``rng`` is
+        used in this order: captions, paraphrases, questions (same seed = same text)."""
+        caption, candidates = self.captions(attrs, rng)
+        return Description(caption, pick_paraphrases(rng, candidates, caption), self.questions(attrs, rng))
+
+    def captions(self, attrs: dict[str, Any], rng: np.random.Generator) -> tuple[str, list[str]]:
+        """The caption of these attributes and candidate paraphrases (others' words for the same content)."""
+        raise NotImplementedError
+
+    def questions(self, attrs: dict[str, Any], rng: np.random.Generator) -> list[QA]:
+        """Every question these attributes answer (``rng``: e.g. which wrong value a yes/no question asks about)."""
         raise NotImplementedError
 
     def content_key(self, attrs: dict[str, Any]) -> str:

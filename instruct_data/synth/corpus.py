@@ -178,7 +178,9 @@ def corpus_modalities(selection: str | Sequence[str] | None = None) -> list[str]
         items = [s.strip() for s in selection.split(",")] if isinstance(selection, str) else list(selection)
     missing = [i for i in items if i not in (ALL, DEFAULT, *MODALITY_SETS) and i not in generator_names()]
     if missing or (selection is not None and not items):
-        raise KeyError(f"no synthetic generator for {missing or 'an empty list'}; known: {', '.join(generator_names())}")
+        raise KeyError(
+            f"no synthetic generator for {missing or 'an empty list'}; known: {', '.join(generator_names())}"
+        )
     return [n for n in resolve_modalities(selection) if n in generator_names()]
 
 

@@ -18,10 +18,8 @@ from onellm.instruct_data.synth.base import (
     COLOURS,
     QA,
     SHAPES_2D,
-    Description,
     Generator,
     article,
-    pick_paraphrases,
     register_generator,
     rng_for,
     save_npy,
@@ -89,16 +87,18 @@ class FmriGenerator(Generator):
         save_npy(response(attrs, rng, self.seed, self.voxels), Path(root) / f"{stem}.npy")
         return {"modality": self.modality, "path": f"{stem}.npy"}
 
-    def describe(self, attrs: dict[str, Any], rng: np.random.Generator) -> Description:
+    def captions(self, attrs: dict[str, Any], rng: np.random.Generator) -> tuple[str, list[str]]:
         colour, shape, size = attrs["colour"], attrs["shape"], attrs["size"]
         thing = f"{article(size)} {size} {colour} {shape}"
-        caption = f"a picture of {thing}"
-        variants = [
+        return f"a picture of {thing}", [
             f"the person is looking at {thing}",
             f"brain activity while viewing {thing}",
             f"an image of {thing}",
             f"{thing} on a plain background",
         ]
+
+    def questions(self, attrs: dict[str, Any], rng: np.random.Generator) -> list[QA]:
+        colour, shape, size = attrs["colour"], attrs["shape"], attrs["size"]
         asked_colour = (
             colour if rng.random() < 0.5 else [c for c in COLOURS if c != colour][int(rng.integers(len(COLOURS) - 1))]
         )
@@ -108,4 +108,4 @@ class FmriGenerator(Generator):
             QA("size", "Is the shape small or large?", size),
             QA("presence", f"Is the shape {asked_colour}?", "yes" if asked_colour == colour else "no"),
         ]
-        return Description(caption, pick_paraphrases(rng, variants, caption), questions)
+        return questions

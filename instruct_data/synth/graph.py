@@ -13,14 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from onellm.instruct_data.synth.base import (
-    QA,
-    Description,
-    Generator,
-    count_word,
-    pick_paraphrases,
-    register_generator,
-)
+from onellm.instruct_data.synth.base import QA, Generator, count_word, register_generator
 
 COLOURS = ("red", "green", "blue", "yellow")  # node features: one-hot over these
 NODES = (4, 10)  # inclusive range
@@ -78,7 +71,7 @@ class GraphGenerator(Generator):
         path.write_text(json.dumps({"nodes": nodes, "edges": edges}) + "\n", encoding="utf-8")
         return {"modality": self.modality, "path": f"{stem}.json"}
 
-    def describe(self, attrs: dict[str, Any], rng: np.random.Generator) -> Description:
+    def captions(self, attrs: dict[str, Any], rng: np.random.Generator) -> tuple[str, list[str]]:
         n, e = len(attrs["colours"]), len(attrs["edges"])
         cycle = "with a cycle" if has_cycle(attrs) else "without cycles"
         colour = attrs["colours"][hub(attrs)]
@@ -90,9 +83,9 @@ class GraphGenerator(Generator):
             f"a {'cyclic' if has_cycle(attrs) else 'tree-shaped'} graph of {count_word(n)} nodes whose hub is {colour}",
             f"a network of {count_word(n)} nodes {cycle}; the {colour} node has the most links",
         ]
-        return Description(caption, pick_paraphrases(rng, paraphrases, caption), self._questions(attrs))
+        return caption, paraphrases
 
-    def _questions(self, attrs: dict[str, Any]) -> list[QA]:
+    def questions(self, attrs: dict[str, Any], rng: np.random.Generator) -> list[QA]:
         return [
             QA("nodes", "How many nodes are there?", str(len(attrs["colours"]))),
             QA("edges", "How many edges are there?", str(len(attrs["edges"]))),

@@ -14,14 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from onellm.instruct_data.synth.base import (
-    QA,
-    Description,
-    Generator,
-    pick_paraphrases,
-    register_generator,
-    save_npy,
-)
+from onellm.instruct_data.synth.base import QA, Generator, register_generator, save_npy
 from onellm.instruct_data.synth.image import POSITION_PHRASES
 
 SIZE = 24
@@ -111,7 +104,7 @@ class HyperspectralGenerator(Generator):
         save_npy(cube(attrs, rng), Path(root) / f"{stem}.npy")
         return {"modality": self.modality, "path": f"{stem}.npy"}
 
-    def describe(self, attrs: dict[str, Any], rng: np.random.Generator) -> Description:
+    def captions(self, attrs: dict[str, Any], rng: np.random.Generator) -> tuple[str, list[str]]:
         where = POSITION_PHRASES[attrs["position"]]
         background, patch, size = attrs["background"], attrs["patch"], attrs["size"]
         caption = f"{background} with a {size} patch of {patch} {where}"
@@ -121,9 +114,9 @@ class HyperspectralGenerator(Generator):
             f"{patch} {where} surrounded by {background}",
             f"a {size} {patch} area {where} in a {background} scene",
         ]
-        return Description(caption, pick_paraphrases(rng, paraphrases, caption), self._questions(attrs, rng))
+        return caption, paraphrases
 
-    def _questions(self, attrs: dict[str, Any], rng: np.random.Generator) -> list[QA]:
+    def questions(self, attrs: dict[str, Any], rng: np.random.Generator) -> list[QA]:
         present = {attrs["background"], attrs["patch"]}
         asked = list(MATERIALS)[int(rng.integers(len(MATERIALS)))]
         return [

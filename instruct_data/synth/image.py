@@ -14,13 +14,11 @@ from onellm.instruct_data.synth.base import (
     PNG_COMPRESSION,
     QA,
     SHAPES_2D,
-    Description,
     Generator,
     article,
     count_word,
     draw_shape,
     join_phrases,
-    pick_paraphrases,
     register_generator,
 )
 
@@ -94,7 +92,7 @@ class ImageGenerator(Generator):
         image.save(path, format="PNG", compress_level=PNG_COMPRESSION)
         return {"modality": self.modality, "path": f"{stem}.png"}
 
-    def describe(self, attrs: dict[str, Any], rng: np.random.Generator) -> Description:
+    def captions(self, attrs: dict[str, Any], rng: np.random.Generator) -> tuple[str, list[str]]:
         objects, background = attrs["objects"], attrs["background"]
         caption = join_phrases([object_phrase(obj) for obj in objects])
         n = len(objects)
@@ -109,9 +107,9 @@ class ImageGenerator(Generator):
             f"{count_word(n)} {shapes_word} on a plain background: {caption}",
             position_first,
         ]
-        return Description(caption, pick_paraphrases(rng, paraphrases, caption), self._questions(attrs, rng))
+        return caption, paraphrases
 
-    def _questions(self, attrs: dict[str, Any], rng: np.random.Generator) -> list[QA]:
+    def questions(self, attrs: dict[str, Any], rng: np.random.Generator) -> list[QA]:
         objects = attrs["objects"]
         shape_counts = {s: sum(o["shape"] == s for o in objects) for s in SHAPES_2D}
         questions = [

@@ -12,15 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from onellm.instruct_data.synth.base import (
-    QA,
-    Description,
-    Generator,
-    count_word,
-    pick_paraphrases,
-    register_generator,
-    save_npy,
-)
+from onellm.instruct_data.synth.base import QA, Generator, count_word, register_generator, save_npy
 
 SAMPLE_RATE = 50  # Hz
 STEPS = 200  # 4 s
@@ -148,7 +140,7 @@ class ImuGenerator(Generator):
         save_npy(signals(attrs, rng), Path(root) / f"{stem}.npy")
         return {"modality": self.modality, "path": f"{stem}.npy", "sample_rate": SAMPLE_RATE}
 
-    def describe(self, attrs: dict[str, Any], rng: np.random.Generator) -> Description:
+    def captions(self, attrs: dict[str, Any], rng: np.random.Generator) -> tuple[str, list[str]]:
         activity = attrs["activity"]
         if activity == "still":
             caption = "the person is standing still"
@@ -177,9 +169,9 @@ class ImuGenerator(Generator):
             caption = "the person falls down"
             variants = ["someone falls to the ground", "a person falling over", "the wearer trips and falls"]
         variants.append(f"IMU signals of a person {GERUNDS.get(activity, activity)}")
-        return Description(caption, pick_paraphrases(rng, variants, caption), self._questions(attrs))
+        return caption, variants
 
-    def _questions(self, attrs: dict[str, Any]) -> list[QA]:
+    def questions(self, attrs: dict[str, Any], rng: np.random.Generator) -> list[QA]:
         activity = attrs["activity"]
         questions = [
             QA("activity", "What is the person doing?", ANSWERS.get(activity, activity)),

@@ -13,15 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from onellm.instruct_data.synth.base import (
-    QA,
-    Description,
-    Generator,
-    count_word,
-    pick_paraphrases,
-    register_generator,
-    save_png,
-)
+from onellm.instruct_data.synth.base import QA, Generator, count_word, register_generator, save_png
 
 SIZE = 64
 CELLS: dict[str, tuple[int, int]] = {
@@ -86,7 +78,7 @@ class InfraredGenerator(Generator):
         save_png(thermogram(attrs, rng), Path(root) / f"{stem}.png")
         return {"modality": self.modality, "path": f"{stem}.png"}
 
-    def describe(self, attrs: dict[str, Any], rng: np.random.Generator) -> Description:
+    def captions(self, attrs: dict[str, Any], rng: np.random.Generator) -> tuple[str, list[str]]:
         n, top = len(attrs["spots"]), hottest(attrs)["cell"]
         if n == 1:
             caption = f"one hot spot {CELL_PHRASES[top]}"
@@ -102,9 +94,9 @@ class InfraredGenerator(Generator):
                 f"{count_word(n)} heat sources, the warmest {CELL_PHRASES[top]}",
                 f"infrared view of {count_word(n)} warm objects, the hottest {CELL_PHRASES[top]}",
             ]
-        return Description(caption, pick_paraphrases(rng, paraphrases, caption), self._questions(attrs, rng))
+        return caption, paraphrases
 
-    def _questions(self, attrs: dict[str, Any], rng: np.random.Generator) -> list[QA]:
+    def questions(self, attrs: dict[str, Any], rng: np.random.Generator) -> list[QA]:
         top = hottest(attrs)["cell"]
         questions = [
             QA("count", "How many hot spots are there?", str(len(attrs["spots"]))),

@@ -7,16 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from onellm.instruct_data.synth.base import (
-    COLOURS,
-    QA,
-    Description,
-    Generator,
-    article,
-    pick_paraphrases,
-    register_generator,
-    save_npy,
-)
+from onellm.instruct_data.synth.base import COLOURS, QA, Generator, article, register_generator, save_npy
 
 NUM_POINTS = 2048
 SHAPES = ("sphere", "cube", "cylinder", "cone", "torus")
@@ -113,16 +104,19 @@ class PointGenerator(Generator):
         save_npy(point_cloud(attrs, rng), Path(root) / f"{stem}.npy")
         return {"modality": self.modality, "path": f"{stem}.npy"}
 
-    def describe(self, attrs: dict[str, Any], rng: np.random.Generator) -> Description:
+    def captions(self, attrs: dict[str, Any], rng: np.random.Generator) -> tuple[str, list[str]]:
         shape, colour, form = attrs["shape"], attrs["colour"], attrs["form"]
         caption = f"{article(form)} {form} {colour} {shape}"
         predicate = form.replace(" ", " and ")  # "tall thin" -> "tall and thin"
-        variants = [
+        return caption, [
             f"a 3D point cloud of {caption}",
             f"{article(form)} {form} {shape} colored {colour}",
             f"{article(colour)} {colour} {shape} that is {predicate}",
             f"{article(colour)} {colour} object shaped like {article(shape)} {shape}, {predicate}",
         ]
+
+    def questions(self, attrs: dict[str, Any], rng: np.random.Generator) -> list[QA]:
+        shape, colour, form = attrs["shape"], attrs["colour"], attrs["form"]
         questions = [
             QA("shape", "What shape is this object?", shape),
             QA("color", "What color is the object?", colour),
@@ -133,4 +127,4 @@ class PointGenerator(Generator):
         other = [s for s in SHAPES if s != shape][int(rng.integers(len(SHAPES) - 1))]
         asked = shape if rng.random() < 0.5 else other
         questions.append(QA("presence", f"Is this {article(asked)} {asked}?", "yes" if asked == shape else "no"))
-        return Description(caption, pick_paraphrases(rng, variants, caption), questions)
+        return questions

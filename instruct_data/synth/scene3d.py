@@ -12,14 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from onellm.instruct_data.synth.base import (
-    COLOURS,
-    QA,
-    Description,
-    Generator,
-    article,
-    pick_paraphrases,
-)
+from onellm.instruct_data.synth.base import COLOURS, QA, Generator, article
 
 SIZE = 128
 FOV_DEGREES = 60.0
@@ -164,17 +157,20 @@ class SceneGenerator(Generator):
             "yaw": int(rng.choice(YAWS)),
         }
 
-    def describe(self, attrs: dict[str, Any], rng: np.random.Generator) -> Description:
+    def captions(self, attrs: dict[str, Any], rng: np.random.Generator) -> tuple[str, list[str]]:
         shape, distance, side = attrs["shape"], attrs["distance"], attrs["side"]
         thing = f"{article(shape)} {shape}"
         caption = f"{thing} {DISTANCE_PHRASES[distance]} {SIDE_PHRASES[side]}"
         near = "near the camera" if distance == "close" else "far away from the camera"
-        variants = [
+        return caption, [
             f"{article(self.map_name)} {self.map_name} of {caption}",
             f"{thing} {SIDE_PHRASES[side]}, {DISTANCE_PHRASES[distance]}",
             f"there is {thing} {SIDE_PHRASES[side]}, {near}",
             f"{thing} in front of a wall, {DISTANCE_PHRASES[distance]} {SIDE_PHRASES[side]}",
         ]
+
+    def questions(self, attrs: dict[str, Any], rng: np.random.Generator) -> list[QA]:
+        shape, distance, side = attrs["shape"], attrs["distance"], attrs["side"]
         questions = [
             QA("shape", "What object is in front of the wall?", shape),
             QA("distance", "Is the object close to the camera or far from it?", distance),
@@ -182,4 +178,4 @@ class SceneGenerator(Generator):
         ]
         asked = shape if rng.random() < 0.5 else [s for s in SHAPES if s != shape][int(rng.integers(len(SHAPES) - 1))]
         questions.append(QA("presence", f"Is there {article(asked)} {asked}?", "yes" if asked == shape else "no"))
-        return Description(caption, pick_paraphrases(rng, variants, caption), questions)
+        return questions

@@ -13,15 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from onellm.instruct_data.synth.base import (
-    COLOURS,
-    QA,
-    Description,
-    Generator,
-    count_word,
-    pick_paraphrases,
-    register_generator,
-)
+from onellm.instruct_data.synth.base import COLOURS, QA, Generator, count_word, register_generator
 
 NUMERIC = ("height", "width", "weight", "price", "age", "speed", "temperature", "score")
 CATEGORICAL: dict[str, tuple[str, ...]] = {
@@ -68,7 +60,7 @@ class TabularGenerator(Generator):
         path.write_text(json.dumps(dict(attrs["fields"])) + "\n", encoding="utf-8")
         return {"modality": self.modality, "path": f"{stem}.json"}
 
-    def describe(self, attrs: dict[str, Any], rng: np.random.Generator) -> Description:
+    def captions(self, attrs: dict[str, Any], rng: np.random.Generator) -> tuple[str, list[str]]:
         nums, cats = numbers(attrs), categories(attrs)
         largest = max(nums, key=nums.get)
         n = len(attrs["fields"])
@@ -80,9 +72,9 @@ class TabularGenerator(Generator):
             f"{count_word(n)} fields: {listing}",
             f"a table row where {largest} is largest ({nums[largest]}) and {cat_phrase}",
         ]
-        return Description(caption, pick_paraphrases(rng, paraphrases, caption), self._questions(attrs, rng))
+        return caption, paraphrases
 
-    def _questions(self, attrs: dict[str, Any], rng: np.random.Generator) -> list[QA]:
+    def questions(self, attrs: dict[str, Any], rng: np.random.Generator) -> list[QA]:
         nums, cats = numbers(attrs), categories(attrs)
         questions = [
             QA("largest", "Which numeric field has the largest value?", max(nums, key=nums.get)),

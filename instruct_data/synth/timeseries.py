@@ -14,15 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from onellm.instruct_data.synth.base import (
-    QA,
-    Description,
-    Generator,
-    count_word,
-    pick_paraphrases,
-    register_generator,
-    save_npy,
-)
+from onellm.instruct_data.synth.base import QA, Generator, count_word, register_generator, save_npy
 
 TRENDS = ("rising", "falling", "flat")
 STEPS = (96, 160, 240)
@@ -96,7 +88,7 @@ class TimeSeriesGenerator(Generator):
             save_npy(values, path)
         return {"modality": self.modality, "path": f"{stem}.{attrs['format']}"}
 
-    def describe(self, attrs: dict[str, Any], rng: np.random.Generator) -> Description:
+    def captions(self, attrs: dict[str, Any], rng: np.random.Generator) -> tuple[str, list[str]]:
         n, trend = attrs["channels"], attrs["trend"]
         channels = "one channel" if n == 1 else f"{count_word(n)} channels"
         pattern = " and a repeating pattern" if attrs["seasonal"] else ""
@@ -113,9 +105,9 @@ class TimeSeriesGenerator(Generator):
             f"{channels}, {trend if trend != 'flat' else 'flat'}{', periodic' if attrs['seasonal'] else ''}{spikes}",
             f"sensor readings: {channels} with {trend_phrase}{pattern}{spikes}",
         ]
-        return Description(caption, pick_paraphrases(rng, paraphrases, caption), self._questions(attrs))
+        return caption, paraphrases
 
-    def _questions(self, attrs: dict[str, Any]) -> list[QA]:
+    def questions(self, attrs: dict[str, Any], rng: np.random.Generator) -> list[QA]:
         questions = [
             QA("channels", "How many channels are there?", str(attrs["channels"])),
             QA("trend", "Is the trend rising, falling or flat?", attrs["trend"]),

@@ -10,17 +10,7 @@ import av
 import numpy as np
 from PIL import Image, ImageDraw
 
-from onellm.instruct_data.synth.base import (
-    BACKGROUNDS,
-    COLOURS,
-    QA,
-    Description,
-    Generator,
-    article,
-    draw_shape,
-    pick_paraphrases,
-    register_generator,
-)
+from onellm.instruct_data.synth.base import BACKGROUNDS, COLOURS, QA, Generator, article, draw_shape, register_generator
 
 SIZE = 64
 FRAMES = 8
@@ -126,7 +116,7 @@ class VideoGenerator(Generator):
         write_mp4(frames_for(attrs), Path(root) / f"{stem}.mp4")
         return {"modality": self.modality, "path": f"{stem}.mp4"}
 
-    def describe(self, attrs: dict[str, Any], rng: np.random.Generator) -> Description:
+    def captions(self, attrs: dict[str, Any], rng: np.random.Generator) -> tuple[str, list[str]]:
         shape, colour, motion = attrs["shape"], attrs["colour"], attrs["motion"]
         thing = f"{article(colour)} {colour} {shape}"
         if motion in ("left to right", "right to left"):
@@ -164,9 +154,9 @@ class VideoGenerator(Generator):
                 f"the {shape} is {colour} at first and then {to}",
                 f"{thing} switches its color to {to}",
             ]
-        return Description(caption, pick_paraphrases(rng, variants, caption), self._questions(attrs))
+        return caption, variants
 
-    def _questions(self, attrs: dict[str, Any]) -> list[QA]:
+    def questions(self, attrs: dict[str, Any], rng: np.random.Generator) -> list[QA]:
         shape, motion = attrs["shape"], attrs["motion"]
         questions = [
             QA("shape", "What shape is in the video?", shape),

@@ -14,16 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from onellm.instruct_data.synth.base import (
-    QA,
-    Description,
-    Generator,
-    count_word,
-    join_phrases,
-    pick_paraphrases,
-    register_generator,
-    save_png,
-)
+from onellm.instruct_data.synth.base import QA, Generator, count_word, join_phrases, register_generator, save_png
 from onellm.instruct_data.synth.image import POSITION_PHRASES
 
 SIZE = 96
@@ -103,7 +94,7 @@ class XRayGenerator(Generator):
         save_png(radiograph(attrs, rng), Path(root) / f"{stem}.png")
         return {"modality": self.modality, "path": f"{stem}.png"}
 
-    def describe(self, attrs: dict[str, Any], rng: np.random.Generator) -> Description:
+    def captions(self, attrs: dict[str, Any], rng: np.random.Generator) -> tuple[str, list[str]]:
         phrase = objects_phrase(attrs)
         caption = phrase
         paraphrases = [
@@ -112,9 +103,9 @@ class XRayGenerator(Generator):
             f"{phrase} in front of soft tissue",
             f"dense matter: {phrase}",
         ]
-        return Description(caption, pick_paraphrases(rng, paraphrases, caption), self._questions(attrs, rng))
+        return caption, paraphrases
 
-    def _questions(self, attrs: dict[str, Any], rng: np.random.Generator) -> list[QA]:
+    def questions(self, attrs: dict[str, Any], rng: np.random.Generator) -> list[QA]:
         n = len(attrs["objects"])
         subject = "the bright object" if n == 1 else "the bright objects"
         verb = "is" if n == 1 else "are"
