@@ -62,6 +62,8 @@ ALIGN_VARIANTS: dict[str, tuple[str, list[str]]] = {
     "bf16_2x": ("default, bf16 autocast, twice the steps", ["train.precision=bf16", "train.steps=300"]),
 }
 
+_EIGHT = ("image", "video", "audio", "point", "depth", "normal", "imu", "fmri")
+
 # Instruction tuning from a finished align_rest (issue 11: the shipped stage undid alignment, image CIDEr 1.22 ->
 # 0.65 over the long profile's instruct stage). "start" trains nothing: it scores the starting checkpoint.
 INSTRUCT_VARIANTS: dict[str, tuple[str, list[str]]] = {
@@ -74,9 +76,13 @@ INSTRUCT_VARIANTS: dict[str, tuple[str, list[str]]] = {
         "no LoRA: UPM 1e-3 on the instruct mixture (align recipe)",
         ["recipe=align", "lora=null", "trainable={projector.*: 1.0e-3}"],
     ),
+    "heads": (
+        "LoRA r8 1e-3 + the eight UPM heads 1e-3, shared experts frozen",
+        ["trainable={lora: 1.0e-3, " + ", ".join(f"projector.{m}: 1.0e-3" for m in _EIGHT) + "}"],
+    ),
 }
 
-MODALITIES = ["image", "video", "audio", "point", "depth", "normal", "imu", "fmri"]
+MODALITIES = list(_EIGHT)
 STAGES: dict[str, tuple[str, dict[str, tuple[str, list[str]]], list[str]]] = {
     "align_image": ("configs/small/align_image.yaml", ALIGN_VARIANTS, ["image"]),
     "instruct": ("configs/small/instruct.yaml", INSTRUCT_VARIANTS, MODALITIES),
