@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="default",
         help="default: the ~20-minute curriculum; long: 10x the steps on 6x the corpus (up to 3 h on 2 cores); "
         "all: all fourteen modalities (configs/small/curriculum-all.yaml: the six beyond OneLLM's eight aligned "
-        "with replay, instruction tuning on fourteen)",
+        "after them, instruction tuning on fourteen)",
     )
     parser.add_argument(
         "--curriculum", type=Path, default=None, help=f"curriculum YAML (default: the profile's, {DEFAULT_CURRICULUM})"
