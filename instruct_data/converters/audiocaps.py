@@ -8,19 +8,12 @@ from __future__ import annotations
 
 import os
 
-from onellm.instruct_data.converters.base import (
-    Collector,
-    ConvertReport,
-    caption_records,
-    media_path,
-    read_csv,
-    register_converter,
-)
+from onellm.instruct_data.converters import base
 
 FIELDS = ("audiocap_id", "youtube_id", "start_time")
 
 
-@register_converter("audiocaps")
+@base.register_converter("audiocaps")
 def convert(
     captions_csv: str | os.PathLike,
     out_manifest: str | os.PathLike,
@@ -28,7 +21,7 @@ def convert(
     media_prefix: str = "",
     file_pattern: str = "{youtube_id}.wav",
     each_caption: bool = False,
-) -> ConvertReport:
+) -> base.ConvertReport:
     """AudioCaps csv -> one audio caption record per clip (all its captions as references).
 
     Args:
@@ -42,9 +35,9 @@ def convert(
     except (KeyError, IndexError, ValueError) as exc:
         fields = ", ".join("{" + name + "}" for name in FIELDS)
         raise ValueError(f"file_pattern {file_pattern!r} may only use the fields {fields} ({exc!r})") from None
-    collector = Collector("audiocaps")
+    collector = base.Collector("audiocaps")
     clips: dict[tuple[str, int], list[tuple[str, dict[str, str]]]] = {}
-    for where, row in read_csv(captions_csv, (*FIELDS, "caption")):
+    for where, row in base.read_csv(captions_csv, (*FIELDS, "caption")):
         start = row["start_time"]
         if not row["youtube_id"] or not start.lstrip("-").isdigit():
             collector.reject(
@@ -65,7 +58,7 @@ def convert(
         }
         captions = [row["caption"] for _, row in rows]
         base_id = f"audiocaps-{youtube_id}_{start}"
-        caption_records(
-            collector, base_id, media_path(media_prefix, name), captions, first_where, meta, "audio", each_caption
+        base.caption_records(
+            collector, base_id, base.media_path(media_prefix, name), captions, first_where, meta, "audio", each_caption
         )
     return collector.write(out_manifest)

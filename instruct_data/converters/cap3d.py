@@ -10,23 +10,17 @@ import csv
 import os
 from pathlib import Path
 
-from onellm.instruct_data.converters.base import (
-    Collector,
-    ConvertReport,
-    caption_records,
-    media_path,
-    register_converter,
-)
+from onellm.instruct_data.converters import base
 
 
-@register_converter("cap3d")
+@base.register_converter("cap3d")
 def convert(
     captions_csv: str | os.PathLike,
     out_manifest: str | os.PathLike,
     *,
     media_prefix: str = "",
     file_pattern: str = "{uid}_8192.npy",
-) -> ConvertReport:
+) -> base.ConvertReport:
     """Cap3D uid,caption csv -> point caption records.
 
     Args:
@@ -37,7 +31,7 @@ def convert(
     path = Path(captions_csv)
     if not path.is_file():
         raise FileNotFoundError(f"source file {path} does not exist")
-    collector = Collector("cap3d")
+    collector = base.Collector("cap3d")
     with path.open(newline="", encoding="utf-8") as handle:
         reader = csv.reader(handle)
         for row in reader:
@@ -54,6 +48,8 @@ def convert(
             if not uid or not caption:
                 collector.reject(where, "empty uid or caption")
                 continue
-            path_in_root = media_path(media_prefix, file_pattern.format(uid=uid))
-            caption_records(collector, f"cap3d-{uid}", path_in_root, [caption], where, {"source": "cap3d"}, "point")
+            path_in_root = base.media_path(media_prefix, file_pattern.format(uid=uid))
+            base.caption_records(
+                collector, f"cap3d-{uid}", path_in_root, [caption], where, {"source": "cap3d"}, "point"
+            )
     return collector.write(out_manifest)

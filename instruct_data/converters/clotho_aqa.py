@@ -10,34 +10,26 @@ from __future__ import annotations
 import os
 from collections import Counter
 
-from onellm.instruct_data.converters.base import (
-    Collector,
-    ConvertReport,
-    majority_answer,
-    media_path,
-    qa_record,
-    read_csv,
-    register_converter,
-)
+from onellm.instruct_data.converters import base
 from onellm.instruct_data.schema import ModalityInput
 
 
-@register_converter("clotho_aqa")
+@base.register_converter("clotho_aqa")
 def convert(
     qa_csv: str | os.PathLike,
     out_manifest: str | os.PathLike,
     *,
     media_prefix: str = "",
-) -> ConvertReport:
+) -> base.ConvertReport:
     """ClothoAQA csv -> audio QA records (majority answer, all answers as references).
 
     Args:
         qa_csv: clotho_aqa_train.csv / _val.csv / _test.csv.
         media_prefix: folder of the .wav files under the media root, e.g. clotho_aqa/audio_files.
     """
-    collector = Collector("clotho_aqa")
+    collector = base.Collector("clotho_aqa")
     groups: dict[tuple[str, str], list[tuple[str, dict[str, str]]]] = {}
-    for where, row in read_csv(qa_csv, ("file_name", "QuestionText", "answer", "confidence")):
+    for where, row in base.read_csv(qa_csv, ("file_name", "QuestionText", "answer", "confidence")):
         if not row["file_name"] or not row["QuestionText"]:
             collector.reject(where, "empty file_name or QuestionText")
         elif not row["answer"]:
@@ -49,8 +41,10 @@ def convert(
         answers = [row["answer"] for _, row in rows]
         number = questions_per_file[file_name]
         questions_per_file[file_name] += 1
-        item = ModalityInput("audio", path=media_path(media_prefix, file_name))
+        item = ModalityInput("audio", path=base.media_path(media_prefix, file_name))
         meta = {"source": "clotho_aqa", "file_name": file_name, "confidence": [row["confidence"] for _, row in rows]}
-        record = qa_record(f"clothoaqa-{file_name}-q{number}", item, question, majority_answer(answers), answers, meta)
+        record = base.qa_record(
+            f"clothoaqa-{file_name}-q{number}", item, question, base.majority_answer(answers), answers, meta
+        )
         collector.add(record, rows[0][0])
     return collector.write(out_manifest)

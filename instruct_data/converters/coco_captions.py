@@ -8,24 +8,17 @@ from __future__ import annotations
 
 import os
 
-from onellm.instruct_data.converters.base import (
-    Collector,
-    ConvertReport,
-    caption_records,
-    coco_caption_images,
-    media_path,
-    register_converter,
-)
+from onellm.instruct_data.converters import base
 
 
-@register_converter("coco_captions")
+@base.register_converter("coco_captions")
 def convert(
     captions_json: str | os.PathLike,
     out_manifest: str | os.PathLike,
     *,
     media_prefix: str = "",
     each_caption: bool = False,
-) -> ConvertReport:
+) -> base.ConvertReport:
     """COCO captions json -> one caption record per image (all its captions as references).
 
     Args:
@@ -33,9 +26,11 @@ def convert(
         media_prefix: folder of the images under the media root, e.g. coco/val2014.
         each_caption: one record per caption (for training) instead of one per image (for evaluation).
     """
-    collector = Collector("coco_captions")
-    for where, image, captions in coco_caption_images(captions_json, collector, "a COCO captions file", ("file_name",)):
+    collector = base.Collector("coco_captions")
+    for where, image, captions in base.coco_caption_images(
+        captions_json, collector, "a COCO captions file", ("file_name",)
+    ):
         meta = {"source": "coco_captions", "image_id": image["id"]}
-        path = media_path(media_prefix, image["file_name"])
-        caption_records(collector, f"coco-{image['id']}", path, captions, where, meta, "image", each_caption)
+        path = base.media_path(media_prefix, image["file_name"])
+        base.caption_records(collector, f"coco-{image['id']}", path, captions, where, meta, "image", each_caption)
     return collector.write(out_manifest)

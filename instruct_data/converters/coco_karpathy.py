@@ -10,21 +10,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from onellm.instruct_data.converters.base import (
-    Collector,
-    ConvertReport,
-    caption_records,
-    describe_entry,
-    load_json,
-    media_path,
-    register_converter,
-    require_keys,
-)
+from onellm.instruct_data.converters import base
 
 KARPATHY_SPLITS = ("train", "restval", "val", "test")
 
 
-@register_converter("coco_karpathy")
+@base.register_converter("coco_karpathy")
 def convert(
     dataset_json: str | os.PathLike,
     out_manifest: str | os.PathLike,
@@ -32,7 +23,7 @@ def convert(
     media_prefix: str = "",
     splits: str = "test",
     each_caption: bool = False,
-) -> ConvertReport:
+) -> base.ConvertReport:
     """Karpathy dataset_coco.json -> caption records of the chosen splits (image path = filepath/filename).
 
     Args:
@@ -45,13 +36,13 @@ def convert(
     unknown = [s for s in wanted if s not in KARPATHY_SPLITS]
     if unknown or not wanted:
         raise ValueError(f"splits {splits!r}: unknown {unknown or 'empty'}; choose from {', '.join(KARPATHY_SPLITS)}")
-    data = load_json(dataset_json)
-    require_keys(data, ("images",), dataset_json, "a Karpathy split file")
+    data = base.load_json(dataset_json)
+    base.require_keys(data, ("images",), dataset_json, "a Karpathy split file")
     name = Path(dataset_json).name
-    collector = Collector("coco_karpathy")
+    collector = base.Collector("coco_karpathy")
     for index, image in enumerate(data["images"]):
         image_id = image.get("cocoid", image.get("imgid")) if isinstance(image, dict) else None
-        where = describe_entry(name, "images", index, image_id)
+        where = base.describe_entry(name, "images", index, image_id)
         if not isinstance(image, dict) or not image.get("filename") or image_id is None:
             collector.reject(where, "missing filename or cocoid/imgid")
             continue
@@ -63,7 +54,7 @@ def convert(
         if not captions:
             collector.reject(where, "no sentences with a 'raw' caption")
             continue
-        path = media_path(media_prefix, "/".join(filter(None, [image.get("filepath", ""), image["filename"]])))
+        path = base.media_path(media_prefix, "/".join(filter(None, [image.get("filepath", ""), image["filename"]])))
         meta = {"source": "coco_karpathy", "image_id": image_id, "split": image["split"]}
-        caption_records(collector, f"coco-{image_id}", path, captions, where, meta, "image", each_caption)
+        base.caption_records(collector, f"coco-{image_id}", path, captions, where, meta, "image", each_caption)
     return collector.write(out_manifest)

@@ -15,14 +15,7 @@ import math
 import os
 from typing import Any
 
-from onellm.instruct_data.converters.base import (
-    Collector,
-    ConvertReport,
-    caption_records,
-    coco_caption_images,
-    media_path,
-    register_converter,
-)
+from onellm.instruct_data.converters import base
 
 
 def _seconds(value: Any) -> float | None:
@@ -32,22 +25,24 @@ def _seconds(value: Any) -> float | None:
     return value
 
 
-@register_converter("ego4d_imu")
+@base.register_converter("ego4d_imu")
 def convert(
     captions_json: str | os.PathLike,
     out_manifest: str | os.PathLike,
     *,
     media_prefix: str = "",
-) -> ConvertReport:
+) -> base.ConvertReport:
     """OneLLM's Ego4D IMU caption json -> one IMU caption record per window (all its captions as references).
 
     Args:
         captions_json: imu_2000_cococap.json.
         media_prefix: folder of Ego4D's IMU streams (<video_uid>.npy + <video_uid>_timestamps.npy), e.g. ego4d/imu.
     """
-    collector = Collector("ego4d_imu")
+    collector = base.Collector("ego4d_imu")
     required = ("video_uid", "window_start", "window_end")
-    for where, image, captions in coco_caption_images(captions_json, collector, "a COCO-layout IMU file", required):
+    for where, image, captions in base.coco_caption_images(
+        captions_json, collector, "a COCO-layout IMU file", required
+    ):
         start, end = _seconds(image["window_start"]), _seconds(image["window_end"])
         if start is None or end is None or end <= start:
             found = (image["window_start"], image["window_end"])
@@ -61,6 +56,6 @@ def convert(
             "window_end": end,
             "layout": "ego4d",
         }
-        path = media_path(media_prefix, f"{image['video_uid']}.npy")
-        caption_records(collector, f"ego4d-imu-{image['id']}", path, captions, where, meta, "imu")
+        path = base.media_path(media_prefix, f"{image['video_uid']}.npy")
+        base.caption_records(collector, f"ego4d-imu-{image['id']}", path, captions, where, meta, "imu")
     return collector.write(out_manifest)

@@ -13,32 +13,24 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from onellm.instruct_data.converters.base import (
-    Collector,
-    ConvertReport,
-    describe_entry,
-    load_json,
-    media_path,
-    qa_record,
-    register_converter,
-)
+from onellm.instruct_data.converters import base
 from onellm.instruct_data.schema import ModalityInput
 
 
-@register_converter("gqa")
+@base.register_converter("gqa")
 def convert(
     questions_json: str | os.PathLike,
     out_manifest: str | os.PathLike,
     *,
     media_prefix: str = "",
-) -> ConvertReport:
+) -> base.ConvertReport:
     """GQA questions json -> image QA records (answer = the short ``answer``, references = [answer]).
 
     Args:
         questions_json: testdev_balanced_questions.json (or train_ / val_balanced_questions.json).
         media_prefix: folder of GQA's images under the media root, e.g. gqa/images.
     """
-    data = load_json(questions_json)
+    data = base.load_json(questions_json)
     if not isinstance(data, dict) or "questions" in data or "data" in data:
         found = sorted(data)[:5] if isinstance(data, dict) else type(data).__name__
         raise ValueError(
@@ -46,9 +38,9 @@ def convert(
             f"found {found}"
         )
     name = Path(questions_json).name
-    collector = Collector("gqa")
+    collector = base.Collector("gqa")
     for index, (qid, entry) in enumerate(data.items()):
-        where = describe_entry(name, "entries", index, qid)
+        where = base.describe_entry(name, "entries", index, qid)
         if not isinstance(entry, dict):
             collector.reject(where, f"entry must be an object, found {type(entry).__name__}")
             continue
@@ -61,7 +53,7 @@ def convert(
         elif not answer:
             collector.reject(where, "no 'answer' (test / challenge files have none)")
         else:
-            item = ModalityInput("image", path=media_path(media_prefix, f"{image_id}.jpg"))
+            item = ModalityInput("image", path=base.media_path(media_prefix, f"{image_id}.jpg"))
             meta = {
                 "source": "gqa",
                 "question_id": qid,
@@ -69,5 +61,5 @@ def convert(
                 "full_answer": entry.get("fullAnswer"),
                 "types": entry.get("types"),
             }
-            collector.add(qa_record(f"gqa-{qid}", item, question, answer, [answer], meta), where)
+            collector.add(base.qa_record(f"gqa-{qid}", item, question, answer, [answer], meta), where)
     return collector.write(out_manifest)

@@ -9,28 +9,20 @@ from __future__ import annotations
 
 import os
 
-from onellm.instruct_data.converters.base import (
-    Collector,
-    ConvertReport,
-    Rejected,
-    add_conversations,
-    media_path,
-    register_converter,
-    replace_placeholder,
-)
+from onellm.instruct_data.converters import base
 from onellm.instruct_data.schema import ModalityInput, Record, Turn
 from onellm.modalities import marker
 
 IMAGE_TOKEN = "<image>"  # LLaVA's DEFAULT_IMAGE_TOKEN
 
 
-@register_converter("llava_instruct")
+@base.register_converter("llava_instruct")
 def convert(
     instruct_json: str | os.PathLike,
     out_manifest: str | os.PathLike,
     *,
     media_prefix: str = "",
-) -> ConvertReport:
+) -> base.ConvertReport:
     """LLaVA-Instruct json -> chat records; LLaVA's <image> becomes the image marker (exactly one per image entry).
 
     Args:
@@ -39,20 +31,22 @@ def convert(
     """
 
     def build(entry: dict, entry_id: str, turns: list[Turn]) -> Record:
-        found = replace_placeholder(turns, IMAGE_TOKEN, marker("image"))
+        found = base.replace_placeholder(turns, IMAGE_TOKEN, marker("image"))
         image = entry.get("image")
         expected = 1 if image else 0
         if found != expected:
             has = f"has image {image!r}" if image else "has no image"
-            raise Rejected(f"entry {has} but its human turns hold {found} {IMAGE_TOKEN} token(s), expected {expected}")
+            raise base.Rejected(
+                f"entry {has} but its human turns hold {found} {IMAGE_TOKEN} token(s), expected {expected}"
+            )
         return Record(
             id=f"llava-{entry_id}",
-            inputs=[ModalityInput("image", path=media_path(media_prefix, image))] if image else [],
+            inputs=[ModalityInput("image", path=base.media_path(media_prefix, image))] if image else [],
             conversation=turns,
             task="chat",
             meta={"source": "llava_instruct", "source_id": entry_id},
         )
 
-    collector = Collector("llava_instruct")
-    add_conversations(instruct_json, collector, "a LLaVA-Instruct list of conversations", "id", build)
+    collector = base.Collector("llava_instruct")
+    base.add_conversations(instruct_json, collector, "a LLaVA-Instruct list of conversations", "id", build)
     return collector.write(out_manifest)

@@ -9,20 +9,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from onellm.instruct_data.converters.base import (
-    Collector,
-    ConvertReport,
-    describe_entry,
-    load_json,
-    media_path,
-    qa_record,
-    register_converter,
-    require_list,
-)
+from onellm.instruct_data.converters import base
 from onellm.instruct_data.schema import ModalityInput
 
 
-def read_mapping(path: str | os.PathLike, collector: Collector) -> dict[str, str]:
+def read_mapping(path: str | os.PathLike, collector: base.Collector) -> dict[str, str]:
     """``vidN`` -> clip name; malformed lines are rejected (``youtube_mapping.txt:LINE``)."""
     path = Path(path)
     if not path.is_file():
@@ -39,7 +30,7 @@ def read_mapping(path: str | os.PathLike, collector: Collector) -> dict[str, str
     return mapping
 
 
-@register_converter("msvd_qa")
+@base.register_converter("msvd_qa")
 def convert(
     qa_json: str | os.PathLike,
     mapping_txt: str | os.PathLike,
@@ -47,7 +38,7 @@ def convert(
     *,
     media_prefix: str = "",
     extension: str = ".avi",
-) -> ConvertReport:
+) -> base.ConvertReport:
     """MSVD-QA json + youtube_mapping.txt -> video QA records (one reference answer each).
 
     Args:
@@ -56,13 +47,13 @@ def convert(
         media_prefix: folder of the clips under the media root, e.g. msvd/YouTubeClips.
         extension: clip file extension.
     """
-    collector = Collector("msvd_qa")
+    collector = base.Collector("msvd_qa")
     mapping = read_mapping(mapping_txt, collector)
-    entries = require_list(load_json(qa_json), qa_json, "an MSVD-QA list of questions")
+    entries = base.require_list(base.load_json(qa_json), qa_json, "an MSVD-QA list of questions")
     name = Path(qa_json).name
     for index, entry in enumerate(entries):
         qid = entry.get("id") if isinstance(entry, dict) else None
-        where = describe_entry(name, "entries", index, qid)
+        where = base.describe_entry(name, "entries", index, qid)
         if not isinstance(entry, dict) or qid is None:
             collector.reject(where, "entry needs 'id', 'video_id', 'question' and 'answer'")
             continue
@@ -73,7 +64,7 @@ def convert(
         elif not question or not answer:
             collector.reject(where, "empty question or answer")
         else:
-            item = ModalityInput("video", path=media_path(media_prefix, clip + extension))
+            item = ModalityInput("video", path=base.media_path(media_prefix, clip + extension))
             meta = {"source": "msvd_qa", "question_id": qid, "video_id": entry["video_id"], "clip": clip}
-            collector.add(qa_record(f"msvdqa-{qid}", item, question, answer, [answer], meta), where)
+            collector.add(base.qa_record(f"msvdqa-{qid}", item, question, answer, [answer], meta), where)
     return collector.write(out_manifest)

@@ -10,33 +10,26 @@ from __future__ import annotations
 
 import os
 
-from onellm.instruct_data.converters.base import (
-    Collector,
-    ConvertReport,
-    caption_records,
-    coco_caption_images,
-    media_path,
-    register_converter,
-)
+from onellm.instruct_data.converters import base
 
 
-@register_converter("nsd_fmri")
+@base.register_converter("nsd_fmri")
 def convert(
     captions_json: str | os.PathLike,
     out_manifest: str | os.PathLike,
     *,
     media_prefix: str = "",
-) -> ConvertReport:
+) -> base.ConvertReport:
     """OneLLM's NSD fMRI caption json -> one fMRI caption record per stimulus (all its captions as references).
 
     Args:
         captions_json: fmri_eval_cococap.json.
         media_prefix: folder the file_name paths are relative to (empty: the dataset folder).
     """
-    collector = Collector("nsd_fmri")
-    images = coco_caption_images(captions_json, collector, "a COCO-layout fMRI file", ("file_name",))
+    collector = base.Collector("nsd_fmri")
+    images = base.coco_caption_images(captions_json, collector, "a COCO-layout fMRI file", ("file_name",))
     for where, image, captions in images:
         meta = {"source": "nsd_fmri", "image_id": image["id"]}
-        path = media_path(media_prefix, str(image["file_name"]))
-        caption_records(collector, f"nsd-fmri-{image['id']}", path, captions, where, meta, "fmri")
+        path = base.media_path(media_prefix, str(image["file_name"]))
+        base.caption_records(collector, f"nsd-fmri-{image['id']}", path, captions, where, meta, "fmri")
     return collector.write(out_manifest)

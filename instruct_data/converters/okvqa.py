@@ -11,12 +11,12 @@ on). Images: COCO ``COCO_val2014_000000297147.jpg``.
 
 from __future__ import annotations
 
-from onellm.instruct_data.converters.base import majority_answer, register_vqa_converter
+from onellm.instruct_data.converters import base
 
-convert = register_vqa_converter(
+convert = base.register_vqa_converter(
     "okvqa",
     "OK-VQA",
-    lambda annotation, answers: majority_answer(answers),
+    lambda annotation, answers: base.majority_answer(answers),
     """OK-VQA questions + annotations -> image QA records (answer = most frequent, references = the 10 answers).
 
     Args:

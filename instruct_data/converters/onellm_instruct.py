@@ -19,14 +19,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from onellm.instruct_data.converters.base import (
-    Collector,
-    ConvertReport,
-    Rejected,
-    add_conversations,
-    media_path,
-    register_converter,
-)
+from onellm.instruct_data.converters import base
 from onellm.instruct_data.schema import ModalityInput, Record, Turn
 from onellm.modalities import marker, modality_names
 
@@ -40,29 +33,29 @@ def _input(modality: str, entry: dict[str, Any], prefix: str) -> tuple[ModalityI
     if modality == "imu":
         missing = [key for key in ("imu_path", "video_uid", "window_start", "window_end") if key not in entry]
         if missing:
-            raise Rejected(f"imu entry lacks {missing}")
-        path = media_path(prefix, f"{str(entry['imu_path']).rstrip('/')}/{entry['video_uid']}.npy")
+            raise base.Rejected(f"imu entry lacks {missing}")
+        path = base.media_path(prefix, f"{str(entry['imu_path']).rstrip('/')}/{entry['video_uid']}.npy")
         window = {"window_start": entry["window_start"], "window_end": entry["window_end"], "layout": "ego4d"}
         return ModalityInput("imu", path=path), window
     if not entry.get("image"):
-        raise Rejected(f"{modality} entry lacks 'image'")
+        raise base.Rejected(f"{modality} entry lacks 'image'")
     if modality in MAP_KEYS:
         key = MAP_KEYS[modality]
         if not entry.get(key):
-            raise Rejected(f"{modality} entry lacks '{key}'")
-        rgb = media_path(prefix, entry["image"])
-        return ModalityInput(modality, path=media_path(prefix, entry[key]), rgb_path=rgb), {}
-    return ModalityInput(modality, path=media_path(prefix, entry["image"])), {}
+            raise base.Rejected(f"{modality} entry lacks '{key}'")
+        rgb = base.media_path(prefix, entry["image"])
+        return ModalityInput(modality, path=base.media_path(prefix, entry[key]), rgb_path=rgb), {}
+    return ModalityInput(modality, path=base.media_path(prefix, entry["image"])), {}
 
 
-@register_converter("onellm_instruct")
+@base.register_converter("onellm_instruct")
 def convert(
     instruct_json: str | os.PathLike,
     out_manifest: str | os.PathLike,
     *,
     modality: str,
     media_prefix: str = "",
-) -> ConvertReport:
+) -> base.ConvertReport:
     """OneLLM instruction json -> chat records with one input of the given modality (none for 'text').
 
     Args:
@@ -73,7 +66,7 @@ def convert(
     target = ALIASES.get(modality, modality)
     if target != "text" and target not in modality_names():
         raise ValueError(f"modality {modality!r} is not text, rgbd, rgbn or one of {', '.join(modality_names())}")
-    collector = Collector("onellm_instruct")
+    collector = base.Collector("onellm_instruct")
     placeholders = [IMAGE_TOKEN] + ([marker(target)] if target != "text" else [])
 
     def build(entry: dict, entry_id: Any, turns: list[Turn]) -> Record:
@@ -94,5 +87,5 @@ def convert(
             meta={"source": "onellm_instruct", "source_id": entry_id, **extra},
         )
 
-    add_conversations(instruct_json, collector, "a OneLLM instruction list", "id", build, index_if_missing=True)
+    base.add_conversations(instruct_json, collector, "a OneLLM instruction list", "id", build, index_if_missing=True)
     return collector.write(out_manifest)

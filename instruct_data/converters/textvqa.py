@@ -13,40 +13,30 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from onellm.instruct_data.converters.base import (
-    Collector,
-    ConvertReport,
-    describe_entry,
-    load_json,
-    majority_answer,
-    media_path,
-    qa_record,
-    register_converter,
-    require_keys,
-)
+from onellm.instruct_data.converters import base
 from onellm.instruct_data.schema import ModalityInput
 
 
-@register_converter("textvqa")
+@base.register_converter("textvqa")
 def convert(
     textvqa_json: str | os.PathLike,
     out_manifest: str | os.PathLike,
     *,
     media_prefix: str = "",
-) -> ConvertReport:
+) -> base.ConvertReport:
     """TextVQA json -> image QA records (answer = most frequent, references = the 10 answers).
 
     Args:
         textvqa_json: TextVQA_0.5.1_val.json (or _train.json).
         media_prefix: folder of the images under the media root, e.g. textvqa/train_images.
     """
-    data = load_json(textvqa_json)
-    require_keys(data, ("data",), textvqa_json, "a TextVQA file")
+    data = base.load_json(textvqa_json)
+    base.require_keys(data, ("data",), textvqa_json, "a TextVQA file")
     name = Path(textvqa_json).name
-    collector = Collector("textvqa")
+    collector = base.Collector("textvqa")
     for index, entry in enumerate(data["data"]):
         qid = entry.get("question_id") if isinstance(entry, dict) else None
-        where = describe_entry(name, "data", index, qid)
+        where = base.describe_entry(name, "data", index, qid)
         if not isinstance(entry, dict) or qid is None:
             collector.reject(where, "entry must be an object with a 'question_id'")
             continue
@@ -60,7 +50,9 @@ def convert(
         elif not answers or not all(answers):
             collector.reject(where, f"'answers' must be a non-empty list of answer strings, found {raw!r:.80}")
         else:
-            item = ModalityInput("image", path=media_path(media_prefix, f"{image_id}.jpg"))
+            item = ModalityInput("image", path=base.media_path(media_prefix, f"{image_id}.jpg"))
             meta = {"source": "textvqa", "question_id": qid, "image_id": image_id, "set_name": entry.get("set_name")}
-            collector.add(qa_record(f"textvqa-{qid}", item, question, majority_answer(answers), answers, meta), where)
+            collector.add(
+                base.qa_record(f"textvqa-{qid}", item, question, base.majority_answer(answers), answers, meta), where
+            )
     return collector.write(out_manifest)

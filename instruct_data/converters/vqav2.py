@@ -8,18 +8,18 @@ Questions: ``{"data_subtype": "val2014", "questions": [{"image_id": 262148, "que
 
 from __future__ import annotations
 
-from onellm.instruct_data.converters.base import Rejected, register_vqa_converter
+from onellm.instruct_data.converters import base
 
 
 def multiple_choice_answer(annotation: dict, answers: list[str]) -> str:
     """VQAv2's own target: the annotation's ``multiple_choice_answer`` (the consensus of the 10 answers)."""
     chosen = str(annotation.get("multiple_choice_answer") or "").strip()
     if not chosen:
-        raise Rejected("empty multiple_choice_answer")
+        raise base.Rejected("empty multiple_choice_answer")
     return chosen
 
 
-convert = register_vqa_converter(
+convert = base.register_vqa_converter(
     "vqav2",
     "VQAv2",
     multiple_choice_answer,
