@@ -58,8 +58,13 @@ ALIGN_VARIANTS: dict[str, tuple[str, list[str]]] = {
         ["init_from.preset_args.feature_layers=[0,-1]"],
     ),
     "layer4": ("default + DINOv2 block 4 concatenated with the last", ["init_from.preset_args.feature_layers=[4,-1]"]),
-    "bf16": ("default, bf16 autocast (same steps)", ["train.precision=bf16"]),
-    "bf16_2x": ("default, bf16 autocast, twice the steps", ["train.precision=bf16", "train.steps=300"]),
+    "fp32": ("default in fp32 (no bf16 autocast)", ["train.precision=fp32"]),
+    "steps150": ("default at the former demo's 150 steps", ["train.steps=150", "train.warmup_steps=3"]),
+    "2x": ("default, twice the steps (800)", ["train.steps=800", "train.warmup_steps=16"]),
+    "batch4": (
+        "default, batches of 4 and twice the steps (same samples, twice the updates)",
+        ["train.batch_size=4", "train.steps=800", "train.warmup_steps=16"],
+    ),
 }
 
 _EIGHT = ("image", "video", "audio", "point", "depth", "normal", "imu", "fmri")
@@ -68,10 +73,13 @@ _EIGHT = ("image", "video", "audio", "point", "depth", "normal", "imu", "fmri")
 # 0.65 over the long profile's instruct stage). "start" trains nothing: it scores the starting checkpoint.
 INSTRUCT_VARIANTS: dict[str, tuple[str, list[str]]] = {
     "start": ("the align_rest checkpoint, no instruction tuning", []),
-    "default": ("LoRA r8 1e-3 + UPM 1e-3 (as shipped)", []),
+    "default": ("LoRA r8 2e-4, UPM frozen (as shipped since cd7cb24; `lora_low` in earlier runs)", []),
+    "lora_upm": (
+        "LoRA r8 1e-3 + UPM 1e-3 (shipped before cd7cb24)",
+        ["trainable={lora: 1.0e-3, projector.*: 1.0e-3}"],
+    ),
     "frozen_upm": ("LoRA r8 1e-3, UPM frozen", ["trainable={lora: 1.0e-3}"]),
     "low_lr": ("LoRA r8 2e-4 + UPM 2e-4", ["trainable={lora: 2.0e-4, projector.*: 2.0e-4}"]),
-    "lora_low": ("LoRA r8 2e-4, UPM frozen", ["trainable={lora: 2.0e-4}"]),
     "upm_only": (
         "no LoRA: UPM 1e-3 on the instruct mixture (align recipe)",
         ["recipe=align", "lora=null", "trainable={projector.*: 1.0e-3}"],
@@ -114,15 +122,37 @@ def score(checkpoint: Path, folder: Path, data: Path, modalities: list[str], log
         if not (out / "results.json").is_file():
             tasks = ",".join(f"synth_{m}_{kind}" for m in modalities)
             run(
-                ["eval", "--model", str(checkpoint), "--tasks", tasks, "--limit", str(limit), "--no-progress",
-                 "--data-dir", f"synth={data}", "--output", str(out)],
+                [
+                    "eval",
+                    "--model",
+                    str(checkpoint),
+                    "--tasks",
+                    tasks,
+                    "--limit",
+                    str(limit),
+                    "--no-progress",
+                    "--data-dir",
+                    f"synth={data}",
+                    "--output",
+                    str(out),
+                ],
                 log,
             )
     if not (folder / "diagnostics.json").is_file():
         if len(modalities) == 1:  # the whole diagnosis (probes, shuffled-input loss; ~100 s a modality)
             run(
-                ["diagnose", str(checkpoint), "--data", str(data), "--modalities", modalities[0], "--limit", "50",
-                 "--out", str(folder / "diagnostics.json")],
+                [
+                    "diagnose",
+                    str(checkpoint),
+                    "--data",
+                    str(data),
+                    "--modalities",
+                    modalities[0],
+                    "--limit",
+                    "50",
+                    "--out",
+                    str(folder / "diagnostics.json"),
+                ],
                 log,
             )
         else:  # the projector spread alone (seconds), as the demo's report measures it
@@ -162,14 +192,22 @@ def main() -> int:
         print(f"align_ablation: unknown {args.stage} variant(s) {unknown}; known: {list(variants)}", file=sys.stderr)
         return 2
     if not (args.data / "train.jsonl").is_file():
-        print(f"align_ablation: {args.data}/train.jsonl not found; write a corpus first: onellm data synth --out "
-              f"{args.data}", file=sys.stderr)
+        print(
+            f"align_ablation: {args.data}/train.jsonl not found; write a corpus first: onellm data synth --out "
+            f"{args.data}",
+            file=sys.stderr,
+        )
         return 2
     if args.stage == "instruct" and (args.start is None or not (args.start / "config.json").is_file()):
-        print("align_ablation: --stage instruct needs --start CKPT, a finished align_rest checkpoint (e.g. "
-              "runs/small/align_rest/final from `onellm train configs/small/curriculum.yaml`)", file=sys.stderr)
+        print(
+            "align_ablation: --stage instruct needs --start CKPT, a finished align_rest checkpoint (e.g. "
+            "runs/small/align_rest/final from `onellm train configs/small/curriculum.yaml`)",
+            file=sys.stderr,
+        )
         return 2
-    out_root = args.out or REPO / ("runs/align_ablation" if args.stage == "align_image" else f"runs/{args.stage}_ablation")
+    out_root = args.out or REPO / (
+        "runs/align_ablation" if args.stage == "align_image" else f"runs/{args.stage}_ablation"
+    )
     stage_name = Path(config).stem
     rows = []
     for name in names:
