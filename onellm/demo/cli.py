@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
             eval_limit=args.limit,
             batch_size=args.batch_size,
         )
-    except (DemoError, ConfigError) as exc:
+    except (DemoError, ConfigError, FileNotFoundError) as exc:  # e.g. a stage's checkpoint deleted after it finished
         print(f"onellm demo: error: {exc}", file=sys.stderr)
         return 2
     return 0

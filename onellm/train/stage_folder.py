@@ -1,7 +1,8 @@
 """One stage's output folder, ``<output_dir>/<stage>/``: the only code that reads or writes its bookkeeping files.
 
-    DONE           JSON: stage name, outputs (checkpoint / adapter / merged paths), finished time, steps, losses,
-                   seconds; written last (atomically), so its presence means every output exists
+    DONE           JSON: stage name, outputs (checkpoint / adapter / merged paths, relative to the stage folder
+                   when inside it, so a moved run or another working directory still finds them), finished time,
+                   steps, losses, seconds; written last (atomically), so its presence means every output exists
     history.json   the loss curve: steps, (step, loss) pairs, (step, val loss) pairs
 
 Training writes them through :meth:`StageFolder.mark_done` and :meth:`StageFolder.write_history`; the curriculum,
@@ -47,7 +48,8 @@ class StageFolder:
     def mark_done(self, outputs: dict[str, str], extra: dict[str, Any] | None = None) -> None:
         """Write DONE (outputs + ``extra``, e.g. steps and losses). Written to a temp file and renamed: a kill
         mid-write must not leave a truncated DONE that every later run trips over."""
-        info = {"stage": self.name, "outputs": outputs, "finished": time.strftime("%Y-%m-%d %H:%M:%S"), **(extra or {})}
+        stored = {key: self._relative(value) for key, value in outputs.items()}
+        info = {"stage": self.name, "outputs": stored, "finished": time.strftime("%Y-%m-%d %H:%M:%S"), **(extra or {})}
         tmp = self.path / f".{DONE}.tmp"
         tmp.write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
         os.replace(tmp, self.path / DONE)
@@ -66,7 +68,25 @@ class StageFolder:
 
     @property
     def outputs(self) -> dict[str, str]:
-        return self._finished()["outputs"]
+        """The recorded outputs as paths usable from the current working directory."""
+        return {key: str(self._resolve(value)) for key, value in self._finished()["outputs"].items()}
+
+    def _relative(self, value: str) -> str:
+        path = Path(value)
+        try:
+            return path.resolve().relative_to(self.path.resolve()).as_posix()
+        except ValueError:  # outside the stage folder: kept as given
+            return str(value)
+
+    def _resolve(self, value: str) -> Path:
+        path = Path(value)
+        if path.is_absolute() or (self.path / path).exists():
+            return path if path.is_absolute() else self.path / path
+        # DONE files written before outputs were stored folder-relative hold paths relative to the working directory
+        # of the run (e.g. runs/demo/train/align_image/final): valid there, else the folder's child of that name.
+        if path.exists() or not (self.path / path.name).exists():
+            return path
+        return self.path / path.name
 
     @property
     def checkpoint(self) -> Path:

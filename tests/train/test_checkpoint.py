@@ -130,3 +130,27 @@ def test_stage_folder_owns_done_and_history(tmp_path):
     assert StageFolder(folder.path, "x").outputs == {"checkpoint": "c", "merged": "m"}
     history = folder.history()
     assert (history.steps, history.losses, history.val) == (3, [(1, 2.5), (3, 1.5)], [(3, 1.7)])
+
+
+def test_stage_folder_outputs_survive_another_working_directory(tmp_path, monkeypatch):
+    # A run trained from one folder and resumed (or evaluated) from another -- `onellm demo --out runs/x` then
+    # `--out /abs/runs/x` -- must find its stages' checkpoints: DONE stores them relative to the stage folder.
+    import json
+
+    from onellm.train.stage_folder import StageFolder
+
+    monkeypatch.chdir(tmp_path)
+    stage = tmp_path / "runs" / "x" / "train" / "align"
+    (stage / "final").mkdir(parents=True)
+    StageFolder("runs/x/train/align").mark_done({"checkpoint": "runs/x/train/align/final"})
+    assert json.loads((stage / "DONE").read_text())["outputs"] == {"checkpoint": "final"}
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert StageFolder(stage).checkpoint == stage / "final"
+    # DONE files written before hold the path relative to the old working directory: still resolved
+    (stage / "DONE").write_text(json.dumps({"stage": "align", "outputs": {"checkpoint": "runs/x/train/align/final"}}))
+    assert StageFolder(stage).checkpoint == stage / "final"
+    # outputs outside the folder stay as given
+    StageFolder(stage).mark_done({"checkpoint": str(tmp_path / "other")})
+    assert StageFolder(stage).checkpoint == tmp_path / "other"
