@@ -12,6 +12,7 @@ import pytest
 
 from onellm.demo import DEFAULT_PER_MODALITY, Scores, prepare_data, score_table, stage_table, target_report
 from onellm.diagnose import check_targets
+from onellm.train.stage_folder import StageFolder
 
 REPO = Path(__file__).resolve().parents[2]
 MODALITIES = ["image", "video", "audio", "point", "depth", "normal", "imu", "fmri"]
@@ -88,8 +89,8 @@ def test_demo_ends_by_serving_its_final_checkpoint_with_vllm(demo_runs):
     ``onellm serve``'s vLLM engine, printed and recorded."""
     out, first, _, _ = demo_runs
     served = json.loads((out / "served.json").read_text(encoding="utf-8"))
-    final = json.loads((out / "train" / "instruct" / "DONE").read_text(encoding="utf-8"))["outputs"]
-    assert served["engine"] == "vllm" and served["checkpoint"] == str(Path(final.get("merged") or final["checkpoint"]))
+    final = StageFolder(out / "train" / "instruct").checkpoint
+    assert served["engine"] == "vllm" and served["checkpoint"] == str(final) and final.name == "merged"
     assert Path(served["image"]).is_file() and served["question"] and "<image>" not in served["question"]
     assert isinstance(served["answer"], str) and served["reference"]
     assert f"served by vLLM ({served['checkpoint']}):" in first.stdout and served["question"] in first.stdout
