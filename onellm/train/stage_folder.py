@@ -80,13 +80,14 @@ class StageFolder:
 
     def _resolve(self, value: str) -> Path:
         path = Path(value)
-        if path.is_absolute() or (self.path / path).exists():
-            return path if path.is_absolute() else self.path / path
-        # DONE files written before outputs were stored folder-relative hold paths relative to the working directory
-        # of the run (e.g. runs/demo/train/align_image/final): valid there, else the folder's child of that name.
-        if path.exists() or not (self.path / path.name).exists():
+        if path.is_absolute():
             return path
-        return self.path / path.name
+        # Folder-relative first; DONE files written before that hold paths relative to the run's working directory
+        # (e.g. runs/demo/train/align_image/final): valid there, else the folder's child of that name.
+        for candidate in (self.path / path, path, self.path / path.name):
+            if candidate.exists():
+                return candidate
+        return path
 
     @property
     def checkpoint(self) -> Path:
