@@ -61,6 +61,31 @@ ALIGN_VARIANTS: dict[str, tuple[str, list[str]]] = {
     "fp32": ("default in fp32 (no bf16 autocast)", ["train.precision=fp32"]),
     "steps150": ("default at the former demo's 150 steps", ["train.steps=150", "train.warmup_steps=3"]),
     "2x": ("default, twice the steps (800)", ["train.steps=800", "train.warmup_steps=16"]),
+    "lora": (
+        "default + LoRA r8 on the frozen LLM at 1e-3 (instruct recipe on the alignment data)",
+        [
+            "recipe=instruct",
+            "lora={r: 8, alpha: 16, dropout: 0.0, qlora: false}",
+            "trainable={projector.image: 2.0e-3, projector.experts: 2.0e-3, lora: 1.0e-3}",
+        ],
+    ),
+    "lora_low": (
+        "default + LoRA r8 on the frozen LLM at 2e-4 (instruct recipe on the alignment data)",
+        [
+            "recipe=instruct",
+            "lora={r: 8, alpha: 16, dropout: 0.0, qlora: false}",
+            "trainable={projector.image: 2.0e-3, projector.experts: 2.0e-3, lora: 2.0e-4}",
+        ],
+    ),
+    "batch16": (
+        "default, batches of 16 at lr 3e-3 for 130 steps (1.3x the samples of 200 x 8)",
+        [
+            "train.batch_size=16",
+            "train.steps=130",
+            "train.warmup_steps=3",
+            "trainable={projector.image: 3.0e-3, projector.experts: 3.0e-3}",
+        ],
+    ),
     "batch4": (
         "default, batches of 4 and twice the steps (same samples, twice the updates)",
         ["train.batch_size=4", "train.steps=800", "train.warmup_steps=16"],
