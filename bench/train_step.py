@@ -10,7 +10,8 @@ For each preset and each of two stages, on image records of a small synthetic co
 - ``instruct``: ours = LoRA (the stage's r and targets) on the LLM + the K-expert UPM trainable; LLaVA = the same
   LoRA on its LLM + its projector trainable.
 
-Both sides see the same samples, batch size, precision (the stage's: bf16 autocast where native) and optimizer (AdamW). The difference in work: our
+Both sides see the same samples, batch size, precision (the stage's: bf16 autocast where native), LLM attention kernel
+(``train.attention``: eager on a CPU) and optimizer (AdamW). The difference in work: our
 UPM hands the LLM N+2 tokens per image (tiny: 6, small: 10), LLaVA hands it one token per patch (tiny: 16,
 small: 64). Data loading is outside the timed step for both (batches are built beforehand) and timed on its own:
 "batch build" = dataset + collator for one batch in the steady state; with the cache on, inputs whose features are
@@ -77,7 +78,8 @@ def ours(stage, accelerator, warmup: int, steps: int) -> tuple[float, float, int
     rows = [[(i * size + j) % len(data.train) for j in range(size)] for i in range(3)]
     batches = [trainer.collator([data.train[k] for k in row]) for row in rows]
     # warm the cache with every batch first: the timed steps are the steady state (all hits)
-    seconds = timed(lambda b: trainer.step([b]), batches, max(warmup, len(batches)), steps)
+    with trainer.training_attention(), trainer.frozen_llm_in_bf16():  # the LLM as the training loop runs it
+        seconds = timed(lambda b: trainer.step([b]), batches, max(warmup, len(batches)), steps)
     # building a batch: with the cache on, the dataset skips decoding what the cache holds (issue 14)
     loading = timed(lambda row: trainer.collator([data.train[k] for k in row]), rows, warmup, steps)
     return seconds, loading, size, trainer
@@ -109,6 +111,12 @@ def llava(stage, trainer: Trainer, warmup: int, steps: int) -> float:
     model.model.language_model.load_state_dict(plain(core.language_model.model))
     model.lm_head.load_state_dict(plain(core.language_model.lm_head))
     model.model.vision_tower.load_state_dict(core.encoder.model.state_dict())
+    attention = stage.train.resolved_attention(trainer.acc.device.type)
+    if attention is not None:  # the same attention kernel as our side
+        model.model.language_model.set_attn_implementation(attention)
+    if stage.train.resolved_precision(trainer.acc.device.type) == "bf16":  # frozen LLM weights in bf16, as ours
+        model.model.language_model.to(torch.bfloat16)
+        model.lm_head.to(torch.bfloat16)
     model.requires_grad_(False)
     if stage.lora is not None:
         from peft import LoraConfig, get_peft_model

@@ -93,6 +93,16 @@ class TrainConfig:
     save_limit: int = 2  # resumable checkpoints kept (oldest deleted first)
     log_interval: int = 10
     cache_features: bool = True  # frozen-feature cache for modalities whose path up to the UPM is frozen
+    # The LLM's attention kernel while training: "auto" = "eager" on a CPU (torch's CPU SDPA backward took 27 % of a
+    # small-preset alignment step; eager: 1.18 -> 0.87 s, BENCHMARKS.md), the model's own elsewhere. Checkpoints and
+    # inference keep the model's own kernel.
+    attention: Literal["auto", "eager", "sdpa"] = "auto"
+
+    def resolved_attention(self, device_type: str) -> str | None:
+        """The attention implementation to train with on ``device_type``; None keeps the model's."""
+        if self.attention != "auto":
+            return self.attention
+        return "eager" if device_type == "cpu" else None
 
     def resolved_precision(self, device_type: str) -> str:
         """``precision`` with "auto" decided for ``device_type`` ("cpu", "cuda"): "fp32" or "bf16"."""
