@@ -10,8 +10,9 @@ For each preset and each of two stages, on image records of a small synthetic co
 - ``instruct``: ours = LoRA (the stage's r and targets) on the LLM + the K-expert UPM trainable; LLaVA = the same
   LoRA on its LLM + its projector trainable.
 
-Both sides see the same samples, batch size, precision (the stage's: bf16 autocast where native), LLM attention kernel
-(``train.attention``: eager on a CPU) and optimizer (AdamW). The difference in work: our
+Both sides see the same samples, batch size, precision (the stage's: bf16 autocast where native, the LLM's frozen
+linear weights held in bf16), attention kernel in the LLM and the vision model (``train.attention``: eager on a CPU) and
+optimizer (AdamW). The difference in work: our
 UPM hands the LLM N+2 tokens per image (tiny: 6, small: 10), LLaVA hands it one token per patch (tiny: 16,
 small: 64). Data loading is outside the timed step for both (batches are built beforehand) and timed on its own:
 "batch build" = dataset + collator for one batch in the steady state; with the cache on, inputs whose features are
@@ -21,6 +22,7 @@ cached are not decoded at all. Timings are medians.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -34,7 +36,7 @@ import torch
 
 from onellm.train.common import add_lora, build_data, freeze, load_start, make_accelerator
 from onellm.train.config import load_stage
-from onellm.train.loop import Trainer
+from onellm.train.loop import Trainer, frozen_linear_weights_in_bf16
 from onellm.train.recipes import build_trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,7 +80,7 @@ def ours(stage, accelerator, warmup: int, steps: int) -> tuple[float, float, int
     rows = [[(i * size + j) % len(data.train) for j in range(size)] for i in range(3)]
     batches = [trainer.collator([data.train[k] for k in row]) for row in rows]
     # warm the cache with every batch first: the timed steps are the steady state (all hits)
-    with trainer.training_attention(), trainer.frozen_llm_in_bf16():  # the LLM as the training loop runs it
+    with trainer.training_attention(), trainer.frozen_weights_in_bf16():  # as the training loop runs them
         seconds = timed(lambda b: trainer.step([b]), batches, max(warmup, len(batches)), steps)
     # building a batch: with the cache on, the dataset skips decoding what the cache holds (issue 14)
     loading = timed(lambda row: trainer.collator([data.train[k] for k in row]), rows, warmup, steps)
@@ -112,11 +114,9 @@ def llava(stage, trainer: Trainer, warmup: int, steps: int) -> float:
     model.lm_head.load_state_dict(plain(core.language_model.lm_head))
     model.model.vision_tower.load_state_dict(core.encoder.model.state_dict())
     attention = stage.train.resolved_attention(trainer.acc.device.type)
-    if attention is not None:  # the same attention kernel as our side
+    if attention is not None:  # the same attention kernel as our side, in the LLM and the vision tower
         model.model.language_model.set_attn_implementation(attention)
-    if stage.train.resolved_precision(trainer.acc.device.type) == "bf16":  # frozen LLM weights in bf16, as ours
-        model.model.language_model.to(torch.bfloat16)
-        model.lm_head.to(torch.bfloat16)
+        model.model.vision_tower.set_attn_implementation(attention)
     model.requires_grad_(False)
     if stage.lora is not None:
         from peft import LoraConfig, get_peft_model
@@ -169,7 +169,10 @@ def llava(stage, trainer: Trainer, warmup: int, steps: int) -> float:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    return timed(step, batches, warmup, steps)
+    bf16 = stage.train.resolved_precision(trainer.acc.device.type) == "bf16"
+    held = frozen_linear_weights_in_bf16(model.model.language_model, model.lm_head)  # as ours: the LLM's linears
+    with held if bf16 else contextlib.nullcontext():
+        return timed(step, batches, warmup, steps)
 
 
 def main() -> None:

@@ -73,6 +73,9 @@ class DataConfig:
     max_length: int = 512  # tokens after placeholder expansion; longer records are rejected, never truncated
     on_error: Literal["skip", "fail"] = "skip"
     num_workers: int = 0  # DataLoader worker processes (0 = decode in the training process)
+    # Up to this many single-turn training records that share their inputs (a caption and the questions about one
+    # image) are merged into one multi-turn conversation (instruct_data/packing.py); 1 = one record per sample.
+    turns_per_input: int = 1
 
 
 @dataclass
@@ -93,9 +96,9 @@ class TrainConfig:
     save_limit: int = 2  # resumable checkpoints kept (oldest deleted first)
     log_interval: int = 10
     cache_features: bool = True  # frozen-feature cache for modalities whose path up to the UPM is frozen
-    # The LLM's attention kernel while training: "auto" = "eager" on a CPU (torch's CPU SDPA backward took 27 % of a
-    # small-preset alignment step; eager: 1.18 -> 0.87 s, BENCHMARKS.md), the model's own elsewhere. Checkpoints and
-    # inference keep the model's own kernel.
+    # The attention kernel of the LLM and the encoder while training: "auto" = "eager" on a CPU (torch's CPU SDPA
+    # backward took 27 % of a small-preset alignment step; eager: 1.18 -> 0.87 s, BENCHMARKS.md), the model's own
+    # elsewhere. Checkpoints and inference keep the model's own kernel.
     attention: Literal["auto", "eager", "sdpa"] = "auto"
 
     def resolved_attention(self, device_type: str) -> str | None:
@@ -232,6 +235,8 @@ def _check_stage(stage: StageConfig) -> None:
         raise ConfigError(f"data.replay.fraction: must be in [0, 1), got {data.replay.fraction}")
     if data.replay.fraction > 0 and not data.replay.modalities:
         raise ConfigError("data.replay.modalities: a replay fraction needs modalities to replay")
+    if data.turns_per_input < 1:
+        raise ConfigError(f"data.turns_per_input: must be >= 1 (1 = one record per sample), got {data.turns_per_input}")
     for key in ("steps", "batch_size", "grad_accum", "log_interval", "save_limit"):
         if getattr(train, key) < 1:
             raise ConfigError(f"train.{key}: must be >= 1, got {getattr(train, key)}")

@@ -111,6 +111,38 @@ def label_loss_sum(model: nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
     )
 
 
+def backbones(core: nn.Module) -> list[nn.Module]:
+    """The HF models a OneLLM model runs through: its LLM and its universal encoder's vision model."""
+    encoder = getattr(core, "encoder", None)
+    found = [getattr(core, "language_model", None), getattr(encoder, "model", None)]
+    return [model for model in found if isinstance(model, nn.Module) and hasattr(model, "config")]
+
+
+@contextlib.contextmanager
+def frozen_linear_weights_in_bf16(*models: nn.Module):
+    """Inside: the frozen fp32 weights of the models' linear layers are held in bf16; afterwards the fp32 originals
+    are back (bit-exact), so checkpoints keep the weights they started with. For bf16 autocast training only.
+
+    Autocast casts a frozen matrix to bf16 again at every use (14 % of a small-preset alignment step); holding the
+    cast copy gives the same numbers without the casts. Only linear layers: autocast leaves embedding lookups, norms,
+    class tokens and position tables in fp32 (the residual stream stays fp32), so a weight shared with an embedding
+    table (SmolLM2's tied LM head) stays fp32 too. Not for sharded (FSDP / DeepSpeed) models."""
+    originals: dict[int, tuple[nn.Parameter, torch.Tensor]] = {}
+    lookups = {id(m.weight) for model in models for m in model.modules() if isinstance(m, nn.Embedding)}
+    for model in models:
+        for module in model.modules():
+            param = module.weight if isinstance(module, nn.Linear) else None
+            if param is None or param.requires_grad or param.dtype != torch.float32 or id(param) in lookups:
+                continue
+            originals[id(param)] = (param, param.data)
+            param.data = param.data.to(torch.bfloat16)
+    try:
+        yield
+    finally:
+        for param, data in originals.values():
+            param.data = data
+
+
 class Trainer:
     """Runs a stage's optimizer steps. ``model`` may be PEFT-wrapped; ``core`` is the OneLLM model inside it.
 
@@ -194,39 +226,27 @@ class Trainer:
 
     @contextlib.contextmanager
     def training_attention(self):
-        """Inside: the LLM computes attention with ``train.attention``'s kernel; afterwards, its own again."""
-        llm = getattr(self.core, "language_model", None)
+        """Inside: the LLM and the encoder compute attention with ``train.attention``'s kernel; afterwards, their own
+        again. (The encoder matters where tokenizers train through it: audio, point, IMU, fMRI.)"""
         wanted = self.cfg.resolved_attention(self.acc.device.type)
-        own = getattr(getattr(llm, "config", None), "_attn_implementation", None)
-        if llm is None or wanted is None or wanted == own:
-            yield
-            return
-        llm.set_attn_implementation(wanted)
+        owns = [(model, model.config._attn_implementation) for model in backbones(self.core)]
+        changed = [(model, own) for model, own in owns if wanted is not None and own != wanted]
+        for model, _ in changed:
+            model.set_attn_implementation(wanted)
         try:
             yield
         finally:
-            llm.set_attn_implementation(own)
+            for model, own in changed:
+                model.set_attn_implementation(own)
 
-    @contextlib.contextmanager
-    def frozen_llm_in_bf16(self):
-        """Under bf16 training, the LLM's frozen fp32 weights are held in bf16 inside (autocast would otherwise cast
-        every frozen matrix at every use: 14 % of a small-preset alignment step); afterwards the fp32 originals are
-        back, so checkpoints keep the weights they started with. Not for sharded (FSDP / DeepSpeed) models."""
-        llm = getattr(self.core, "language_model", None)
+    def frozen_weights_in_bf16(self):
+        """:func:`frozen_linear_weights_in_bf16` for the LLM under bf16 training, unless sharded. (Not the encoder:
+        the feature cache runs it outside autocast, in fp32, as evaluation does.)"""
         bf16 = self.cfg.resolved_precision(self.acc.device.type) == "bf16"
-        if llm is None or not bf16 or self.sharded:
-            yield
-            return
-        originals = {}
-        for param in llm.parameters():
-            if not param.requires_grad and param.dtype == torch.float32 and id(param) not in originals:
-                originals[id(param)] = (param, param.data)
-                param.data = param.data.to(torch.bfloat16)
-        try:
-            yield
-        finally:
-            for param, data in originals.values():
-                param.data = data
+        llm = getattr(self.core, "language_model", None)
+        if not bf16 or self.sharded or llm is None:
+            return contextlib.nullcontext()
+        return frozen_linear_weights_in_bf16(llm)
 
     def _sum(self, value: float) -> float:
         if self.world == 1:
@@ -382,7 +402,7 @@ class Trainer:
 
     # --- the loop ---------------------------------------------------------------------------------------------------
     def fit(self) -> LoopResult:
-        with self.training_attention(), self.frozen_llm_in_bf16():
+        with self.training_attention(), self.frozen_weights_in_bf16():
             return self._fit()
 
     def _fit(self) -> LoopResult:
@@ -514,4 +534,4 @@ def _truncate_metrics(path: Path, step: int) -> None:
     path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
 
-__all__ = ["LoopResult", "SCHEDULES", "Trainer", "label_loss_sum", "split_decay"]
+__all__ = ["LoopResult", "SCHEDULES", "Trainer", "frozen_linear_weights_in_bf16", "label_loss_sum", "split_decay"]

@@ -1,4 +1,5 @@
-"""``train.attention``: the LLM's attention kernel while training (eager on a CPU), on the real small preset."""
+"""What the training loop changes about the frozen models while it trains, on the real small preset: the attention
+kernel (``train.attention``: eager on a CPU) and, under bf16, frozen linear weights held in bf16."""
 
 from __future__ import annotations
 
@@ -35,44 +36,68 @@ def test_eager_training_attention_gives_the_sdpa_loss_and_is_undone_after_traini
     ]
     batch = Collator(processor)([{"conversation": c} for c in conversations])
     assert int(batch["attention_mask"].sum()) < batch["attention_mask"].numel()
-    llm = model.language_model
+    llm, vision = model.language_model, model.encoder.model
     own = llm.config._attn_implementation
-    assert own != "eager"
+    assert own != "eager" and vision.config._attn_implementation == own
     with torch.no_grad():
         reference = _loss(model, batch)
     trainer = SimpleNamespace(core=model, cfg=stage.train, acc=SimpleNamespace(device=torch.device("cpu")))
     with Trainer.training_attention(trainer):
         assert llm.config._attn_implementation == "eager"
+        assert vision.config._attn_implementation == "eager"  # tokenizers train through the encoder
         with torch.no_grad():
             eager = _loss(model, batch)
-    assert llm.config._attn_implementation == own
+    assert llm.config._attn_implementation == own and vision.config._attn_implementation == own
     torch.testing.assert_close(eager, reference, rtol=1e-4, atol=1e-4)
     assert 0.5 < float(reference) < 20.0
 
 
-def test_bf16_training_holds_the_frozen_llm_in_bf16_and_gives_back_the_fp32_weights(tmp_path):
+def test_bf16_training_holds_frozen_linear_weights_in_bf16_with_the_numbers_of_autocast(tmp_path):
     stage = load_stage(SMALL / "align_image.yaml", {"output_dir": str(tmp_path), "train.precision": "bf16"})
-    model, _ = load_start(stage)
-    llm = model.language_model
+    model, processor = load_start(stage)
+    llm, vision = model.language_model, model.encoder.model
     model.requires_grad_(False)
     model.projector.requires_grad_(True)
-    trainable = llm.get_decoder().norm.weight
-    trainable.requires_grad_(True)  # a trainable LLM weight (e.g. a full fine-tune) stays fp32
-    before = {name: p.detach().clone() for name, p in llm.named_parameters()}
+    trainable = llm.get_decoder().layers[0].mlp.down_proj.weight
+    trainable.requires_grad_(True)  # a trainable linear weight (e.g. a full fine-tune) stays fp32
+    conversation = [
+        {"role": "user", "content": "<image>\nWhat colour is the star?"},
+        {"role": "assistant", "content": "blue"},
+    ]
+    pixels = torch.rand(1, 3, 112, 112, generator=torch.Generator().manual_seed(0))
+    inputs = {**Collator(processor)([{"conversation": conversation, "media": [("image", pixels[0])]}])}
+
+    def loss_and_grads():
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(**{k: inputs[k] for k in ("input_ids", "attention_mask", "labels", "mm_inputs")}).loss
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.projector.parameters() if p.grad is not None]
+
+    reference, reference_grads = loss_and_grads()
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
     trainer = SimpleNamespace(
         core=model, cfg=stage.train, acc=SimpleNamespace(device=torch.device("cpu")), sharded=False
     )
-    with Trainer.frozen_llm_in_bf16(trainer):
-        dtypes = {p.dtype for p in llm.parameters() if not p.requires_grad}
-        assert dtypes == {torch.bfloat16}
+    with Trainer.frozen_weights_in_bf16(trainer):
+        held = {name for name, p in model.named_parameters() if p.dtype == torch.bfloat16}
+        assert "language_model.model.layers.0.self_attn.q_proj.weight" in held
+        assert "language_model.model.layers.0.mlp.up_proj.weight" in held
+        assert not any("norm" in name or "embed" in name or "projector" in name for name in held)
+        assert not any(name.startswith("encoder.") for name in held)  # the feature cache runs it in fp32
         assert trainable.dtype == torch.float32
+        assert llm.get_input_embeddings().weight.dtype == torch.float32  # lookups (and the tied LM head) stay fp32
         assert llm.get_input_embeddings().weight is llm.get_output_embeddings().weight  # still tied
-        assert all(p.dtype == torch.float32 for p in model.projector.parameters())
-    after = dict(llm.named_parameters())
+        assert vision.embeddings.position_embeddings.dtype == torch.float32
+        loss, grads = loss_and_grads()
+    torch.testing.assert_close(loss, reference, rtol=0, atol=0)  # the same numbers as autocast's own casts
+    for grad, expected in zip(grads, reference_grads, strict=True):
+        torch.testing.assert_close(grad, expected, rtol=1e-6, atol=1e-9)
+    after = dict(model.named_parameters())
     for name, tensor in before.items():
         assert after[name].dtype == torch.float32
         assert torch.equal(after[name], tensor), name
     fp32 = load_stage(SMALL / "align_image.yaml", {"output_dir": str(tmp_path), "train.precision": "fp32"})
     trainer.cfg = fp32.train
-    with Trainer.frozen_llm_in_bf16(trainer):  # fp32 training touches nothing
-        assert all(p.dtype == torch.float32 for p in llm.parameters())
+    with Trainer.frozen_weights_in_bf16(trainer):  # fp32 training touches nothing
+        assert all(p.dtype == torch.float32 for p in model.parameters())
