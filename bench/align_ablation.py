@@ -86,6 +86,11 @@ ALIGN_VARIANTS: dict[str, tuple[str, list[str]]] = {
             "trainable={projector.image: 3.0e-3, projector.experts: 3.0e-3}",
         ],
     ),
+    "turns4": (
+        "a caption and the questions about one image as one conversation (data.turns_per_input 4), 120 steps of 8 "
+        "(a step holds ~2.5x the tokens: about the time of 300 single-turn steps)",
+        ["data.turns_per_input=4", "train.steps=120", "train.warmup_steps=3"],
+    ),
     "batch4": (
         "default, batches of 4 and twice the steps (same samples, twice the updates)",
         ["train.batch_size=4", "train.steps=800", "train.warmup_steps=16"],

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from onellm.instruct_data.collator import encode_conversation
 from onellm.instruct_data.loader import (
     DataValidationError,
     ManifestDataset,
@@ -24,6 +25,7 @@ from onellm.instruct_data.loader import (
     validate_manifest,
 )
 from onellm.instruct_data.mixture import Mixture, Source, select, with_replay
+from onellm.instruct_data.packing import merge_by_input
 from onellm.instruct_data.schema import Record, record_problems
 from onellm.modeling import OneLLMForConditionalGeneration, build_projector
 from onellm.processing import OneLLMProcessor
@@ -307,23 +309,31 @@ def build_data(stage: StageConfig, processor: OneLLMProcessor, accelerator) -> S
         reports.append(report)
         records += report.kept
         origin += [name] * len(report.kept)
-    dataset = ManifestDataset(records, root, processor)
+    merged: list[Record] = []  # records of the sources' multi-turn conversations (data.turns_per_input)
+
+    def fits(record: Record) -> bool:
+        return len(encode_conversation(processor, record.conversation)[0]) <= cfg.max_length
 
     def source(label: str, manifest: str, modalities: list[str], tasks: list[str] | None, weight: float) -> Source:
         def keep(i: int) -> bool:
-            mods = dataset.modalities(i)
+            mods = {item.modality for item in records[i].inputs}
             task_ok = tasks is None or records[i].task in tasks
-            return origin[i] == manifest and bool(mods) and set(mods) <= set(modalities) and task_ok
+            return origin[i] == manifest and bool(mods) and mods <= set(modalities) and task_ok
 
-        indices = select(len(dataset), keep)
+        indices = select(len(records), keep)
         if not indices:
             raise ValueError(f"{stage.source}: data source {label!r} matched no valid record in {root / manifest}")
+        if cfg.turns_per_input > 1:
+            start = len(records) + len(merged)
+            merged.extend(merge_by_input([records[i] for i in indices], cfg.turns_per_input, stage.seed, fits))
+            indices = list(range(start, len(records) + len(merged)))
         return Source(label, indices, weight)
 
     main = [source(s.label, s.manifest, s.modalities, s.tasks, s.weight) for s in cfg.sources]
     replay_cfg = cfg.replay
     replay = [source(m, replay_cfg.manifest, [m], replay_cfg.tasks, 1.0) for m in replay_cfg.modalities]
     mixture = Mixture(with_replay(main, replay, replay_cfg.fraction), seed=stage.seed, batching=cfg.batching)
+    dataset = ManifestDataset(records + merged, root, processor)
 
     val = None
     if cfg.val is not None and (root / cfg.val).is_file():

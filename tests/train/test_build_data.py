@@ -1,0 +1,30 @@
+"""How a stage's data becomes its training set: ``data.turns_per_input`` on the tiny corpus."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+TINY = Path(__file__).resolve().parents[2] / "configs" / "tiny"
+
+
+def test_a_stage_with_turns_per_input_trains_on_merged_conversations(synth_tiny, tmp_path, quick, accelerator):
+    from onellm.train.common import build_data, load_start
+    from onellm.train.config import ConfigError, load_stage
+
+    overrides = quick(synth_tiny, tmp_path, **{"data.sources": [{"modalities": ["image"], "tasks": ["caption", "qa"]}]})
+    single_stage = load_stage(TINY / "align_image.yaml", overrides)
+    stage = load_stage(TINY / "align_image.yaml", {**overrides, "data.turns_per_input": 4})
+    _, processor = load_start(stage)
+    plain, packed = build_data(single_stage, processor, accelerator), build_data(stage, processor, accelerator)
+    (before,), (after,) = plain.mixture.sources, packed.mixture.sources
+    images = {json.dumps(plain.train.records[i].inputs[0].to_dict()) for i in before.indices}
+    assert len(after.indices) == len(images) < len(before.indices)  # one conversation per training image
+    turns = sorted(len(packed.train.records[i].conversation) // 2 for i in after.indices)
+    assert sum(turns) == len(before.indices) and turns[-1] == 4  # every record is in exactly one conversation
+    example = packed.train[after.indices[0]]
+    assert len(example["media"]) == 1 and sum(t["role"] == "assistant" for t in example["conversation"]) == 4
+    with pytest.raises(ConfigError, match="turns_per_input"):
+        load_stage(TINY / "align_image.yaml", {**overrides, "data.turns_per_input": 0})
