@@ -118,6 +118,7 @@ def llava(stage, trainer: Trainer, warmup: int, steps: int) -> float:
         model.model.language_model.set_attn_implementation(attention)
         model.model.vision_tower.set_attn_implementation(attention)
     model.requires_grad_(False)
+    frozen_llm = (model.model.language_model, model.lm_head)  # before LoRA wraps the model (it adapts them in place)
     if stage.lora is not None:
         from peft import LoraConfig, get_peft_model
 
@@ -170,7 +171,7 @@ def llava(stage, trainer: Trainer, warmup: int, steps: int) -> float:
         optimizer.zero_grad(set_to_none=True)
 
     bf16 = stage.train.resolved_precision(trainer.acc.device.type) == "bf16"
-    held = frozen_linear_weights_in_bf16(model.model.language_model, model.lm_head)  # as ours: the LLM's linears
+    held = frozen_linear_weights_in_bf16(*frozen_llm)  # as ours: the LLM's frozen linear weights
     with held if bf16 else contextlib.nullcontext():
         return timed(step, batches, warmup, steps)
 
