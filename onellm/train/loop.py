@@ -239,7 +239,7 @@ class Trainer:
             for model, own in changed:
                 model.set_attn_implementation(own)
 
-    def frozen_weights_in_bf16(self):
+    def frozen_llm_in_bf16(self):
         """:func:`frozen_linear_weights_in_bf16` for the LLM under bf16 training, unless sharded. (Not the encoder:
         the feature cache runs it outside autocast, in fp32, as evaluation does.)"""
         bf16 = self.cfg.resolved_precision(self.acc.device.type) == "bf16"
@@ -402,7 +402,7 @@ class Trainer:
 
     # --- the loop ---------------------------------------------------------------------------------------------------
     def fit(self) -> LoopResult:
-        with self.training_attention(), self.frozen_weights_in_bf16():
+        with self.training_attention(), self.frozen_llm_in_bf16():
             return self._fit()
 
     def _fit(self) -> LoopResult:

@@ -79,7 +79,7 @@ def test_bf16_training_holds_frozen_linear_weights_in_bf16_with_the_numbers_of_a
     trainer = SimpleNamespace(
         core=model, cfg=stage.train, acc=SimpleNamespace(device=torch.device("cpu")), sharded=False
     )
-    with Trainer.frozen_weights_in_bf16(trainer):
+    with Trainer.frozen_llm_in_bf16(trainer):
         held = {name for name, p in model.named_parameters() if p.dtype == torch.bfloat16}
         assert "language_model.model.layers.0.self_attn.q_proj.weight" in held
         assert "language_model.model.layers.0.mlp.up_proj.weight" in held
@@ -99,5 +99,5 @@ def test_bf16_training_holds_frozen_linear_weights_in_bf16_with_the_numbers_of_a
         assert torch.equal(after[name], tensor), name
     fp32 = load_stage(SMALL / "align_image.yaml", {"output_dir": str(tmp_path), "train.precision": "fp32"})
     trainer.cfg = fp32.train
-    with Trainer.frozen_weights_in_bf16(trainer):  # fp32 training touches nothing
+    with Trainer.frozen_llm_in_bf16(trainer):  # fp32 training touches nothing
         assert all(p.dtype == torch.float32 for p in model.parameters())
