@@ -8,6 +8,11 @@ A *source* is a list of dataset indices with a weight (e.g. "the image caption r
   weight (sources are per modality in the shipped configs, so a batch holds one modality);
   ``batching="mixed"``: every sample picks its source independently.
 
+With ``lengths`` (token count per dataset index) and ``group_by_length = G > 1``, the indices of ``G`` batches are
+drawn at once (from one source under ``per_source``), sorted by length and cut into ``G`` batches again, which are
+served in a seeded random order: a batch holds records of similar length, so padding to its longest row wastes
+little compute (HF Trainer's ``group_by_length``), while each group keeps the mixture's proportions.
+
 Batch ``k`` is the same on every process and after a restart: resuming at step ``k`` replays the choices of the
 first ``k`` batches (integers only, no data is loaded), which restores the data position exactly.
 """
@@ -86,10 +91,33 @@ class _Stream:
         return out
 
 
+class _LengthGroups:
+    """Batches of similar length from ``draw(n)`` (n indices in the source's order): ``group`` batches drawn at
+    once, sorted by length (stable: equal lengths keep the shuffled order), cut again, served in a seeded order."""
+
+    def __init__(self, draw: Callable[[int], list[int]], lengths: Sequence[int], group: int, rng: np.random.Generator):
+        self.draw, self.lengths, self.group, self.rng = draw, lengths, group, rng
+        self.ready: list[list[int]] = []
+
+    def take(self, batch_size: int) -> list[int]:
+        if not self.ready:
+            pool = sorted(self.draw(batch_size * self.group), key=self.lengths.__getitem__)
+            cut = [pool[k * batch_size : (k + 1) * batch_size] for k in range(self.group)]
+            self.ready = [cut[int(k)] for k in self.rng.permutation(self.group)]
+        return self.ready.pop()
+
+
 class Mixture:
     """Deterministic stream of global batches (lists of dataset indices) over weighted sources."""
 
-    def __init__(self, sources: Sequence[Source], seed: int = 0, batching: str = "per_source"):
+    def __init__(
+        self,
+        sources: Sequence[Source],
+        seed: int = 0,
+        batching: str = "per_source",
+        lengths: Sequence[int] | None = None,
+        group_by_length: int = 0,
+    ):
         if batching not in BATCHING:
             raise ValueError(f"batching must be one of {BATCHING}, got {batching!r}")
         if not sources:
@@ -97,9 +125,12 @@ class Mixture:
         names = [s.name for s in sources]
         if len(set(names)) != len(names):
             raise ValueError(f"data source names must be unique, got {names}")
+        if group_by_length > 1 and lengths is None:
+            raise ValueError("group_by_length needs the records' token lengths")
         self.sources = list(sources)
         self.seed = seed
         self.batching = batching
+        self.lengths, self.group = lengths, group_by_length
         weights = np.array([s.weight for s in self.sources], dtype=np.float64)
         self.probabilities = weights / weights.sum()
 
@@ -110,17 +141,28 @@ class Mixture:
         """
         streams = [_Stream(source, self.seed) for source in self.sources]
         choices = _rng(self.seed, "mixture", self.batching)
+
+        def mixed(count: int) -> list[int]:
+            picks = choices.choice(len(streams), size=count, p=self.probabilities)
+            return [streams[int(p)].take(1)[0] for p in picks]
+
+        if self.group > 1:  # the same draws, regrouped by length (per source, or over the mixed stream)
+            grouped = [self._grouped(s.take, s.source.name) for s in streams]
+            together = self._grouped(mixed, "mixed")
         step = 0
         while True:
             if self.batching == "per_source":
                 picked = int(choices.choice(len(streams), p=self.probabilities))
-                name, indices = self.sources[picked].name, streams[picked].take(batch_size)
+                take = grouped[picked].take if self.group > 1 else streams[picked].take
+                name, indices = self.sources[picked].name, take(batch_size)
             else:
-                picks = choices.choice(len(streams), size=batch_size, p=self.probabilities)
-                name, indices = "mixed", [streams[int(p)].take(1)[0] for p in picks]
+                name, indices = "mixed", together.take(batch_size) if self.group > 1 else mixed(batch_size)
             if step >= start:
                 yield name, indices
             step += 1
+
+    def _grouped(self, draw: Callable[[int], list[int]], name: str) -> _LengthGroups:
+        return _LengthGroups(draw, self.lengths, self.group, _rng(self.seed, "length groups", name))
 
     def describe(self) -> str:
         return ", ".join(

@@ -332,7 +332,11 @@ def build_data(stage: StageConfig, processor: OneLLMProcessor, accelerator) -> S
     main = [source(s.label, s.manifest, s.modalities, s.tasks, s.weight) for s in cfg.sources]
     replay_cfg = cfg.replay
     replay = [source(m, replay_cfg.manifest, [m], replay_cfg.tasks, 1.0) for m in replay_cfg.modalities]
-    mixture = Mixture(with_replay(main, replay, replay_cfg.fraction), seed=stage.seed, batching=cfg.batching)
+    lengths = None
+    if cfg.group_by_length > 1:  # token counts after placeholder expansion, what the collator pads
+        lengths = [len(encode_conversation(processor, r.conversation)[0]) for r in records + merged]
+    sources = with_replay(main, replay, replay_cfg.fraction)
+    mixture = Mixture(sources, stage.seed, cfg.batching, lengths, cfg.group_by_length)
     dataset = ManifestDataset(records + merged, root, processor)
 
     val = None

@@ -76,6 +76,10 @@ class DataConfig:
     # Up to this many single-turn training records that share their inputs (a caption and the questions about one
     # image) are merged into one multi-turn conversation (instruct_data/packing.py); 1 = one record per sample.
     turns_per_input: int = 1
+    # N > 1: the records of N batches are drawn at once, sorted by token length and cut into N batches again, so a
+    # batch pads little (instruct_data/mixture.py); 0 or 1 = off. Padding to a batch's longest row was 17 % of the
+    # small preset's image tokens (BENCHMARKS.md, training steps).
+    group_by_length: int = 0
 
 
 @dataclass
@@ -235,6 +239,8 @@ def _check_stage(stage: StageConfig) -> None:
         raise ConfigError(f"data.replay.fraction: must be in [0, 1), got {data.replay.fraction}")
     if data.replay.fraction > 0 and not data.replay.modalities:
         raise ConfigError("data.replay.modalities: a replay fraction needs modalities to replay")
+    if data.group_by_length < 0:
+        raise ConfigError(f"data.group_by_length: must be >= 0 (0 or 1 = off), got {data.group_by_length}")
     if data.turns_per_input < 1:
         raise ConfigError(f"data.turns_per_input: must be >= 1 (1 = one record per sample), got {data.turns_per_input}")
     for key in ("steps", "batch_size", "grad_accum", "log_interval", "save_limit"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import random
 from collections import Counter
 
 import pytest
@@ -80,3 +81,43 @@ def test_bad_sources_are_refused():
     with pytest.raises(ValueError, match="unique"):
         Mixture([Source("a", [1]), Source("a", [2])])
     assert select(6, lambda i: i % 2 == 0) == [0, 2, 4]
+
+
+def padded(batches, lengths) -> int:
+    """Tokens of the padded batches (each row padded to its batch's longest)."""
+    return sum(max(lengths[i] for i in batch) * len(batch) for _, batch in batches)
+
+
+@pytest.mark.parametrize("batching", ["per_source", "mixed"])
+def test_grouping_by_length_pads_less_and_serves_the_same_draws(batching):
+    rng = random.Random(0)
+    lengths = [rng.choice([20, 21, 22, 40, 60]) for _ in range(120)]
+    sources = [Source("a", list(range(80))), Source("b", list(range(80, 120)), 0.5)]
+    plain = take(Mixture(sources, seed=4, batching=batching), 8, 40)
+    grouped = take(Mixture(sources, 4, batching, lengths, group_by_length=10), 8, 40)
+    assert padded(grouped, lengths) < 0.8 * padded(plain, lengths)
+    if batching == "per_source":  # a batch still holds one source
+        assert all({i < 80 for i in batch} == {name == "a"} for name, batch in grouped)
+    else:  # a group of 10 batches holds exactly the records of the 10 plain batches it replaces
+        assert Counter(i for _, b in grouped[:10] for i in b) == Counter(i for _, b in plain[:10] for i in b)
+    # deterministic and resumable like the plain stream
+    again = Mixture(sources, 4, batching, lengths, group_by_length=10)
+    assert take(again, 8, 15, start=25) == grouped[25:40]
+
+
+def test_grouping_by_length_reads_each_source_in_its_shuffled_epochs():
+    lengths = [i % 7 for i in range(60)]
+    one = [Source("only", list(range(60)))]
+    plain = take(Mixture(one, seed=2), 6, 20)  # 120 draws = two epochs
+    grouped = take(Mixture(one, 2, "per_source", lengths, group_by_length=5), 6, 20)
+    assert Counter(i for _, b in grouped for i in b) == Counter(i for _, b in plain for i in b)
+
+    def spread(batches):
+        return sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for _, b in batches)
+
+    assert spread(grouped) < 0.5 * spread(plain)
+
+
+def test_grouping_by_length_needs_the_lengths():
+    with pytest.raises(ValueError, match="lengths"):
+        Mixture([Source("a", [1, 2])], group_by_length=4)

@@ -1,11 +1,15 @@
-"""How a stage's data becomes its training set: ``data.turns_per_input`` on the tiny corpus."""
+"""How a stage's data becomes its training set: ``data.turns_per_input`` and ``data.group_by_length`` on the tiny
+corpus."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
 import pytest
+
+from onellm.instruct_data.collator import Collator
 
 TINY = Path(__file__).resolve().parents[2] / "configs" / "tiny"
 
@@ -28,3 +32,30 @@ def test_a_stage_with_turns_per_input_trains_on_merged_conversations(synth_tiny,
     assert len(example["media"]) == 1 and sum(t["role"] == "assistant" for t in example["conversation"]) == 4
     with pytest.raises(ConfigError, match="turns_per_input"):
         load_stage(TINY / "align_image.yaml", {**overrides, "data.turns_per_input": 0})
+
+
+def test_a_stage_with_group_by_length_pads_its_batches_less(synth_tiny, tmp_path, quick, accelerator):
+    from onellm.train.common import build_data, load_start
+    from onellm.train.config import ConfigError, load_stage
+
+    overrides = quick(synth_tiny, tmp_path, **{"data.sources": [{"modalities": ["image"], "tasks": ["caption", "qa"]}]})
+    plain_stage = load_stage(TINY / "align_image.yaml", overrides)
+    stage = load_stage(TINY / "align_image.yaml", {**overrides, "data.group_by_length": 8})
+    _, processor = load_start(stage)
+    collate = Collator(processor)
+
+    def padding(data) -> float:  # padded tokens / real tokens over 16 batches of 4, as the collator builds them
+        pads = real = 0
+        for _, indices in itertools.islice(data.mixture.batches(4), 16):
+            batch = collate([data.train[i] for i in indices])
+            pads += batch["attention_mask"].numel()
+            real += int(batch["attention_mask"].sum())
+        return pads / real
+
+    plain, grouped = (
+        padding(build_data(plain_stage, processor, accelerator)),
+        padding(build_data(stage, processor, accelerator)),
+    )
+    assert grouped < plain and grouped < 1.05, (plain, grouped)
+    with pytest.raises(ConfigError, match="group_by_length"):
+        load_stage(TINY / "align_image.yaml", {**overrides, "data.group_by_length": -1})
