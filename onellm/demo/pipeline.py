@@ -126,6 +126,19 @@ def load_demo_curriculum(path: Path, out: Path, overrides: dict[str, Any]):
         raise DemoError(str(exc)) from exc
 
 
+def precision_note(curriculum, device_type: str) -> str | None:
+    """One line when stages that ask for ``precision: auto`` will train in fp32 on this CPU (no native bf16)."""
+    from onellm.train.config import fast_bf16
+
+    auto = [s.name for s in curriculum.stages if s.train is not None and s.train.precision == "auto"]
+    if not auto or device_type != "cpu" or fast_bf16("cpu"):
+        return None
+    return (
+        f"this CPU has no native bf16 (AVX512-BF16 or AMX): {', '.join(auto)} train in fp32, about 4x the time of a "
+        "CPU with it (make demo on 2 cores: 44 min against 13 min, BENCHMARKS.md)"
+    )
+
+
 def train(curriculum) -> str:
     from onellm.train.common import is_done, make_accelerator
     from onellm.train.curriculum import run_curriculum
@@ -133,6 +146,9 @@ def train(curriculum) -> str:
     if all(is_done(stage) for stage in curriculum.stages):
         return "skipped"
     accelerator = make_accelerator()
+    note = precision_note(curriculum, accelerator.device.type)
+    if note:
+        say(note)
     run_curriculum(curriculum, accelerator)
     return "ran"
 

@@ -174,6 +174,23 @@ def test_the_all_profile_opts_into_fourteen_modalities(tmp_path):
     assert json.loads((tmp_path / "data" / "synth_info.json").read_text())["modalities"] == MODALITIES
 
 
+def test_the_demo_says_when_this_cpu_trains_in_fp32(tmp_path, monkeypatch):
+    """Without native bf16 the small curriculum (precision: auto) trains in fp32, ~4x slower: said before training."""
+    from onellm.demo import pipeline
+    from onellm.train import config
+
+    curriculum = pipeline.load_demo_curriculum(REPO / pipeline.PROFILES["default"][0], tmp_path, {})
+    monkeypatch.setattr(config, "fast_bf16", lambda device: False)
+    note = pipeline.precision_note(curriculum, "cpu")
+    assert "fp32" in note and "align_image, align_av3d, align_rest, instruct" in note
+    assert pipeline.precision_note(curriculum, "cuda") is None
+    monkeypatch.setattr(config, "fast_bf16", lambda device: True)
+    assert pipeline.precision_note(curriculum, "cpu") is None
+    fixed = pipeline.load_demo_curriculum(REPO / pipeline.PROFILES["default"][0], tmp_path, {"train.precision": "fp32"})
+    monkeypatch.setattr(config, "fast_bf16", lambda device: False)
+    assert pipeline.precision_note(fixed, "cpu") is None  # asked for fp32: nothing to say
+
+
 def test_data_step_restarts_an_interrupted_write(tmp_path):
     folder = tmp_path / "data"
     (folder / "media").mkdir(parents=True)
