@@ -348,13 +348,16 @@ class ChatService:
                 role = ChoiceDelta(role="assistant", content="")
                 yield self._chunk(call, [ChunkChoice(index=i, delta=role, finish_reason=None) for i in range(n)])
                 try:
-                    async with asyncio.timeout_at(deadline):
-                        batch = first
-                        while batch is not None:
-                            completion_tokens += sum(len(d.token_ids) for d in batch)
-                            yield self._chunk(call, [self._chunk_choice(body, d) for d in batch])
-                            # Let other requests run: when the engine is ahead, neither vLLM's output queue nor the
-                            # socket write suspends, and a fast stream would hold the event loop to its end.
+                    batch = first
+                    while batch is not None:
+                        completion_tokens += sum(len(d.token_ids) for d in batch)
+                        yield self._chunk(call, [self._chunk_choice(body, d) for d in batch])
+                        # The deadline covers the awaits on the engine only, never the yield: a timeout that fired
+                        # while the consumer was suspended elsewhere (writing the socket) would cancel that write
+                        # and end the stream without its error event and [DONE] (seen under load in the suite).
+                        async with asyncio.timeout_at(deadline):
+                            # Let other requests run: when the engine is ahead, neither vLLM's output queue nor
+                            # the socket write suspends, and a fast stream would hold the event loop to its end.
                             await asyncio.sleep(0)
                             batch = await anext(deltas, None)
                 except (TimeoutError, EngineFailed) as exc:
