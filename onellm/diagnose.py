@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,10 +86,11 @@ def _placement(model: nn.Module) -> tuple[torch.device, torch.dtype]:
 
 @torch.no_grad()
 def modality_features(
-    model: nn.Module, modality: str, values: torch.Tensor, batch_size: int = 32
+    model: nn.Module, modality: str, values: torch.Tensor, batch_size: int = 32, encode: Callable | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Preprocessed inputs ``[n, *input_shape]`` -> (pooled encoder features ``[n, C]``, projector outputs
-    ``[n, N+2, D]``), in batches, in eval mode (dropout off)."""
+    ``[n, N+2, D]``), in batches, in eval mode (dropout off). ``encode(modality, values)``: ``model.encode`` or
+    what stands for it (the HF backend's reused features)."""
     device, dtype = _placement(model)
     was_training = model.training
     model.eval()
@@ -97,7 +98,7 @@ def modality_features(
     try:
         for start in range(0, values.shape[0], batch_size):
             chunk = values[start : start + batch_size].to(device, dtype)
-            features = model.encode(modality, chunk)  # [b, 1+L, C]
+            features = (encode or model.encode)(modality, chunk)  # [b, 1+L, C]
             pooled.append(features.float().mean(dim=1).cpu())
             embeds.append(model.embed_modality(modality, features=features).float().cpu())
     finally:
@@ -383,14 +384,21 @@ def input_values(processor: Any, records: Sequence[Record], media_root: Path) ->
 
 
 def spread_on_split(
-    model: nn.Module, processor: Any, records: Sequence[Record], media_root: Path, modality: str, limit: int | None
+    model: nn.Module,
+    processor: Any,
+    records: Sequence[Record],
+    media_root: Path,
+    modality: str,
+    limit: int | None,
+    encode: Callable | None = None,
 ) -> tuple[float, float, int]:
-    """``(projector_spread, encoder_spread, inputs)`` over the distinct inputs of ``modality`` in ``records``."""
+    """``(projector_spread, encoder_spread, inputs)`` over the distinct inputs of ``modality`` in ``records``
+    (``encode``: see :func:`modality_features`)."""
     distinct = list({input_key(r): r for r in of_modality(records, modality)}.values())
     distinct = distinct if limit is None else distinct[:limit]
     if len(distinct) < 2:
         raise DiagnoseError(f"{modality}: {len(distinct)} distinct input(s) in the split; the spread needs >= 2")
-    pooled, embeds = modality_features(model, modality, input_values(processor, distinct, media_root))
+    pooled, embeds = modality_features(model, modality, input_values(processor, distinct, media_root), encode=encode)
     return projector_spread(embeds), relative_spread(pooled[:, None, :]), len(distinct)
 
 

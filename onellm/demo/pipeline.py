@@ -246,7 +246,9 @@ def stage_spreads(backend, entry: StageEval, data_dir: Path, limit: int | None) 
     for modality in entry.modalities:
         n = limit if limit is not None else entry.items[modality]
         try:
-            spread, encoder, inputs = spread_on_split(backend.model, backend.processor, test, data_dir, modality, n)
+            spread, encoder, inputs = spread_on_split(
+                backend.model, backend.processor, test, data_dir, modality, n, encode=backend.features
+            )
         except DiagnoseError as exc:  # fewer than 2 test inputs (a tiny corpus, --limit 1): not measurable
             out[modality] = {"projector_spread": None, "encoder_spread": None, "inputs": 0, "note": str(exc)}
             continue

@@ -286,6 +286,39 @@ def test_hf_batches_equal_single_requests(checkpoint, corpus):
     assert backend.info() == {"backend": "hf", "model": str(checkpoint), "dtype": "float32", "device": "cpu"}
 
 
+def test_hf_encodes_each_distinct_input_once_and_answers_as_without_reuse(checkpoint, corpus):
+    """Two questions about every input (and the same batch again): each input is encoded once, and the answers are
+    those of a backend that encodes every request's inputs afresh."""
+    captions = caption_requests(corpus)
+    requests = [Request(f"{r.id}-{k}", text, r.media) for r in captions for k, text in enumerate(("What?", "Where?"))]
+    generation = GenerationConfig(max_new_tokens=6)
+    fresh = HFBackend(str(checkpoint), feature_cache_mb=0)
+    expected = fresh.generate(requests, generation)
+    assert (fresh.features.misses, fresh.features.hits, len(fresh.features.entries)) == (len(requests), 0, 0)
+
+    backend = HFBackend(str(checkpoint))
+    assert backend.generate(requests, generation) == expected
+    assert (backend.features.misses, backend.features.hits) == (len(captions), len(captions))
+    assert backend.generate(requests[::-1], generation) == expected[::-1]
+    assert (backend.features.misses, backend.features.hits) == (len(captions), 3 * len(captions))
+    assert len(set(expected)) > 1  # answers depend on the input (the equality above is not vacuous)
+
+
+def test_encoder_features_drop_the_oldest_entry_beyond_their_memory(checkpoint):
+    backend = HFBackend(str(checkpoint))
+    images = torch.randn(3, *get_modality("image").input_shape(**backend.model.config.modality_options("image")))
+    one = backend.features("image", images[:1])
+    per_entry = one.numel() * one.element_size()
+    features = type(backend.features)(backend.model, max_bytes=2 * per_entry)
+    first = features("image", images)  # three new inputs, room for two: the first one is dropped
+    assert (features.misses, len(features.entries), features.bytes) == (3, 2, 2 * per_entry)
+    assert torch.equal(features("image", images[1:]), first[1:]) and features.hits == 2
+    features("image", images[:1])
+    assert features.misses == 4  # encoded again
+    with pytest.raises(ValueError, match="feature_cache_mb must be >= 0"):
+        HFBackend(str(checkpoint), feature_cache_mb=-1)
+
+
 def test_hf_rejects_a_folder_without_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError, match="is not a checkpoint folder"):
         HFBackend(str(tmp_path))
