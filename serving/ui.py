@@ -65,8 +65,9 @@ def file_candidates(path: Path) -> list[tuple[int, str]]:
 
 
 def detect_modality(path: Path, modalities: Sequence[str]) -> str:
-    """The modality ``path`` most likely holds (:func:`file_candidates`). :class:`UploadError` when its type is
-    unknown or it fits none of ``modalities``."""
+    """The modality ``path`` most likely holds among those the model takes (:func:`file_candidates`; a 16-bit grey
+    PNG is a depth map for a model with depth, an X-ray for one with X-ray but not depth). :class:`UploadError`
+    when its type is unknown or it fits none of ``modalities``."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in known_suffixes():
@@ -81,13 +82,13 @@ def detect_modality(path: Path, modalities: Sequence[str]) -> str:
             f"{path.name}: not recognised as any of {', '.join(claiming)} (unreadable, or a shape none of them "
             "takes); pick the modality in the dropdown to send it anyway"
         )
-    modality = candidates[0][1]
-    if modality not in modalities:
+    taken = [m for _, m in candidates if m in modalities]
+    if not taken:
         raise UploadError(
-            f"{path.name}: looks like a {modality} input, which this model does not take (it takes: "
+            f"{path.name}: looks like a {candidates[0][1]} input, which this model does not take (it takes: "
             f"{', '.join(modalities)}); pick another modality in the dropdown if the guess is wrong"
         )
-    return modality
+    return taken[0]
 
 
 def lookalike(path: Path, modality: str) -> str | None:

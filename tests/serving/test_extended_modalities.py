@@ -168,6 +168,9 @@ def test_chat_page_detects_and_sends_the_new_files(tiny_all, media_paths):
     assert detected == {"xray": "depth", "infrared": "depth"} | {m: m for m in EXTENDED[2:]}
     assert [m for _, m in file_candidates(media_paths["xray"])] == ["depth", "xray", "infrared"]
     assert resolve_modality(media_paths["xray"], "xray", everything) == "xray"
+    # Only guesses the model takes: without depth the same PNGs are the first of X-ray / infrared it has.
+    assert detect_modality(media_paths["xray"], ["image", "xray", "infrared"]) == "xray"
+    assert detect_modality(media_paths["infrared"], ["image", "infrared"]) == "infrared"
 
     _, processor = tiny_all
     uploads = tuple(Upload(media_paths[m], m) for m in EXTENDED)
