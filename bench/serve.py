@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/serve.py [--checkpoint DIR] [--engines vllm,hf] [--concurrency 1,8,32]
                                     [--max-tokens 32] [--requests-per-level 64] [--max-seconds 60] [--no-llava]
+                                    [--dtypes float32,bfloat16]
 
 Each server runs on 127.0.0.1 (a free port) and gets the same load: streaming chat requests of one PNG image
 (data: URL) + a short text, greedy, exactly ``--max-tokens`` output tokens each (``min_tokens`` = ``max_tokens``,
@@ -283,9 +284,13 @@ def main() -> None:
     parser.add_argument("--requests-per-level", type=int, default=64)
     parser.add_argument("--max-seconds", type=float, default=60.0, help="per level; no new request after this")
     parser.add_argument("--no-llava", action="store_true", help="skip the LLaVA baseline")
+    parser.add_argument(
+        "--dtypes", default="float32", help="onellm servers' --dtype, one server per engine and dtype (e.g. float32,auto)"
+    )
     args = parser.parse_args()
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     engines = [e for e in args.engines.split(",") if e]
+    dtypes = [d for d in args.dtypes.split(",") if d]
 
     work = Path(tempfile.mkdtemp(prefix="onellm-bench-"))
     checkpoint = (args.checkpoint or build_onellm(work / "tiny")).resolve()
@@ -307,8 +312,10 @@ def main() -> None:
 
     results: dict[str, list[Level]] = {}
     startups: dict[str, float] = {}
-    servers = [(f"onellm-{e}", [sys.executable, "-m", "onellm.serving", "serve", str(checkpoint), "--engine", e,
-                                "--served-model-name", "bench", "--max-queue", "256"]) for e in engines]  # fmt: skip
+    servers = [(f"onellm-{e}" + (f"-{d}" if len(dtypes) > 1 else ""),
+                [sys.executable, "-m", "onellm.serving", "serve", str(checkpoint), "--engine", e,
+                 "--served-model-name", "bench", "--max-queue", "256", "--dtype", d])
+               for e in engines for d in dtypes]  # fmt: skip
     tower = json.loads((checkpoint / "config.json").read_text())["vision_config"]["model_type"]
     if not args.no_llava and "vllm" in engines and tower not in LLAVA_TOWERS:
         print(f"# llava-vllm: skipped, vLLM's LLaVA builds {' or '.join(LLAVA_TOWERS)} vision towers, this "
@@ -317,10 +324,10 @@ def main() -> None:
         llava = build_llava(checkpoint, work / "llava")
         servers.append(("llava-vllm", [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(llava),
                                        "--served-model-name", "bench", "--enforce-eager",
-                                       "--distributed-executor-backend", "uni"]))  # fmt: skip
+                                       "--distributed-executor-backend", "uni", "--dtype", "float32"]))  # fmt: skip
     for name, command in servers:
         port = free_port()
-        command = [*command, "--host", LOOPBACK, "--port", str(port), "--dtype", "float32", "--max-model-len", "1024"]
+        command = [*command, "--host", LOOPBACK, "--port", str(port), "--max-model-len", "1024"]
         log = work / f"{name}.log"
         try:
             server = start(name, command, port, log)
@@ -346,7 +353,9 @@ def main() -> None:
             print(f"| {name} | {lv.concurrency} | {lv.ok} | {lv.failed} | {lv.tokens_per_s:.1f} | "
                   f"{percentile(lv.ttft, 0.5) * 1000:.1f} | {percentile(lv.ttft, 0.95) * 1000:.1f} | "
                   f"{percentile(lv.latency, 0.5) * 1000:.1f} |")  # fmt: skip
-    for numerator, denominator in (("onellm-vllm", "onellm-hf"), ("onellm-vllm", "llava-vllm")):
+    pairs = [("onellm-vllm", "onellm-hf"), ("onellm-vllm", "llava-vllm")]
+    pairs += [(f"onellm-{e}-{d}", f"onellm-{e}-{dtypes[0]}") for e in engines for d in dtypes[1:]]
+    for numerator, denominator in pairs:
         if numerator in results and denominator in results:
             ratios = [
                 f"c={a.concurrency}: {a.tokens_per_s / b.tokens_per_s:.2f}x"
