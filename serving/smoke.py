@@ -30,7 +30,8 @@ def serve_once(
     """Start the vLLM engine on ``checkpoint``, answer ``question`` about the image at ``image_path`` (greedy, at
     most ``max_tokens`` tokens), stop the engine and return the answer's text.
 
-    ``dtype``: as ``onellm serve --dtype`` (``auto``: vLLM's choice, bfloat16 for a float32 checkpoint on the CPU).
+    ``dtype``: as ``onellm serve --dtype`` (``auto``: vLLM's choice, bfloat16 for a float32 checkpoint on the CPU,
+    except where bf16 is emulated: ``vllm_engine.serving_dtype``).
     Raises ``FileNotFoundError`` for a missing checkpoint or image, ``ValueError`` naming the image when it cannot be
     used (not an image, too large).
     """

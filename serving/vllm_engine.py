@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
+from onellm.hardware import fast_bf16
 from onellm.serving.engines import (
     Delta,
     EngineFailed,
@@ -24,6 +25,16 @@ from onellm.serving.engines import (
 # vLLM sizes its LoRA buffers by max_lora_rank, which must be one of these.
 _LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
 CPU_KVCACHE_GIB = "4"  # default VLLM_CPU_KVCACHE_SPACE when the environment does not set it
+
+
+def serving_dtype(requested: str, checkpoint_dtype: str, cpu: bool) -> str:
+    """The ``dtype`` handed to vLLM. ``auto`` is vLLM's choice (on a CPU it downcasts a float32 checkpoint to
+    bfloat16), except on a CPU without native bf16 (no AVX512-BF16 / AMX), where bf16 is emulated: a float32
+    checkpoint then stays float32 (on a 2-core AVX2 CPU, bf16 gave 0.25x the fp32 throughput at 16 concurrent
+    requests and 4x the time to first token; BENCHMARKS.md, serving)."""
+    if requested == "auto" and cpu and checkpoint_dtype.removeprefix("torch.") == "float32" and not fast_bf16("cpu"):
+        return "float32"
+    return requested
 
 
 class VLLMEngine:
@@ -48,7 +59,7 @@ class VLLMEngine:
         config = AutoConfig.from_pretrained(str(settings.checkpoint))
         kwargs: dict[str, Any] = {
             "model": str(settings.checkpoint),
-            "dtype": settings.dtype,
+            "dtype": serving_dtype(settings.dtype, str(getattr(config, "dtype", "")), current_platform.is_cpu()),
             "seed": settings.seed,
             "max_model_len": settings.max_model_len,
             "limit_mm_per_prompt": {m: settings.max_inputs_per_request for m in config.modalities},

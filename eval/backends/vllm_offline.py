@@ -26,7 +26,9 @@ CPU_KVCACHE_GIB = "1"
 class VLLMBackend(Backend):
     """Args:
     model: checkpoint folder.
-    dtype: passed to ``vllm.LLM`` (``auto``, ``float32``, ``bfloat16``...).
+    dtype: passed to ``vllm.LLM`` (``auto``, ``float32``, ``bfloat16``...); ``auto`` as ``onellm serve`` resolves it
+        (:func:`onellm.serving.vllm_engine.serving_dtype`: float32 checkpoints stay float32 on CPUs without native
+        bf16).
     max_model_len: context length of the engine; default the checkpoint's.
     seed: sampling seed (only matters when a task samples, temperature > 0).
     """
@@ -34,16 +36,20 @@ class VLLMBackend(Backend):
     def __init__(self, model: str, dtype: str = "auto", max_model_len: int | None = None, seed: int = 0):
         path = checkpoint_dir(model)
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KVCACHE_GIB)
-        from transformers import AutoProcessor
+        from transformers import AutoConfig, AutoProcessor
         from vllm import LLM
+        from vllm.platforms import current_platform
 
         import onellm  # noqa: F401  (AutoProcessor must know the onellm processor class)
         from onellm.serving.plugin import register
+        from onellm.serving.vllm_engine import serving_dtype
 
         register()  # the entry point does this in vLLM's processes; here it also covers a non-installed checkout
         self.model_path, self.dtype, self.max_model_len, self.seed = str(path), dtype, max_model_len, seed
         self.processor = AutoProcessor.from_pretrained(path)
-        options: dict[str, Any] = {"model": str(path), "dtype": dtype, "seed": seed}
+        stored = str(getattr(AutoConfig.from_pretrained(path), "dtype", ""))
+        engine_dtype = serving_dtype(dtype, stored, current_platform.is_cpu())
+        options: dict[str, Any] = {"model": str(path), "dtype": engine_dtype, "seed": seed}
         if max_model_len is not None:
             options["max_model_len"] = max_model_len
         self.llm = LLM(**options)

@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 import yaml
 
+from onellm.hardware import fast_bf16
 from onellm.modalities import modality_names
 from onellm.train.stage_folder import StageFolder
 from onellm.typed_yaml import YamlConfigError, build, read_yaml
@@ -372,24 +373,6 @@ def load_curriculum(path: str | Path, overrides: dict[str, Any] | None = None) -
                 f"(earlier: {names[:index]})"
             )
     return CurriculumConfig(stages=loaded, source=str(path))
-
-
-def fast_bf16(device_type: str) -> bool:
-    """Whether bf16 matrix products run natively here: a CUDA GPU that supports bf16, or a CPU with the AVX512-BF16
-    or AMX-BF16 instructions (elsewhere bf16 is emulated and slower than fp32). On the 2-core AMD EPYC machines of
-    BENCHMARKS.md, bf16 autocast halves a SmolLM2-135M training step (0.66 vs 1.24 s)."""
-    import torch
-
-    if device_type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if device_type != "cpu":
-        return False
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            flags = next((line for line in info if line.startswith("flags")), "").split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 __all__ = [

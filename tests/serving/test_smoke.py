@@ -47,3 +47,23 @@ def test_serve_once_refuses_bad_inputs_before_starting_an_engine(checkpoint, tmp
     notes.write_text("not an image")
     with pytest.raises(ValueError, match=r"notes\.png: .*not a decodable image"):
         serve_once(checkpoint, notes, QUESTION)
+
+
+def test_dtype_auto_keeps_a_float32_checkpoint_in_float32_where_bf16_is_emulated(checkpoint, monkeypatch):
+    """``--dtype auto`` on a CPU without AVX512-BF16/AMX: vLLM would downcast to bf16, which runs at a quarter of
+    fp32's throughput there; elsewhere, and for explicit dtypes, vLLM's choice stands."""
+    from onellm.serving import vllm_engine
+    from onellm.serving.vllm_engine import VLLMEngine, serving_dtype
+
+    monkeypatch.setattr(vllm_engine, "fast_bf16", lambda device: False)
+    assert serving_dtype("auto", "float32", cpu=True) == "float32"
+    assert serving_dtype("auto", "torch.float32", cpu=True) == "float32"
+    assert serving_dtype("auto", "bfloat16", cpu=True) == "auto"  # a bf16 checkpoint is not doubled in memory
+    assert serving_dtype("bfloat16", "float32", cpu=True) == "bfloat16"
+    assert serving_dtype("auto", "float32", cpu=False) == "auto"
+    pytest.importorskip("vllm")
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
+    assert VLLMEngine(EngineSettings(checkpoint=checkpoint)).engine_args().dtype == "float32"
+    monkeypatch.setattr(vllm_engine, "fast_bf16", lambda device: device == "cpu")
+    assert serving_dtype("auto", "float32", cpu=True) == "auto"
+    assert VLLMEngine(EngineSettings(checkpoint=checkpoint)).engine_args().dtype == "auto"
