@@ -41,7 +41,12 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME=PATH",
         help="a PEFT LoRA adapter; requests select it by NAME (repeatable)",
     )
-    parser.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        help="auto | float32 | bfloat16 | float16 (auto, the default: vLLM's choice, which runs a float32 checkpoint in "
+        "bfloat16, except on CPUs without AVX512-BF16/AMX, where it stays float32; the hf engine: the checkpoint's)",
+    )
     parser.add_argument("--max-model-len", type=int, default=None, help="context length (default: the LLM's)")
     parser.add_argument("--seed", type=int, default=0)
 
@@ -72,23 +77,28 @@ def checkpoint_from_args(args: argparse.Namespace, command: str) -> Path:
     return checkpoint
 
 
-def ensure_port_free(args: argparse.Namespace, command: str) -> None:
-    """Exit before the (minutes-long) engine start when ``--host``:``--port`` cannot be bound."""
+def reserve_port(args: argparse.Namespace, command: str) -> socket.socket:
+    """``--host``:``--port`` bound now, before the (minutes-long) engine start, and handed to uvicorn by
+    :func:`run_server`: the port is held for the server from the start, so nothing (e.g. a port vLLM picks for its
+    own processes while it starts) can take it in between. One line and exit when it cannot be bound."""
     try:
         infos = socket.getaddrinfo(args.host, args.port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         usage_error(command, f"--host {args.host!r} does not resolve ({exc.strerror}); use e.g. --host 127.0.0.1")
     family, kind, proto, _, address = infos[0]
-    with socket.socket(family, kind, proto) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
-        try:
-            probe.bind(address)
-        except OSError as exc:
-            usage_error(
-                command,
-                f"cannot listen on {args.host}:{args.port} ({exc.strerror}); stop what holds it or pick another "
-                "port with --port N",
-            )
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        usage_error(
+            command,
+            f"cannot listen on {args.host}:{args.port} ({exc.strerror}); stop what holds it or pick another "
+            "port with --port N",
+        )
+    logging.getLogger(f"onellm.{command}").info("holding %s:%d; the engine starts", args.host, args.port)
+    return sock
 
 
 def check_adapter_names(served: str, adapters: tuple[str, ...], command: str) -> None:
@@ -97,10 +107,10 @@ def check_adapter_names(served: str, adapters: tuple[str, ...], command: str) ->
         usage_error(command, f"adapter name {served!r} equals the served model name; rename it (--lora NAME=PATH)")
 
 
-def run_server(app: Any, service: ChatService, args: argparse.Namespace, command: str) -> None:
-    """uvicorn on ``--host``:``--port`` until interrupted, or until the engine fails (its worker process died): then
-    the server stops, as vLLM's own server does, and the process exits with status 1 so that a supervisor restarts
-    it (docs/api.md, Faults). Status 3 (uvicorn's) when the app did not start."""
+def run_server(app: Any, service: ChatService, args: argparse.Namespace, command: str, sock: socket.socket) -> None:
+    """uvicorn on ``sock`` (:func:`reserve_port`'s ``--host``:``--port``) until interrupted, or until the engine fails
+    (its worker process died): then the server stops, as vLLM's own server does, and the process exits with status 1
+    so that a supervisor restarts it (docs/api.md, Faults). Status 3 (uvicorn's) when the app did not start."""
     import uvicorn
 
     config = uvicorn.Config(
@@ -109,7 +119,7 @@ def run_server(app: Any, service: ChatService, args: argparse.Namespace, command
     server = uvicorn.Server(config)
     service.on_failure = lambda: setattr(server, "should_exit", True)
     try:
-        server.run()
+        server.run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn re-raises the SIGINT it stopped on, once it has shut down
         pass
     if service.failure is not None:
@@ -198,7 +208,7 @@ def serve(args: argparse.Namespace) -> None:
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     checkpoint = checkpoint_from_args(args, "serve")
-    ensure_port_free(args, "serve")
+    sock = reserve_port(args, "serve")
     adapters = dict(args.lora)
     served = args.served_model_name or checkpoint.name
     check_adapter_names(served, tuple(adapters), "serve")
@@ -221,7 +231,7 @@ def serve(args: argparse.Namespace) -> None:
         media=policy,
     )
     app = build_app(engine, AutoProcessor.from_pretrained(str(checkpoint)), settings)
-    run_server(app, app.state.service, args, "serve")
+    run_server(app, app.state.service, args, "serve", sock)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -34,8 +34,8 @@ from onellm.serving.cli import (
     check_adapter_names,
     checkpoint_from_args,
     engine_from_args,
-    ensure_port_free,
     media_policy_from_args,
+    reserve_port,
     run_server,
 )
 from onellm.serving.errors import APIError
@@ -395,7 +395,7 @@ def run_ui(args: argparse.Namespace) -> None:
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     checkpoint = checkpoint_from_args(args, "ui")
-    ensure_port_free(args, "ui")
+    sock = reserve_port(args, "ui")
     adapters = tuple(name for name, _ in args.lora)
     check_adapter_names(checkpoint.name, adapters, "ui")
     settings = ServiceSettings(
@@ -407,7 +407,7 @@ def run_ui(args: argparse.Namespace) -> None:
     service = ChatService(engine_from_args(args, "ui"), AutoProcessor.from_pretrained(str(checkpoint)), settings)
     app = build_ui_app(ChatPage(service), checkpoint.name)
     logger.info("chat page at http://%s:%d/ (engine %s)", args.host, args.port, service.engine.name)
-    run_server(app, service, args, "ui")
+    run_server(app, service, args, "ui", sock)
 
 
 __all__ = [

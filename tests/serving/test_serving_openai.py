@@ -414,3 +414,38 @@ def test_health_and_metrics(server):
     assert _metric(server, "onellm_completion_tokens_total") > 0
     assert 'onellm_http_responses_total{path="/v1/chat/completions",status="200"}' in text
     assert _metric(server, "onellm_time_to_first_token_seconds_count") > 0
+
+
+def test_the_port_is_held_from_before_the_engine_starts(checkpoint, kit, tmp_path):
+    """``onellm serve`` binds --port first and serves on that socket once the engine is up: while the engine starts
+    nothing else can take the port (vLLM picks free ports for its own processes then), and connections are refused
+    rather than answered by something else."""
+    import os
+    import socket
+    import subprocess
+
+    port = kit.free_port()
+    log = tmp_path / "serve.log"
+    command = kit.onellm_serve(checkpoint, "hf", port)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # as kit.start_server runs it
+    process = subprocess.Popen(
+        command, cwd=kit.REPO, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
+    )
+    server = kit.Server(f"http://127.0.0.1:{port}", process, log)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                if httpx.get(f"{server.url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        assert httpx.get(f"{server.url}/health", timeout=5).status_code == 200, log.read_text()[-2000:]
+        text = log.read_text()
+        held, ready = text.find(f"holding 127.0.0.1:{port}"), text.find("engine hf ready")
+        assert 0 <= held < ready, text[-2000:]  # bound before the engine started, and served on that socket
+        with socket.socket() as other, pytest.raises(OSError):
+            other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            other.bind(("127.0.0.1", port))
+    finally:
+        kit.stop_server(server)
