@@ -95,9 +95,9 @@ ALIGN_VARIANTS: dict[str, tuple[str, list[str]]] = {
         "default, batches of 4 and twice the steps (same samples, twice the updates)",
         ["train.batch_size=4", "train.steps=800", "train.warmup_steps=16"],
     ),
-    "ungrouped": (
-        "default without grouping batches by token length (data.group_by_length 0; the default until 2026-12-02)",
-        ["data.group_by_length=0"],
+    "grouped": (
+        "default, batches grouped by token length (data.group_by_length 16: 16 batches drawn, sorted, cut again)",
+        ["data.group_by_length=16"],
     ),
     "pool3": ("3x3 pooled regions (9 soft tokens instead of 16: shorter rows)", ["init_from.preset_args.num_queries=9"]),
 }
