@@ -154,7 +154,7 @@ def linear_probe(
     targets[torch.arange(len(train_y)), torch.tensor([index[label] for label in train_y])] = 1.0
     targets -= targets.mean(dim=0)  # centred: the intercept is the class frequency, not penalised
     gram = x @ x.T  # [n, n]
-    lam = ridge * float(gram.diagonal().mean())
+    lam = ridge * (float(gram.diagonal().mean()) or 1.0)  # constant features (gram 0): any ridge, no singular solve
     dual = torch.linalg.solve(gram + lam * torch.eye(len(gram), dtype=torch.float64), targets)  # [n, K]
     predicted = (x_test @ (x.T @ dual)).argmax(dim=1).tolist()
     accuracy = sum(classes[p] == label for p, label in zip(predicted, test_y, strict=True)) / len(test_y)

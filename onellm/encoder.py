@@ -5,9 +5,10 @@ prepend the class token (+ its position), pre-norm, all blocks, post-norm over A
 With ``feature_layers`` other than ``(-1,)`` the output concatenates, along channels, the post-normed hidden states
 of those blocks (``-1`` the last, ``-2`` the one before, ``k >= 1`` block k, ``0`` the tokens entering block 1)
 -> ``[B, 1+L, C * len(feature_layers)]``: a vision transformer's earlier blocks keep what its last ones were trained
-to discard (DINOv2's colour-jitter augmentations make its last block's features nearly colour-blind; LLaVA reads
-CLIP's second-to-last block). Layer 0 is a linear function of the input patch (patch embedding + position), so it
-carries the patch's colour losslessly.
+to discard (at an object's own patches a linear probe reads its colour from DINOv2's last block at 0.79, from
+blocks 2-7 at 0.91-0.96; LLaVA reads CLIP's second-to-last block). Layer 0 is a linear function of the input patch
+(patch embedding + position); after the final norm a probe reads an object's colour from it at 0.46
+(``bench/region_probe.py``, BENCHMARKS.md).
 Image-like modalities also borrow the model's patch embedding and position table (:meth:`embed_image`),
 interpolated bicubically when the patch grid differs from the one it was trained on.
 
