@@ -1,6 +1,12 @@
-"""Video: PyAV decode, T frames sampled uniformly, each through the image path; encoder outputs averaged over frames.
+"""Video: PyAV decode, T frames sampled uniformly, each through the image path; encoder outputs pooled over frames.
 
-Averaging the frames' encoder outputs token-wise is OneLLM's choice; `temporal_pool` leaves room for others.
+``temporal_pool`` decides how the T frames' encoder outputs become one token set of the image path's shape:
+
+- ``mean`` (OneLLM): the token-wise average. An average is blind to the frames' order: a shape moving left to right
+  and one moving right to left leave the same streak (BENCHMARKS.md, "The long profile": a probe reads the sign
+  from a time-symmetric average at chance).
+- ``mean_delta``: the average plus the late half's average minus the early half's. A moving shape then weighs more
+  where it ends than where it starts, so the direction is in the tokens without changing their number or layout.
 """
 
 from __future__ import annotations
@@ -46,6 +52,19 @@ def mean_over_frames(encoded: torch.Tensor, batch: int) -> torch.Tensor:
     return encoded.unflatten(0, (batch, -1)).mean(dim=1)
 
 
+def mean_plus_change(encoded: torch.Tensor, batch: int) -> torch.Tensor:
+    """``[B*T, 1+L, C]`` -> ``[B, 1+L, C]``: the token-wise mean plus (mean of the last T//2 frames - mean of the first
+    T//2); with one frame, the frame itself."""
+    frames = encoded.unflatten(0, (batch, -1))
+    half = frames.shape[1] // 2
+    if half == 0:
+        return frames.mean(dim=1)
+    return frames.mean(dim=1) + frames[:, -half:].mean(dim=1) - frames[:, :half].mean(dim=1)
+
+
+TEMPORAL_POOLS = {"mean": mean_over_frames, "mean_delta": mean_plus_change}
+
+
 def uniform_indices(total: int, count: int) -> np.ndarray:
     """``count`` frame indices spread evenly over ``total`` frames (centre of each segment)."""
     return np.minimum(((np.arange(count) + 0.5) * total / count).astype(np.int64), total - 1)
@@ -66,6 +85,14 @@ class VideoModality(Modality):
     part_types = ("video_url",)
     url_part = True
     suffixes = (".mp4", ".webm", ".avi", ".mov", ".mkv")
+
+    def options(self, **overrides: Any) -> dict[str, Any]:
+        opts = super().options(**overrides)
+        if opts["temporal_pool"] not in TEMPORAL_POOLS:
+            raise ValueError(
+                f"video option temporal_pool={opts['temporal_pool']!r} is not supported; choose one of {sorted(TEMPORAL_POOLS)}"
+            )
+        return opts
 
     def input_shape(self, **options: Any) -> tuple[int, ...]:
         opts = self.options(**options)
@@ -110,8 +137,5 @@ class VideoModality(Modality):
         return FrameTokenizer()
 
     def pool_encoded(self, encoded: torch.Tensor, batch: int, **options: Any) -> torch.Tensor:
-        """``[B*T, 1+L, C]`` -> ``[B, 1+L, C]``: token-wise mean over frames."""
-        opts = self.options(**options)
-        if opts["temporal_pool"] != "mean":
-            raise ValueError(f"video option temporal_pool={opts['temporal_pool']!r} is not supported (supported: 'mean')")
-        return mean_over_frames(encoded, batch)
+        """``[B*T, 1+L, C]`` -> ``[B, 1+L, C]``, pooled over frames as ``temporal_pool`` says."""
+        return TEMPORAL_POOLS[self.options(**options)["temporal_pool"]](encoded, batch)

@@ -320,3 +320,37 @@ def test_media_errors_carry_a_reason_code(tmp_path):
         assert caught.value.reason == reason, (name, caught.value)
     with pytest.raises(ValueError, match="reason 'typo' is not one of"):
         MediaError("image", "x.png", "bad", "typo")
+
+
+def _video_features(tiny, frames: np.ndarray, temporal_pool: str) -> torch.Tensor:
+    """The tiny model's pooled encoder features of one [T, H, W, 3] clip, every frame sampled."""
+    model, processor = tiny
+    video = get_modality("video")
+    options = {**processor.options("video"), "num_frames": len(frames), "temporal_pool": temporal_pool}
+    values = video.preprocess(frames, **options).unsqueeze(0)
+    tokenizer = model.mm_tokenizers["video"]
+    with torch.no_grad():
+        encoded = model.encoder(tokenizer(values, model.encoder), getattr(tokenizer, "class_position", None))
+    return video.pool_encoded(encoded, 1, **options)
+
+
+def test_video_mean_pool_is_blind_to_direction_and_mean_delta_is_not(tiny):
+    """A shape moving left to right and the same clip played backwards (right to left): the frame average gives
+    the same tokens, `mean_delta` (average + late half - early half) tells them apart."""
+    from onellm.instruct_data.synth.video import frames_for
+
+    attrs = {"motion": "left to right", "lane": 0, "radius": 8, "colour": "red", "shape": "circle"}
+    attrs["background"] = "white"
+    forward = np.stack(frames_for(attrs))
+    backward = forward[::-1].copy()
+    assert np.array_equal(backward, np.stack(frames_for({**attrs, "motion": "right to left"})))
+    mean_f, mean_b = (_video_features(tiny, clip, "mean") for clip in (forward, backward))
+    delta_f, delta_b = (_video_features(tiny, clip, "mean_delta") for clip in (forward, backward))
+    assert torch.allclose(mean_f, mean_b, atol=1e-5)
+    gap = (delta_f - delta_b).norm() / delta_f.norm()
+    assert gap > 0.05, f"mean_delta: reversed clips differ by only {gap:.4f} (relative)"
+
+
+def test_video_unknown_temporal_pool_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match=r"temporal_pool='max'.*mean_delta"):
+        get_modality("video").options(temporal_pool="max")
