@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -42,6 +43,12 @@ def _encoder_digest(model: nn.Module):
     digest.update(f"feature_layers:{getattr(model.encoder, 'feature_layers', (-1,))}".encode())
     _hash_state(digest, model.encoder)
     return digest
+
+
+def cache_options(processor: Any, model: nn.Module, modalities: list[str]) -> dict[str, dict]:
+    """What besides the weights shapes a modality's cached features: the processor's preprocessing options and the
+    model's own (pooling, e.g. video's ``temporal_pool``). A change to either must miss the cache."""
+    return {m: {"processor": processor.options(m), "model": model.config.modality_options(m)} for m in modalities}
 
 
 def cacheable_modalities(model: nn.Module, modalities: list[str]) -> list[str]:

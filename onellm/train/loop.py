@@ -44,7 +44,7 @@ from onellm.instruct_data.mixture import Mixture, shard
 from onellm.modeling import IGNORE_INDEX
 from onellm.train import checkpoint as ckpt
 from onellm.train.config import DataConfig, TrainConfig
-from onellm.train.features import FeatureCache, cacheable_modalities
+from onellm.train.features import FeatureCache, cache_options, cacheable_modalities
 
 SCHEDULES = {
     "cosine": get_cosine_schedule_with_warmup,
@@ -195,7 +195,7 @@ class Trainer:
         # Under FSDP the encoder's weights are sharded and only usable inside the wrapped forward: no cache there.
         use_cache = train.cache_features and accelerator.distributed_type.name != "FSDP"
         self.cached = cacheable_modalities(core, modalities) if use_cache else []
-        options = {m: collator.processor.options(m) for m in self.cached}
+        options = cache_options(collator.processor, core, self.cached)
         self.cache = FeatureCache(core, options, feature_cache_dir) if self.cached else None
         if self.cache is not None:  # the datasets skip decoding inputs whose features are stored
             for dataset in (train_set, val_set):

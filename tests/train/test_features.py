@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from onellm.train.features import FeatureCache, cacheable_modalities, path_fingerprint
+from onellm.train.features import FeatureCache, cache_options, cacheable_modalities, path_fingerprint
 from onellm.train.groups import set_trainable
 
 IMAGE_LIKE = ["image", "video", "depth", "normal"]
@@ -63,6 +63,22 @@ def test_entries_persist_on_disk_and_hit_by_key(tiny, media_paths, tmp_path):
     other = FeatureCache(model, {"image": {**processor.options("image"), "image_size": 64}}, tmp_path)
     other.features(model, "image", values[:1], ["same"])
     assert other.misses == 1
+
+
+def test_a_model_pooling_option_is_another_namespace(tiny, media_paths, tmp_path):
+    """Video's temporal_pool lives in the model's config, not the processor's: the cache key must still see it."""
+    model, processor = tiny
+    values = processor.preprocess("video", media_paths["video"]).unsqueeze(0)
+    mean = FeatureCache(model, cache_options(processor, model, ["video"]), tmp_path)
+    mean.features(model, "video", values, ["clip"])
+    model.config.modality_configs["video"]["temporal_pool"] = "mean_delta"
+    try:
+        delta = FeatureCache(model, cache_options(processor, model, ["video"]), tmp_path)
+        out = delta.features(model, "video", values, ["clip"])
+        assert (delta.hits, delta.misses) == (0, 1)
+        assert torch.allclose(out, model.encode("video", values).detach(), atol=1e-6)
+    finally:
+        del model.config.modality_configs["video"]["temporal_pool"]
 
 
 def test_fingerprint_covers_the_modality_tokenizer(tiny):
