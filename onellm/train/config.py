@@ -92,6 +92,10 @@ class TrainConfig:
     warmup_steps: int = 0
     weight_decay: float = 0.0
     max_grad_norm: float | None = 1.0
+    # How a global batch's label tokens are averaged: "token" = every label token weighs the same (a 16-token caption
+    # outweighs a one-word answer 8:1); "sample" = every row's mean token loss weighs the same, so a short answer
+    # counts as much as a caption (BENCHMARKS.md, "Loss per sample").
+    loss_weighting: Literal["token", "sample"] = "token"
     # "auto": bf16 where the hardware computes it natively (a CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX),
     # else fp32; see fast_bf16.
     precision: Literal["fp32", "bf16", "auto"] = "fp32"

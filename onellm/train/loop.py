@@ -95,8 +95,9 @@ def split_decay(params: list[tuple[str, nn.Parameter]], weight_decay: float) -> 
     ]
 
 
-def label_loss_sum(model: nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
-    """Summed cross-entropy over the label tokens of one batch (``inputs`` as the collator + cache build them).
+def label_loss_sum(model: nn.Module, inputs: dict[str, Any], per_sample: bool = False) -> torch.Tensor:
+    """Summed cross-entropy over the label tokens of one batch (``inputs`` as the collator + cache build them);
+    ``per_sample``: the sum over rows of each row's mean over its label tokens instead.
 
     Logits are computed only at the positions whose next token is a label in some row (``logits_to_keep``): the
     answers are a fraction of each row (a 15-token caption after a 35-token prompt), and the LM head (SmolLM2:
@@ -106,9 +107,22 @@ def label_loss_sum(model: nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
     targets = inputs.pop("labels")[:, 1:]  # position t predicts token t+1
     keep = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)
     logits = model(**inputs, logits_to_keep=keep).logits.float()  # [B, len(keep), V]
-    return nn.functional.cross_entropy(
-        logits.flatten(0, 1), targets[:, keep].flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
-    )
+    kept = targets[:, keep]
+    if not per_sample:
+        return nn.functional.cross_entropy(logits.flatten(0, 1), kept.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+    token_losses = nn.functional.cross_entropy(
+        logits.flatten(0, 1), kept.flatten(), ignore_index=IGNORE_INDEX, reduction="none"
+    ).view_as(kept)
+    counts = (kept != IGNORE_INDEX).sum(dim=1)
+    return (token_losses.sum(dim=1) / counts.clamp(min=1)).sum()
+
+
+def loss_units(batch: dict[str, Any], per_sample: bool) -> int:
+    """What :func:`label_loss_sum` sums over in ``batch``: its label tokens, or (``per_sample``) its rows that have
+    label tokens."""
+    if not per_sample:
+        return batch["num_label_tokens"]
+    return int((batch["labels"][:, 1:] != IGNORE_INDEX).any(dim=1).sum())
 
 
 def backbones(core: nn.Module) -> list[nn.Module]:
@@ -255,17 +269,19 @@ class Trainer:
         return float(self.acc.reduce(tensor, reduction="sum")[0])
 
     def step(self, micro_batches: list[dict[str, Any]]) -> float:
-        """One optimizer step over this process's micro-batches; returns the global mean token loss."""
-        global_tokens = self._sum(sum(b["num_label_tokens"] for b in micro_batches))
-        normaliser = torch.tensor(max(global_tokens, 1.0), device=self.acc.device)
+        """One optimizer step over this process's micro-batches; returns the global mean loss (per label token, or
+        per row under ``loss_weighting: sample``)."""
+        per_sample = self.cfg.loss_weighting == "sample"
+        global_units = self._sum(sum(loss_units(b, per_sample) for b in micro_batches))
+        normaliser = torch.tensor(max(global_units, 1.0), device=self.acc.device)
         loss_sum = 0.0
         for j, batch in enumerate(micro_batches):
             last = j == len(micro_batches) - 1
             with contextlib.nullcontext() if last else self.acc.no_sync(self.model):
                 inputs = self._forward_inputs(batch)
                 with self._autocast():
-                    # sum over this micro-batch's label tokens / all label tokens of the global batch
-                    loss = label_loss_sum(self.model, inputs) / normaliser
+                    # sum over this micro-batch's label tokens (rows) / all of them in the global batch
+                    loss = label_loss_sum(self.model, inputs, per_sample) / normaliser
                 # DDP averages gradients over processes; undo that so the result is the global-batch mean.
                 self.acc.backward(loss * self.world)
                 loss_sum += float(loss.detach())
@@ -534,4 +550,4 @@ def _truncate_metrics(path: Path, step: int) -> None:
     path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
 
-__all__ = ["LoopResult", "SCHEDULES", "Trainer", "frozen_linear_weights_in_bf16", "label_loss_sum", "split_decay"]
+__all__ = ["LoopResult", "SCHEDULES", "Trainer", "frozen_linear_weights_in_bf16", "label_loss_sum", "loss_units", "split_decay"]

@@ -130,6 +130,40 @@ def test_loss_on_label_positions_only_equals_the_models_own_loss(tiny, media_pat
     assert torch.allclose(ours, reference, rtol=1e-5)
 
 
+def test_per_sample_loss_weighs_a_one_word_answer_as_much_as_a_caption(tiny, media_paths):
+    """``loss_weighting: sample``: the sum over rows of each row's own mean token loss, whatever the answers'
+    lengths; ``loss_units`` counts the rows it averages over."""
+    from onellm.instruct_data.collator import Collator
+    from onellm.train.loop import label_loss_sum, loss_units
+
+    model, processor = tiny
+    pairs = [("What colour?", "red"), ("Describe the picture in detail.", "a large blue square on a white background")]
+
+    def batch_of(chosen):
+        examples = [
+            {
+                "id": str(i),
+                "conversation": [{"role": "user", "content": f"<image>\n{q}"}, {"role": "assistant", "content": a}],
+                "media": [("image", processor.preprocess("image", media_paths["image"]))],
+                "keys": ["k"],
+            }
+            for i, (q, a) in enumerate(chosen)
+        ]
+        batch = Collator(processor)(examples)
+        return batch, {k: batch[k] for k in ("input_ids", "attention_mask", "labels", "mm_inputs")}
+
+    batch, inputs = batch_of(pairs)
+    with torch.no_grad():
+        rows = [model(**batch_of([pair])[1]).loss for pair in pairs]  # each row's mean over its own label tokens
+        per_sample = label_loss_sum(model, inputs, per_sample=True)
+        per_token = label_loss_sum(model, inputs)
+    assert loss_units(batch, per_sample=True) == 2
+    assert loss_units(batch, per_sample=False) == batch["num_label_tokens"] > 2
+    assert torch.allclose(per_sample, sum(rows), rtol=1e-4)
+    # the token-weighted mean leans towards the caption's loss; the per-sample mean does not
+    assert not torch.allclose(per_token / batch["num_label_tokens"], per_sample / 2, rtol=1e-3)
+
+
 def test_a_stage_with_a_warm_cache_decodes_no_media(synth_tiny, tmp_path, quick, accelerator, monkeypatch):
     """Issue 14: the dataset asks the feature cache before decoding; with every input cached (a rerun of the stage
     beside its feature cache and validation cache) a whole stage — training steps and validation — decodes nothing."""
