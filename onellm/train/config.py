@@ -94,7 +94,7 @@ class TrainConfig:
     max_grad_norm: float | None = 1.0
     # How a global batch's label tokens are averaged: "token" = every label token weighs the same (a 16-token caption
     # outweighs a one-word answer 8:1); "sample" = every row's mean token loss weighs the same, so a short answer
-    # counts as much as a caption (BENCHMARKS.md, "Loss per sample").
+    # counts as much as a caption (measured on the long profile: no change; BENCHMARKS.md, "The long profile").
     loss_weighting: Literal["token", "sample"] = "token"
     # "auto": bf16 where the hardware computes it natively (a CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX),
     # else fp32; see fast_bf16.

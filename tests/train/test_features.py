@@ -106,11 +106,10 @@ def test_fingerprint_covers_the_encoder_feature_layers(tiny):
         model.encoder.feature_layers = layers
 
 
-def test_loss_on_label_positions_only_equals_the_models_own_loss(tiny, media_paths):
+def image_qa_batch(processor, media_paths, pairs):
+    """A collated batch of one-image conversations (question, answer) and the model inputs taken from it."""
     from onellm.instruct_data.collator import Collator
-    from onellm.train.loop import label_loss_sum
 
-    model, processor = tiny
     examples = [
         {
             "id": str(i),
@@ -118,12 +117,17 @@ def test_loss_on_label_positions_only_equals_the_models_own_loss(tiny, media_pat
             "media": [("image", processor.preprocess("image", media_paths["image"]))],
             "keys": ["k"],
         }
-        for i, (q, a) in enumerate(
-            [("What colour?", "red"), ("Describe the picture in detail.", "a large blue square")]
-        )
+        for i, (q, a) in enumerate(pairs)
     ]
     batch = Collator(processor)(examples)
-    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels", "mm_inputs")}
+    return batch, {k: batch[k] for k in ("input_ids", "attention_mask", "labels", "mm_inputs")}
+
+
+def test_loss_on_label_positions_only_equals_the_models_own_loss(tiny, media_paths):
+    from onellm.train.loop import label_loss_sum
+
+    model, processor = tiny
+    batch, inputs = image_qa_batch(processor, media_paths, [("What colour?", "red"), ("Describe the picture in detail.", "a large blue square")])
     with torch.no_grad():
         reference = model(**inputs).loss * batch["num_label_tokens"]  # mean over label tokens -> sum
         ours = label_loss_sum(model, inputs)
@@ -133,28 +137,13 @@ def test_loss_on_label_positions_only_equals_the_models_own_loss(tiny, media_pat
 def test_per_sample_loss_weighs_a_one_word_answer_as_much_as_a_caption(tiny, media_paths):
     """``loss_weighting: sample``: the sum over rows of each row's own mean token loss, whatever the answers'
     lengths; ``loss_units`` counts the rows it averages over."""
-    from onellm.instruct_data.collator import Collator
     from onellm.train.loop import label_loss_sum, loss_units
 
     model, processor = tiny
     pairs = [("What colour?", "red"), ("Describe the picture in detail.", "a large blue square on a white background")]
-
-    def batch_of(chosen):
-        examples = [
-            {
-                "id": str(i),
-                "conversation": [{"role": "user", "content": f"<image>\n{q}"}, {"role": "assistant", "content": a}],
-                "media": [("image", processor.preprocess("image", media_paths["image"]))],
-                "keys": ["k"],
-            }
-            for i, (q, a) in enumerate(chosen)
-        ]
-        batch = Collator(processor)(examples)
-        return batch, {k: batch[k] for k in ("input_ids", "attention_mask", "labels", "mm_inputs")}
-
-    batch, inputs = batch_of(pairs)
+    batch, inputs = image_qa_batch(processor, media_paths, pairs)
     with torch.no_grad():
-        rows = [model(**batch_of([pair])[1]).loss for pair in pairs]  # each row's mean over its own label tokens
+        rows = [model(**image_qa_batch(processor, media_paths, [pair])[1]).loss for pair in pairs]  # each row's mean over its own label tokens
         per_sample = label_loss_sum(model, inputs, per_sample=True)
         per_token = label_loss_sum(model, inputs)
     assert loss_units(batch, per_sample=True) == 2
