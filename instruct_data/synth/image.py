@@ -93,19 +93,22 @@ class ImageGenerator(Generator):
         return {"modality": self.modality, "path": f"{stem}.png"}
 
     def captions(self, attrs: dict[str, Any], rng: np.random.Generator) -> tuple[str, list[str]]:
+        """The caption names each shape's place before its size, colour and shape ("at the top a small red star"):
+        a model writing it then reads the attributes of a region it has already named, instead of choosing an object
+        silently and naming its place last (BENCHMARKS.md, "Captions that name the place first")."""
         objects, background = attrs["objects"], attrs["background"]
-        caption = join_phrases([object_phrase(obj) for obj in objects])
-        n = len(objects)
-        shapes_word = "shape" if n == 1 else "shapes"
-        position_first = join_phrases(
+        what_first = join_phrases([object_phrase(obj) for obj in objects])
+        caption = join_phrases(
             [f"{POSITION_PHRASES[obj['position']]} {object_phrase(obj, with_position=False)}" for obj in objects]
         )
+        n = len(objects)
+        shapes_word = "shape" if n == 1 else "shapes"
         paraphrases = [
-            f"an image of {caption}",
-            f"{'there is' if n == 1 else 'there are'} {caption}",
-            f"{article(background)} {background} background with {caption}",
-            f"{count_word(n)} {shapes_word} on a plain background: {caption}",
-            position_first,
+            f"an image of {what_first}",
+            f"{'there is' if n == 1 else 'there are'} {what_first}",
+            f"{article(background)} {background} background with {what_first}",
+            f"{count_word(n)} {shapes_word} on a plain background: {what_first}",
+            what_first,
         ]
         return caption, paraphrases
 

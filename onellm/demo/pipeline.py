@@ -95,17 +95,19 @@ def curriculum_modalities(curriculum) -> list[str]:
 
 def prepare_data(folder: Path, per_modality: int, seed: int, modalities: list[str] | None = None) -> str:
     """The synthetic corpus of ``modalities`` (None: OneLLM's eight) in ``folder``, unless it is already there."""
-    from onellm.instruct_data.synth import corpus_modalities, synthesize
+    from onellm.instruct_data.synth import GENERATOR_VERSION, corpus_modalities, synthesize
 
     names = corpus_modalities(modalities)
     info_path = folder / "synth_info.json"
     if info_path.is_file():
         info = json.loads(info_path.read_text(encoding="utf-8"))
-        if info.get("per_modality") == per_modality and info.get("seed") == seed and info.get("modalities") == names:
+        wanted = {"per_modality": per_modality, "seed": seed, "modalities": names, "generator_version": GENERATOR_VERSION}
+        if all(info.get(key) == value for key, value in wanted.items()):
             return "skipped"
         say(
             f"{folder}: holds a corpus of {info.get('per_modality')} items/modality, seed {info.get('seed')}, "
-            f"modalities {', '.join(info.get('modalities') or [])}; rewriting"
+            f"modalities {', '.join(info.get('modalities') or [])}, generator {info.get('generator_version')}; "
+            f"rewriting (wanted {per_modality}, seed {seed}, generator {GENERATOR_VERSION})"
         )
     # synth_info.json is written last: a folder without it is an interrupted write, started over.
     if folder.exists():

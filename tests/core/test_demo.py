@@ -149,6 +149,9 @@ def test_data_step_rewrites_a_corpus_of_another_size(tmp_path):
     assert prepare_data(tmp_path / "data", per_modality=4, seed=0) == "ran"
     info = json.loads((tmp_path / "data" / "synth_info.json").read_text(encoding="utf-8"))
     assert info["per_modality"] == 4
+    # A corpus written by another generator version holds other text for the same seed: it is rewritten, not reused.
+    (tmp_path / "data" / "synth_info.json").write_text(json.dumps({**info, "generator_version": "0.9"}), encoding="utf-8")
+    assert prepare_data(tmp_path / "data", per_modality=4, seed=0) == "ran"
 
 
 def test_the_all_profile_opts_into_fourteen_modalities(tmp_path):

@@ -262,8 +262,8 @@ def _graph_has_cycle(attrs) -> bool:
 
 def _caption_words(modality, attrs) -> list[str]:
     """Words the caption must contain: what the media shows (the depth/normal colour is in the RGB only)."""
-    if modality == "image":
-        return [word for obj in attrs["objects"] for word in (obj["colour"], obj["shape"], obj["size"])]
+    if modality == "image":  # each shape's place first, then what is there: "at the top a small red star"
+        return [f"{_phrase(o['position'])} a {o['size']} {o['colour']} {o['shape']}" for o in attrs["objects"]]
     if modality == "imu":
         verbs = {"still": "still", "jumping": "jumps", "turning left": "turns left", "turning right": "turns right"}
         return [verbs.get(attrs["activity"], attrs["activity"]).replace("falling", "falls")]
