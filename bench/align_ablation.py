@@ -32,7 +32,11 @@ ONELLM = [sys.executable, "-m", "onellm.cli"]
 
 # name -> (what it is, stage overrides). "default" is the small preset as shipped.
 ALIGN_VARIANTS: dict[str, tuple[str, list[str]]] = {
-    "default": ("4x4 pooled regions -> per-token MLP experts (the small preset)", []),
+    "default": ("4x4 pooled regions of DINOv2's block 6 -> per-token MLP experts (the small preset)", []),
+    "last_block": (
+        "default reading DINOv2's last block (the small preset before 2026-12-03)",
+        ["init_from.preset_args.feature_layers=[-1]"],
+    ),
     "linear": (
         "4x4 pooled regions -> linear (in/out projections only, depth 0)",
         ["init_from.preset_args.depth=0", "trainable={projector.image: 2.0e-3}"],  # no expert weights to train
@@ -54,10 +58,10 @@ ALIGN_VARIANTS: dict[str, tuple[str, list[str]]] = {
         ["init_from.preset_args.out_rms=64", "init_from.preset_args.feature_layers=[6,-1]"],
     ),
     "layer0": (
-        "default + DINOv2's input tokens (layer 0: patch embedding, colour intact) concatenated with the last block",
+        "DINOv2's input tokens (layer 0: patch embedding, colour intact) concatenated with the last block",
         ["init_from.preset_args.feature_layers=[0,-1]"],
     ),
-    "layer4": ("default + DINOv2 block 4 concatenated with the last", ["init_from.preset_args.feature_layers=[4,-1]"]),
+    "layer4": ("DINOv2 block 4 concatenated with the last", ["init_from.preset_args.feature_layers=[4,-1]"]),
     "fp32": ("default in fp32 (no bf16 autocast)", ["train.precision=fp32"]),
     "steps150": ("default at the former demo's 150 steps", ["train.steps=150", "train.warmup_steps=3"]),
     "2x": ("default, twice the steps (800)", ["train.steps=800", "train.warmup_steps=16"]),
