@@ -77,6 +77,7 @@ def test_small_preset_builds_offline_and_knows_a_fact(monkeypatch):
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
     model, processor = build_preset("small")
     assert model.config.vision_config.model_type == "dinov2" and model.config.text_config.hidden_size == 576
+    assert model.config.vision_feature_layers == [6] and model.encoder.out_width == 384  # DINOv2 block 6 of 12
     prompt = processor.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}])
     batch = processor(text=prompt)
     out = model.generate(**batch, max_new_tokens=10, do_sample=False)
