@@ -2,10 +2,11 @@
 
 With a LayerNorm after each projection (the official OneLLM layout) a few Adam steps grow the common component of
 the encoder features and the LayerNorm squashes what differs between inputs: the outputs drift towards one soft
-prompt. The default head standardises the features instead. Measured here (12 steps, batch 8, lr 3e-3, seeded):
-relative spread 0.84 -> 0.19 with "standardize", 0.88 -> 0.10 with "layernorm". The issue's bar (at least half of
-the initial spread) is not met yet on the tiny preset: that test is a strict xfail, so it reports when it starts
-to hold.
+prompt. The default head standardises the features instead. Measured here (12 steps, batch 8, lr 3e-3, seeds 0-2,
+generator 1.1 corpus): "standardize" keeps 0.17 / 0.30 / 0.25 of its relative spread (0.24 on average), "layernorm"
+0.12 / 0.15 / 0.09 (0.12). One seed alone is a weak comparison: over seeds 0-4 the per-seed ratio ranged 1.3-2.8.
+The issue's bar (at least half of the initial spread) is not met yet on the tiny preset: that test is a strict
+xfail, so it reports when it starts to hold.
 """
 
 from __future__ import annotations
@@ -34,49 +35,63 @@ def _spread(model, processor, data: Path, train_mode: bool = False) -> float:
         return spread_on_split(model, processor, read_manifest(data / "train.jsonl"), data, "image", limit=32)[0]
 
 
+SEEDS = (0, 1, 2)
+
+
 @pytest.fixture(scope="module")
-def spreads(synth_tiny, tmp_path_factory, accelerator, quick) -> dict[str, tuple[float, float]]:
-    """layout -> (spread of the starting projector, spread after a 12-step image alignment)."""
+def spreads(synth_tiny, tmp_path_factory, accelerator, quick) -> dict[str, list[tuple[float, float]]]:
+    """layout -> per seed (spread of the starting projector, spread after a 12-step image alignment)."""
     out = {}
     layouts = {
         "standardize": {"norm": "standardize"},
         "layernorm": {"norm": "layernorm"},
     }
     for name, preset_args in layouts.items():
-        overrides = quick(
-            synth_tiny,
-            tmp_path_factory.mktemp(name),
-            steps=12,
-            **{
-                "init_from.preset_args": preset_args,
-                "train.batch_size": 8,
-                "train.save_interval": 0,
-                "train.warmup_steps": 0,
-                "train.schedule": "constant",
-            },
-        )
-        stage = load_stage(TINY / "align_image.yaml", overrides)
-        start, processor = load_start(stage)  # exactly the model the stage starts from
-        _spread(start, processor, synth_tiny, train_mode=True)  # the statistics training gathers first
-        before = _spread(start, processor, synth_tiny)
-        with contextlib.redirect_stderr(io.StringIO()):
-            outputs = run_stage(stage, accelerator)
-        after = _spread(OneLLMForConditionalGeneration.from_pretrained(outputs["checkpoint"]), processor, synth_tiny)
-        out[name] = (before, after)
+        out[name] = []
+        for seed in SEEDS:
+            overrides = quick(
+                synth_tiny,
+                tmp_path_factory.mktemp(f"{name}-{seed}"),
+                steps=12,
+                **{
+                    "seed": seed,
+                    "init_from.preset_args": preset_args,
+                    "train.batch_size": 8,
+                    "train.save_interval": 0,
+                    "train.warmup_steps": 0,
+                    "train.schedule": "constant",
+                },
+            )
+            stage = load_stage(TINY / "align_image.yaml", overrides)
+            start, processor = load_start(stage)  # exactly the model the stage starts from
+            _spread(start, processor, synth_tiny, train_mode=True)  # the statistics training gathers first
+            before = _spread(start, processor, synth_tiny)
+            with contextlib.redirect_stderr(io.StringIO()):
+                outputs = run_stage(stage, accelerator)
+            trained = OneLLMForConditionalGeneration.from_pretrained(outputs["checkpoint"])
+            out[name].append((before, _spread(trained, processor, synth_tiny)))
     return out
 
 
+def _kept(runs: list[tuple[float, float]]) -> float:
+    """The mean over seeds of the fraction of the initial spread that is left after training."""
+    return sum(after / before for before, after in runs) / len(runs)
+
+
 def test_standardized_projector_keeps_more_of_its_spread_than_the_layernorm_layout(spreads):
-    (s0, s1), (l0, l1) = spreads["standardize"], spreads["layernorm"]
-    assert s0 > 0.3 and l0 > 0.3  # both start input-dependent
-    assert l1 < 0.5 * l0, f"layernorm: {l0:.3f} -> {l1:.3f}"  # the collapse this guards against
-    assert s1 / s0 > 1.5 * (l1 / l0), f"standardize kept {s1 / s0:.2f} of its spread, layernorm {l1 / l0:.2f}"
+    for name, runs in spreads.items():
+        for seed, (before, after) in zip(SEEDS, runs, strict=True):
+            assert before > 0.3, f"{name}, seed {seed}: starts at {before:.3f}"  # both start input-dependent
+            if name == "layernorm":  # the collapse this guards against, on every seed
+                assert after < 0.5 * before, f"layernorm, seed {seed}: {before:.3f} -> {after:.3f}"
+    kept, kept_layernorm = _kept(spreads["standardize"]), _kept(spreads["layernorm"])
+    assert kept > 1.5 * kept_layernorm, f"standardize kept {kept:.2f} of its spread, layernorm {kept_layernorm:.2f}"
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11: tiny preset keeps ~0.22 of its spread after 12 steps, target 0.5")
+@pytest.mark.xfail(strict=True, reason="issue 11: tiny preset keeps ~0.24 of its spread after 12 steps, target 0.5")
 def test_short_alignment_keeps_half_of_the_initial_spread(spreads):
-    before, after = spreads["standardize"]
-    assert after >= 0.5 * before, f"spread fell from {before:.4f} to {after:.4f}"
+    kept = _kept(spreads["standardize"])
+    assert kept >= 0.5, f"the spread fell to {kept:.2f} of its initial value (mean over seeds {SEEDS})"
 
 
 @pytest.mark.slow
