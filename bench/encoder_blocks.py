@@ -38,9 +38,9 @@ LAST_BLOCK = (-1,)
 def first_inputs(data: Path, modality: str, batch: int, processor) -> torch.Tensor:
     rows = []
     for record in read_manifest(data / "train.jsonl"):
-        item = record.inputs[0] if record.inputs else None
-        if item is None or item.modality != modality:
+        if not record.inputs or record.inputs[0].modality != modality:
             continue
+        item = record.inputs[0]
         source, extras = resolve_input(item, data)
         rows.append(processor.preprocess(modality, source, extras))
         if len(rows) == batch:

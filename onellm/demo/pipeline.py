@@ -107,7 +107,7 @@ def prepare_data(folder: Path, per_modality: int, seed: int, modalities: list[st
         say(
             f"{folder}: holds a corpus of {info.get('per_modality')} items/modality, seed {info.get('seed')}, "
             f"modalities {', '.join(info.get('modalities') or [])}, generator {info.get('generator_version')}; "
-            f"rewriting (wanted {per_modality}, seed {seed}, generator {GENERATOR_VERSION})"
+            f"rewriting (wanted {per_modality} items/modality, seed {seed}, generator {GENERATOR_VERSION})"
         )
     # synth_info.json is written last: a folder without it is an interrupted write, started over.
     if folder.exists():
