@@ -16,6 +16,8 @@
 
 Running it again resumes: a finished step is skipped (the corpus by its ``synth_info.json``, a stage by its
 ``DONE`` file, an evaluation by its ``results.json``) and an interrupted stage continues from its last checkpoint.
+A corpus of another size, seed or generator version is rewritten, and the stages trained on the old one are moved
+to ``OUT/stale/<time>/`` with their scores and trained again (``OUT/train/corpus.json`` records the corpus).
 """
 
 from onellm.demo.pipeline import (

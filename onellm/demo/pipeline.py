@@ -34,6 +34,9 @@ INTERMEDIATE_ITEMS = 10
 TIMINGS_FILE = "timings.json"
 DIAGNOSTICS_FILE = "diagnostics.json"
 SERVED_FILE = "served.json"
+CORPUS_INFO = "synth_info.json"
+CORPUS_KEYS = ("per_modality", "seed", "modalities", "generator_version")
+TRAINED_ON_FILE = "corpus.json"  # in OUT/train: the corpus (CORPUS_KEYS) its stages were trained on
 
 
 class DemoError(RuntimeError):
@@ -98,11 +101,11 @@ def prepare_data(folder: Path, per_modality: int, seed: int, modalities: list[st
     from onellm.instruct_data.synth import GENERATOR_VERSION, corpus_modalities, synthesize
 
     names = corpus_modalities(modalities)
-    info_path = folder / "synth_info.json"
+    info_path = folder / CORPUS_INFO
     if info_path.is_file():
         info = json.loads(info_path.read_text(encoding="utf-8"))
         wanted = {"per_modality": per_modality, "seed": seed, "modalities": names, "generator_version": GENERATOR_VERSION}
-        if all(info.get(key) == value for key, value in wanted.items()):
+        if corpus_identity(info) == wanted:
             return "skipped"
         say(
             f"{folder}: holds a corpus of {info.get('per_modality')} items/modality, seed {info.get('seed')}, "
@@ -115,6 +118,51 @@ def prepare_data(folder: Path, per_modality: int, seed: int, modalities: list[st
     report = synthesize(folder, per_modality=per_modality, seed=seed, modalities=names)
     say(report.summary())
     return "ran"
+
+
+def corpus_identity(info: dict[str, Any]) -> dict[str, Any]:
+    """What tells two synthetic corpora apart (same values = same files): a subset of ``synth_info.json``."""
+    return {key: info.get(key) for key in CORPUS_KEYS}
+
+
+def set_aside_stale_stages(curriculum, out: Path, data_dir: Path) -> list[str]:
+    """Move the stages trained on another corpus than ``data_dir``'s, and their scores, to ``OUT/stale/<time>/``.
+
+    The data step rewrites its corpus when the size, seed, modalities or generator version change; the stages in
+    ``OUT/train`` (finished or interrupted) and ``OUT/eval`` were trained and scored on the old one and would
+    otherwise be skipped by their DONE files, or resumed on new data. ``OUT/train/corpus.json`` records the corpus
+    the stages train on; a run written before it existed is judged by time (a stage folder older than the corpus).
+    The content-keyed feature cache stays: it never returns features of other files. Returns the stages moved.
+    """
+    current_path = data_dir / CORPUS_INFO
+    current = corpus_identity(json.loads(current_path.read_text(encoding="utf-8")))
+    record = out / "train" / TRAINED_ON_FILE
+    folders = [stage.folder.path for stage in curriculum.stages if stage.folder.path.is_dir()]
+    if record.is_file():
+        stale = folders if json.loads(record.read_text(encoding="utf-8")) != current else []
+    else:
+        corpus_time = current_path.stat().st_mtime
+        stale = [f for f in folders if min((p.stat().st_mtime for p in f.rglob("*")), default=0.0) < corpus_time]
+        stale = folders if stale else []  # one stale stage makes every later one stale
+    if stale:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside, n = out / "stale" / stamp, 1
+        while aside.exists():  # a second rewrite within the same second
+            aside, n = out / "stale" / f"{stamp}-{n}", n + 1
+        (aside / "train").mkdir(parents=True)
+        (aside / "eval").mkdir()
+        for folder in stale:
+            shutil.move(folder, aside / "train" / folder.name)
+            scores = out / "eval" / folder.name
+            if scores.is_dir():
+                shutil.move(scores, aside / "eval" / folder.name)
+        say(
+            f"{len(stale)} stage(s) in {out / 'train'} were trained on another corpus than {data_dir}: moved to {aside} "
+            "(with their scores); training them again"
+        )
+    if not record.is_file() or json.loads(record.read_text(encoding="utf-8")) != current:
+        write_json(record, current)
+    return [folder.name for folder in stale]
 
 
 def load_demo_curriculum(path: Path, out: Path, overrides: dict[str, Any]):
@@ -141,10 +189,11 @@ def precision_note(curriculum, device_type: str) -> str | None:
     )
 
 
-def train(curriculum) -> str:
+def train(curriculum, out: Path, data_dir: Path) -> str:
     from onellm.train.common import is_done, make_accelerator
     from onellm.train.curriculum import run_curriculum
 
+    set_aside_stale_stages(curriculum, out, data_dir)
     if all(is_done(stage) for stage in curriculum.stages):
         return "skipped"
     accelerator = make_accelerator()
@@ -333,7 +382,7 @@ def run_demo(
         timings.run("weights", prepare_weights)
     corpus = curriculum_modalities(curriculum)
     timings.run("data", lambda: prepare_data(out / "data", per_modality, seed, corpus))
-    timings.run("train", lambda: train(curriculum))
+    timings.run("train", lambda: train(curriculum, out, out / "data"))
     plan = eval_plan(curriculum)
     timings.run("eval", lambda: evaluate_stages(plan, out, out / "data", eval_limit, batch_size))
     timings.run("serve", lambda: serve_final(plan[-1].checkpoint, out / "data", out))

@@ -244,3 +244,49 @@ def test_missing_curriculum_is_a_clear_error(tmp_path):
     )
     assert result.returncode == 2
     assert "nope.yaml: curriculum YAML not found" in result.stderr
+
+
+def test_train_step_sets_aside_stages_trained_on_another_corpus(tmp_path):
+    """A rewritten corpus (another size, seed or generator) makes the finished stages stale: they are moved aside
+    with their scores, not skipped by their DONE files; the content-keyed feature cache stays."""
+    from onellm.demo.pipeline import TRAINED_ON_FILE, load_demo_curriculum, set_aside_stale_stages
+
+    curriculum = load_demo_curriculum(REPO / "configs/tiny/curriculum.yaml", tmp_path, {})
+    data = tmp_path / "data"
+    prepare_data(data, per_modality=3, seed=0)
+    first = curriculum.stages[0].folder
+
+    def finish_first_stage():
+        first.path.mkdir(parents=True)
+        (first.path / "DONE").write_text("{}", encoding="utf-8")
+        (tmp_path / "eval" / first.name).mkdir(parents=True)
+        (tmp_path / "eval" / first.name / "results.json").write_text("{}", encoding="utf-8")
+
+    finish_first_stage()
+    cache = tmp_path / "train" / "feature_cache" / "image" / "key.pt"
+    cache.parent.mkdir(parents=True)
+    cache.write_bytes(b"features")
+    # Trained after this corpus was written (an older run without a record): kept, and the corpus recorded.
+    assert set_aside_stale_stages(curriculum, tmp_path, data) == []
+    assert first.done
+    assert json.loads((tmp_path / "train" / TRAINED_ON_FILE).read_text())["per_modality"] == 3
+    assert set_aside_stale_stages(curriculum, tmp_path, data) == []
+
+    assert prepare_data(data, per_modality=4, seed=0) == "ran"
+    assert set_aside_stale_stages(curriculum, tmp_path, data) == [first.name]
+    assert not first.path.exists() and not (tmp_path / "eval" / first.name).exists()
+    (aside,) = (tmp_path / "stale").iterdir()
+    assert (aside / "train" / first.name / "DONE").is_file()
+    assert (aside / "eval" / first.name / "results.json").is_file()
+    assert cache.read_bytes() == b"features"
+    assert json.loads((tmp_path / "train" / TRAINED_ON_FILE).read_text())["per_modality"] == 4
+
+    # A run from before the record existed: a stage folder older than the corpus was trained on an earlier one.
+    finish_first_stage()
+    (tmp_path / "train" / TRAINED_ON_FILE).unlink()
+    past = (data / "synth_info.json").stat().st_mtime - 60
+    for path in [first.path, *first.path.rglob("*")]:
+        os.utime(path, (past, past))
+    assert set_aside_stale_stages(curriculum, tmp_path, data) == [first.name]
+    assert sorted(p.name for p in (tmp_path / "stale").iterdir())[0] == aside.name
+    assert len(list((tmp_path / "stale").glob("*/train/" + first.name + "/DONE"))) == 2
