@@ -7,7 +7,9 @@ never shown without the caveat that comes with it.
 
 QA tasks with an input-blind baseline (``blind_baseline,none``: the most frequent training answer per question
 template, scored like the model) show it in a last column and as a black tick on their bar: a score at the tick is
-what a model that ignores its input gets.
+what a model that ignores its input gets. Below the tables, each such task's questions are split by template
+(``question_templates`` in results.json): a model can read its input for one kind of question ("what shape is it?")
+and answer another ("is there a cube?") from the prior, which the task's single number hides.
 """
 
 from __future__ import annotations
@@ -116,9 +118,32 @@ def markdown(results: dict[str, Any], chart: str | None = None) -> str:
             f"{timing['generate_s']:.2f} | {timing['samples_per_s']} |"
         )
     lines.append("")
+    lines += template_table(results)
     if chart:
         lines += [f"![primary metric per task]({chart})", ""]
     return "\n".join(lines)
+
+
+def template_table(results: dict[str, Any]) -> list[str]:
+    """Markdown lines: every QA task's score per question template beside the blind baseline (none when the run
+    has no per-template scores)."""
+    by_task = results.get("question_templates") or {}
+    if not by_task:
+        return []
+    lines = [
+        f"Per question template (×{SCALE:g}; gain = score − {BLIND_COLUMN}):",
+        "",
+        f"| task | template | n | score | {BLIND_COLUMN} | gain |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for task, templates in by_task.items():
+        for template, row in templates.items():
+            gain = (row["score"] - row["blind_baseline"]) * SCALE
+            lines.append(
+                f"| {task} | {template} | {row['n']} | {row['score'] * SCALE:.2f} | "
+                f"{row['blind_baseline'] * SCALE:.2f} | {gain:+.2f} |"
+            )
+    return [*lines, ""]
 
 
 def plot(results: dict[str, Any], path: Path) -> None:

@@ -123,7 +123,7 @@ def prepare_task(
 ) -> PreparedTask:
     """Read the task's source, select its records, apply ``limit`` (the first N) and check every media file;
     QA tasks with a training split get their blind answers (:func:`training_records`)."""
-    from onellm.diagnose import blind_predictions
+    from onellm.diagnose import blind_predictions  # imports torch: only when a run needs it
 
     started = time.perf_counter()
     spec = task.source
@@ -238,6 +238,35 @@ def standard_error(result: MetricResult) -> float | str:
     return float(array.std(ddof=1) / math.sqrt(len(array)))
 
 
+def template_of(record: Record) -> str:
+    from onellm.diagnose import question_template
+
+    return question_template(record)
+
+
+def template_scores(
+    prepared: PreparedTask, scores: dict[str, MetricResult], blind_scores: dict[str, MetricResult]
+) -> dict[str, dict[str, float | int]] | None:
+    """Per question template (:func:`onellm.diagnose.question_template`): ``n``, the primary metric's mean
+    (``score``) and the blind baseline's (``blind_baseline``), so a model that reads its input for some questions
+    and answers others from the prior shows where. None without a blind baseline or per-sample scores."""
+    metric = primary_metric(prepared)
+    model, blind = scores[metric].per_sample, blind_scores[metric].per_sample
+    if model is None or blind is None:
+        return None
+    groups: dict[str, list[tuple[float, float]]] = {}
+    for sample, mine, prior in zip(prepared.samples, model, blind, strict=True):
+        groups.setdefault(template_of(sample.record), []).append((float(mine), float(prior)))
+    return {
+        template: {
+            "n": len(pairs),
+            "score": sum(m for m, _ in pairs) / len(pairs),
+            "blind_baseline": sum(b for _, b in pairs) / len(pairs),
+        }
+        for template, pairs in sorted(groups.items())
+    }
+
+
 def _hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -266,6 +295,8 @@ def sample_rows(
             row[name] = result.per_sample[index] if result.per_sample is not None else None
         if prepared.blind is not None:
             row["blind_prediction"] = prepared.blind[index]
+        if prepared.task.task_type == "qa":
+            row["question_template"] = template_of(sample.record)
         row["doc_hash"] = _hash(json.dumps(doc, sort_keys=True))
         row["prompt_hash"] = _hash(sample.request.text)
         row["target_hash"] = _hash(row["target"])
@@ -374,6 +405,7 @@ def evaluate(
             "n-samples": {},
             "higher_is_better": {},
             "timings": {},
+            "question_templates": {},
         }
         for item in prepared:
             name = item.task.name
@@ -389,7 +421,11 @@ def evaluate(
                 entry[f"{metric_name}_stderr,none"] = standard_error(result)
             # The caveats sit beside the numbers too, so a reader of "results" alone cannot miss them.
             if item.blind is not None:
-                entry["blind_baseline,none"] = score(item, item.blind)[primary_metric(item)].value
+                blind_scores = score(item, item.blind)
+                entry["blind_baseline,none"] = blind_scores[primary_metric(item)].value
+                by_template = template_scores(item, scores, blind_scores)
+                if by_template is not None:
+                    results["question_templates"][name] = by_template
             entry["unavailable"] = [m for m, r in scores.items() if not r.available]
             entry["not_comparable"] = [m for m, r in scores.items() if r.available and not r.comparable]
             results["results"][name] = entry

@@ -272,3 +272,35 @@ def test_qa_tasks_report_the_input_blind_baseline_and_limits_go_per_task(corpus,
     with pytest.raises(ValueError, match="limit must be >= 1, got 0 for task synth_imu_qa"):
         evaluate([load_task("synth_imu_qa")], ScriptedBackend(lambda r: ""), tmp_path / "bad",
                  data_dirs=DataDirs({"synth": corpus}), limit={"synth_imu_qa": 0})  # fmt: skip
+
+
+def test_qa_scores_split_by_question_template_beside_their_blind_baseline(corpus, tmp_path):
+    """A model right on one kind of question and wrong on the rest: results.json, the sample rows and report.md
+    show that kind at 100 and the others at 0, each beside the blind baseline of its own questions."""
+    from onellm.diagnose import blind_predictions, question_template
+
+    train = [r for r in read_manifest(corpus / "train.jsonl") if r.task == "qa" and r.inputs[0].modality == "imu"]
+    test = [r for r in read_manifest(corpus / "test.jsonl") if r.task == "qa" and r.inputs[0].modality == "imu"]
+    known = question_template(test[0])
+    answers = {r.id: (r.references or [r.answer])[0] if question_template(r) == known else "zebra" for r in test}
+    results = evaluate([load_task("synth_imu_qa")], ScriptedBackend(lambda request: answers[request.id]),
+                       tmp_path / "out", data_dirs=DataDirs({"synth": corpus}), progress=False)  # fmt: skip
+    by_template = results["question_templates"]["synth_imu_qa"]
+    assert set(by_template) == {question_template(r) for r in test}
+    assert sum(row["n"] for row in by_template.values()) == len(test)
+    blind = dict(zip([r.id for r in test], blind_predictions(train, test), strict=True))
+    for template, row in by_template.items():
+        mine = [r for r in test if question_template(r) == template]
+        hits = [blind[r.id] in {a.lower() for a in (r.references or [r.answer])} for r in mine]
+        assert row["score"] == (1.0 if template == known else 0.0)
+        assert row["blind_baseline"] == pytest.approx(sum(hits) / len(mine))
+    rows = read_jsonl(tmp_path / "out" / "samples_synth_imu_qa.jsonl")
+    assert [row["question_template"] for row in rows] == [question_template(r) for r in test]
+    report = (tmp_path / "out" / "report.md").read_text()
+    line = next(line for line in report.splitlines() if line.startswith(f"| synth_imu_qa | {known} |"))
+    cells = [cell.strip() for cell in line.strip("|").split("|")]
+    assert cells[3] == "100.00" and float(cells[5]) == pytest.approx(100 - float(cells[4]))
+    caption = evaluate([load_task("synth_imu_caption")], ScriptedBackend(lambda request: "x"), tmp_path / "cap",
+                       data_dirs=DataDirs({"synth": corpus}), progress=False)  # fmt: skip
+    assert caption["question_templates"] == {}
+    assert "Per question template" not in (tmp_path / "cap" / "report.md").read_text()
