@@ -31,7 +31,15 @@ from onellm.demo.pipeline import (
     prepare_data,
     run_demo,
 )
-from onellm.demo.report import Scores, collect_scores, score_table, stage_table, target_report, write_report
+from onellm.demo.report import (
+    Scores,
+    collect_scores,
+    kind_table,
+    score_table,
+    stage_table,
+    target_report,
+    write_report,
+)
 
 __all__ = [
     "DEFAULT_CURRICULUM",
@@ -43,6 +51,7 @@ __all__ = [
     "StageEval",
     "collect_scores",
     "eval_plan",
+    "kind_table",
     "prepare_data",
     "run_demo",
     "score_table",

@@ -31,6 +31,7 @@ REPORT_KEYS = (
     "encoder_spread",
     "captions",
     "questions",
+    "qa_kinds",  # question kind -> {"n", "accuracy", "blind"}: where the model reads its input and where it guesses
 )
 
 
@@ -81,6 +82,11 @@ def modality_scores(folder: Path, results: dict[str, Any], modality: str, spread
         row["qa_interval"] = list(wilson_interval(hits, len(samples)))
         row["qa_blind_baseline"] = results["results"][qa_task].get("blind_baseline,none")
         row["questions"] = len(samples)
+        by_template = results.get("question_templates", {}).get(qa_task) or {}
+        row["qa_kinds"] = {
+            template.split(":", 1)[-1]: {"n": v["n"], "accuracy": v["score"], "blind": v["blind_baseline"]}
+            for template, v in by_template.items()
+        } or None
     spread = spreads.get("modalities", {}).get(modality, {})
     row["projector_spread"] = spread.get("projector_spread")
     row["encoder_spread"] = spread.get("encoder_spread")
@@ -153,6 +159,31 @@ def score_table(scores: Scores) -> list[str]:
             ]
         )
     return _table(head, body)
+
+
+def kind_table(scores: Scores) -> list[str]:
+    """The last stage, one row per modality: its question kinds above their own blind baseline and those at or
+    below it (``kind accuracy (blind)``, largest gain first): the kinds a model answers from the prior."""
+    last = scores.stages[-1]
+    body = []
+    for m in scores.modalities:
+        kinds = scores.get(last, m, "qa_kinds")
+        if not kinds:
+            continue
+        ranked = sorted(kinds.items(), key=lambda kv: (kv[1]["blind"] - kv[1]["accuracy"], kv[0]))
+        cells = {
+            above: ", ".join(
+                f"{kind} {v['accuracy']:.2f} ({v['blind']:.2f})"
+                for kind, v in ranked
+                if (v["accuracy"] > v["blind"]) == above
+            )
+            or "—"
+            for above in (True, False)
+        }
+        body.append([m, cells[True], cells[False]])
+    if not body:
+        return []
+    return _table(["modality", "kinds above their blind baseline", "kinds at or below it"], body)
 
 
 def stage_table(scores: Scores, what: str) -> list[str]:
@@ -294,6 +325,22 @@ def stage_rows(curriculum) -> list[str]:
     return rows
 
 
+def kinds_section(scores: Scores) -> list[str]:
+    table = kind_table(scores)
+    if not table:
+        return []
+    return [
+        f"## Question kinds after {scores.stages[-1]}",
+        "",
+        "Accuracy per kind of question, its own input-blind baseline in brackets (all kinds in "
+        f"`{REPORT_JSON}` under `qa_kinds`, every template in `eval/{scores.stages[-1]}/report.md`). A kind at or "
+        "below its baseline is answered from the prior, not from the input.",
+        "",
+        *table,
+        "",
+    ]
+
+
 def report_json(curriculum, plan: list[StageEval], scores: Scores, out: Path, per_modality: int | None) -> dict:
     from onellm.diagnose import TARGETS
 
@@ -371,6 +418,7 @@ def write_report(
         "",
         "![scores](scores.png)",
         "",
+        *kinds_section(scores),
         "## After each stage",
         "",
         "Captions / questions per modality: "

@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from onellm.demo import DEFAULT_PER_MODALITY, Scores, prepare_data, score_table, stage_table, target_report
+from onellm.demo import (
+    DEFAULT_PER_MODALITY,
+    Scores,
+    kind_table,
+    prepare_data,
+    score_table,
+    stage_table,
+    target_report,
+)
 from onellm.diagnose import check_targets
 from onellm.train.stage_folder import StageFolder
 
@@ -81,6 +89,7 @@ def test_demo_writes_report_table_and_pictures(demo_runs):
         assert all(n["effective"] == 2 for n in results["n-samples"].values())
         assert all(row["blind_baseline,none"] is not None for t, row in results["results"].items() if "_qa" in t)
     assert "| instruct | instruct |" in report and "## Timings" in report and "Targets missed:" in report
+    assert "## Question kinds after instruct" in report and "| modality | kinds above their blind baseline |" in report
 
 
 @pytest.mark.slow
@@ -113,6 +122,8 @@ def test_demo_writes_report_json_per_modality_and_stage(demo_runs):
             assert 0 <= row["qa_blind_baseline"] <= 1 and 0 < row["distinct_caption_fraction"] <= 1
             assert row["projector_spread"] >= 0 and (row["captions"], row["questions"]) == (2, 2)
             assert set(row["targets"]) == {"projector_spread", "qa_over_baseline", "distinct_caption_fraction"}
+            kinds = row["qa_kinds"]  # every question counted under its kind, each kind beside its own baseline
+            assert sum(k["n"] for k in kinds.values()) == row["questions"] and all(0 <= k["blind"] <= 1 for k in kinds.values())
     assert set(data["mean_cider"]) == {"value", "target", "met", "short_by"}
     assert data["eval_seconds"]["total"] > 0 and set(data["eval_seconds"]) == {*STAGES, "total"}
     assert any("short by" in line for line in data["missed"])
@@ -233,6 +244,25 @@ def test_score_table_shows_intervals_the_blind_baseline_and_targets_met():
         "image after align_image: QA − blind 0.050 < 0.25 (short by 0.200)",
     ]
     assert DEFAULT_PER_MODALITY // 10 * 3 >= 150  # the test split holds >= 150 questions per modality
+
+
+def test_kind_table_splits_question_kinds_at_their_own_blind_baseline():
+    """Per modality after the last stage: the kinds the model answers better than their prior (largest gain first)
+    apart from those it answers at or below it; a modality without per-kind scores gets no row."""
+    row = _row(1.0, 0.6, 0.5, 0.9, 0.1)
+    row["qa_kinds"] = {
+        "shape": {"n": 40, "accuracy": 0.9, "blind": 0.2},
+        "presence": {"n": 30, "accuracy": 0.5, "blind": 0.5},
+        "side": {"n": 30, "accuracy": 0.6, "blind": 0.4},
+        "fall": {"n": 20, "accuracy": 0.3, "blind": 0.8},
+    }
+    scores = Scores(["instruct"], ["depth", "imu"], {"instruct": {"depth": row, "imu": _row(0.1, 0.5, 0.5, 1, 1)}})
+    assert kind_table(scores) == [
+        "| modality | kinds above their blind baseline | kinds at or below it |",
+        "|---|---:|---:|",
+        "| depth | shape 0.90 (0.20), side 0.60 (0.40) | presence 0.50 (0.50), fall 0.30 (0.80) |",
+    ]
+    assert kind_table(Scores(["instruct"], ["imu"], {"instruct": {"imu": _row(0.1, 0.5, 0.5, 1, 1)}})) == []
 
 
 def test_missing_curriculum_is_a_clear_error(tmp_path):
