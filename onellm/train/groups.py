@@ -52,7 +52,11 @@ def set_trainable(model: nn.Module, patterns: list[str]) -> dict[str, int]:
     groups = parameter_groups(model)
     for pattern in patterns:
         if not any(fnmatch.fnmatchcase(g, pattern) for g in groups):
-            raise ValueError(f"trainable pattern {pattern!r} matches no parameter group; groups: {sorted(groups)}")
+            wider = f"{pattern}.*"
+            hint = f"; did you mean {wider!r}?" if any(fnmatch.fnmatchcase(g, wider) for g in groups) else ""
+            raise ValueError(
+                f"trainable pattern {pattern!r} matches no parameter group{hint}; groups: {sorted(groups)}"
+            )
     counts: dict[str, int] = {}
     for name, param in model.named_parameters():
         group = group_of(name)

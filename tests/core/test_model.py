@@ -185,3 +185,13 @@ def test_out_rms_needs_the_standardising_head():
 
     with pytest.raises(ValueError, match="out_rms applies to norm 'standardize'"):
         build_preset("tiny", modalities=["image"], norm="layernorm", out_rms=0.25)
+
+
+def test_trainable_pattern_without_a_group_is_an_error_with_the_fix(tiny):
+    """``projector`` names a family of groups: the error suggests ``projector.*``; a typo gets the group list."""
+    model, _ = tiny
+    with pytest.raises(ValueError, match=r"'projector' matches no parameter group; did you mean 'projector\.\*'\?"):
+        set_trainable(model, ["projector"])
+    with pytest.raises(ValueError, match=r"'projectr\.\*' matches no parameter group; groups: \[") as caught:
+        set_trainable(model, ["projectr.*"])
+    assert "did you mean" not in str(caught.value)
