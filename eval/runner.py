@@ -68,6 +68,7 @@ class PreparedTask:
     load_seconds: float
     metrics: list[Metric] = field(default_factory=list)
     blind: list[str] | None = None  # input-blind answers, one per sample (QA with a training split only)
+    templates: list[str] | None = None  # question template per sample (QA tasks only)
 
 
 # --- 1. data -------------------------------------------------------------------------------------------------------
@@ -123,7 +124,7 @@ def prepare_task(
 ) -> PreparedTask:
     """Read the task's source, select its records, apply ``limit`` (the first N) and check every media file;
     QA tasks with a training split get their blind answers (:func:`training_records`)."""
-    from onellm.diagnose import blind_predictions  # imports torch: only when a run needs it
+    from onellm.diagnose import blind_predictions, question_template  # imports torch: only when a run needs it
 
     started = time.perf_counter()
     spec = task.source
@@ -167,6 +168,8 @@ def prepare_task(
         data["blind_baseline_from"] = f"the most frequent answer per question template in {len(train)} train records"
     prepared = PreparedTask(task, samples, len(selected), data, time.perf_counter() - started)
     prepared.blind = blind
+    if task.task_type == "qa":
+        prepared.templates = [question_template(record) for record in chosen]
     return prepared
 
 
@@ -238,12 +241,6 @@ def standard_error(result: MetricResult) -> float | str:
     return float(array.std(ddof=1) / math.sqrt(len(array)))
 
 
-def template_of(record: Record) -> str:
-    from onellm.diagnose import question_template
-
-    return question_template(record)
-
-
 def template_scores(
     prepared: PreparedTask, scores: dict[str, MetricResult], blind_scores: dict[str, MetricResult]
 ) -> dict[str, dict[str, float | int]] | None:
@@ -252,11 +249,11 @@ def template_scores(
     and answers others from the prior shows where. None without a blind baseline or per-sample scores."""
     metric = primary_metric(prepared)
     model, blind = scores[metric].per_sample, blind_scores[metric].per_sample
-    if model is None or blind is None:
+    if model is None or blind is None or prepared.templates is None:
         return None
     groups: dict[str, list[tuple[float, float]]] = {}
-    for sample, mine, prior in zip(prepared.samples, model, blind, strict=True):
-        groups.setdefault(template_of(sample.record), []).append((float(mine), float(prior)))
+    for template, mine, prior in zip(prepared.templates, model, blind, strict=True):
+        groups.setdefault(template, []).append((float(mine), float(prior)))
     return {
         template: {
             "n": len(pairs),
@@ -295,8 +292,8 @@ def sample_rows(
             row[name] = result.per_sample[index] if result.per_sample is not None else None
         if prepared.blind is not None:
             row["blind_prediction"] = prepared.blind[index]
-        if prepared.task.task_type == "qa":
-            row["question_template"] = template_of(sample.record)
+        if prepared.templates is not None:
+            row["question_template"] = prepared.templates[index]
         row["doc_hash"] = _hash(json.dumps(doc, sort_keys=True))
         row["prompt_hash"] = _hash(sample.request.text)
         row["target_hash"] = _hash(row["target"])
