@@ -39,6 +39,9 @@ PROJECTOR_DEFAULTS = {
     "expert_hidden": None,
     "router_hidden": None,
     "router_norm": "softmax",
+    # What closes each input's soft tokens: a "learned" end tag per modality (OneLLM), or "lexical": a mixture of the
+    # LLM's word embeddings chosen from the input (projectors/upm.py, LexicalTag; train it with train.lexical_loss).
+    "end_tag": "learned",
 }
 
 

@@ -120,7 +120,11 @@ class OneLLMForConditionalGeneration(OneLLMPreTrainedModel, GenerationMixin):
             raise ValueError(f"this model does not take {modality!r} inputs; it takes: {list(self.mm_tokenizers)}")
         if features is None:
             features = self.encode(modality, values)
-        return self.projector(features, modality)
+        return self.projector(features, modality, self.word_embeddings())
+
+    def word_embeddings(self) -> torch.Tensor:
+        """The LLM's input embeddings of its vocabulary ``[V, D]`` (what a lexical end tag mixes)."""
+        return self.get_input_embeddings().weight[: self.config.text_config.vocab_size]
 
     def merge_modalities(
         self,

@@ -156,7 +156,7 @@ def tiny_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
 def build_tiny(
     seed: int = 0, modalities: str | list[str] | None = None, router: str = "pooled", num_experts: int = 3,
     norm: str = "standardize", queries: str = "learned", expert: str = "transformer", out_rms: float | None = None,
-    feature_layers: list[int] | None = None,
+    feature_layers: list[int] | None = None, end_tag: str = "learned",
 ):
     """Random weights; builds in well under a second. Attention head dim 32 (vLLM CPU needs >= 32).
 
@@ -175,7 +175,7 @@ def build_tiny(
     )
     projector = {
         "num_experts": num_experts, "depth": 1, "num_queries": 4, "num_heads": 2, "router": router, "norm": norm,
-        "queries": queries, "expert": expert, "out_rms": out_rms,
+        "queries": queries, "expert": expert, "out_rms": out_rms, "end_tag": end_tag,
     }
     chosen = family_modalities("tiny", modalities)
     return assemble(text, vision, tokenizer, projector, chosen, vision_feature_layers=feature_layers)
@@ -194,7 +194,7 @@ SMALL_FEATURE_LAYERS = [6]
 def build_small(
     cache_dir: str | Path | None = None, modalities: str | list[str] | None = None, num_experts: int = 3,
     queries: str = "pooled", expert: str = "mlp", num_queries: int = 16, out_rms: float | str | None = None,
-    feature_layers: list[int] | None = None, depth: int = 2,
+    feature_layers: list[int] | None = None, depth: int = 2, end_tag: str = "learned",
 ):
     """SmolLM2-135M-Instruct + DINOv2 ViT-S/14, converted once from the PyPI wheels into the cache.
 
@@ -203,6 +203,7 @@ def build_small(
     ``out_rms``: RMS-normalise the soft tokens to this scale ("text": the LLM's text-embedding RMS, 0.136);
     ``feature_layers``: the encoder blocks the UPM reads (default: block 6 of DINOv2's 12, where an object's colour
     and shape are read best; the last block is ``[-1]``). BENCHMARKS.md has what each measured.
+    ``end_tag``: "lexical" closes each input's soft tokens with a mixture of the LLM's word embeddings (projectors/upm.py).
     ``modalities``: as in the tiny preset (None = the default sets; ``"all"`` for all fourteen).
     """
     from onellm.weights import dinov2_small_path, smollm2_path
@@ -217,6 +218,7 @@ def build_small(
     projector = {
         "num_experts": num_experts, "depth": depth, "num_queries": num_queries, "num_heads": 6, "router": "pooled",
         "queries": queries, "expert": expert, "out_rms": text_embedding_rms(llm) if out_rms == "text" else out_rms,
+        "end_tag": end_tag,
     }
     chosen = family_modalities("small", modalities)
     layers = SMALL_FEATURE_LAYERS if feature_layers is None else feature_layers

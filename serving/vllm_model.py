@@ -297,6 +297,11 @@ class OneLLMForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsLoRA
         self.packed_modules_mapping = dict(getattr(self.language_model, "packed_modules_mapping", {}))
         self.make_empty_intermediate_tensors = self.language_model.make_empty_intermediate_tensors
 
+    def word_embeddings(self) -> torch.Tensor:
+        """The LLM's input embeddings of its vocabulary ``[V, D]`` (vLLM pads the table's rows; the HF model's
+        :meth:`word_embeddings` in vLLM's layout)."""
+        return self.language_model.model.embed_tokens.weight[: self.config.text_config.vocab_size]
+
     def embed_multimodal(self, **kwargs: object) -> MultiModalEmbeddings:
         """vLLM calls this once per modality group: ``{m}_values [n, *input_shape]`` -> ``[n, N+2, D]``."""
         outputs: list[torch.Tensor] = []

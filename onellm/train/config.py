@@ -109,6 +109,10 @@ class TrainConfig:
     # backward took 27 % of a small-preset alignment step; eager: 1.18 -> 0.87 s, BENCHMARKS.md), the model's own
     # elsewhere. Checkpoints and inference keep the model's own kernel.
     attention: Literal["auto", "eager", "sdpa"] = "auto"
+    # Weight of the auxiliary word loss of a lexical end tag (projector end_tag "lexical"; onellm/train/lexical.py):
+    # the tag's word distribution learns the content words of each row's target text. 0 = off. 0.5 is what was
+    # measured (BENCHMARKS.md, "A lexical end tag").
+    lexical_loss: float = 0.0
 
     def resolved_attention(self, device_type: str) -> str | None:
         """The attention implementation to train with on ``device_type``; None keeps the model's."""

@@ -45,6 +45,7 @@ from onellm.modeling import IGNORE_INDEX
 from onellm.train import checkpoint as ckpt
 from onellm.train.config import DataConfig, TrainConfig
 from onellm.train.features import FeatureCache, cache_options, cacheable_modalities
+from onellm.train.lexical import captured_word_logits, content_word_mask, lexical_heads, lexical_loss
 
 SCHEDULES = {
     "cosine": get_cosine_schedule_with_warmup,
@@ -205,6 +206,16 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(optim_groups)
         self.scheduler = SCHEDULES[train.schedule](self.optimizer, train.warmup_steps, train.steps)
 
+        self.words = None  # content-word mask of the lexical end tag's auxiliary loss (train.lexical_loss)
+        self.lexical_sum = 0.0  # that loss summed over the steps since the last log line
+        if train.lexical_loss:
+            if not lexical_heads(core):
+                raise ValueError(
+                    "train.lexical_loss is set but the projector has no lexical end tag; build the model with "
+                    "projector end_tag: lexical (preset_args: {end_tag: lexical}) or set train.lexical_loss: 0"
+                )
+            self.words = content_word_mask(collator.processor.tokenizer)
+
         modalities = sorted({m for i in range(len(train_set)) for m in train_set.modalities(i)})
         # Under FSDP the encoder's weights are sharded and only usable inside the wrapped forward: no cache there.
         use_cache = train.cache_features and accelerator.distributed_type.name != "FSDP"
@@ -279,11 +290,12 @@ class Trainer:
             last = j == len(micro_batches) - 1
             with contextlib.nullcontext() if last else self.acc.no_sync(self.model):
                 inputs = self._forward_inputs(batch)
-                with self._autocast():
+                with self._autocast(), self._word_logits() as words:
                     # sum over this micro-batch's label tokens (rows) / all of them in the global batch
                     loss = label_loss_sum(self.model, inputs, per_sample) / normaliser
                 # DDP averages gradients over processes; undo that so the result is the global-batch mean.
-                self.acc.backward(loss * self.world)
+                total = loss * self.world + self._lexical(words, inputs) / len(micro_batches)
+                self.acc.backward(total)
                 loss_sum += float(loss.detach())
         if self.cfg.max_grad_norm:
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
@@ -292,6 +304,22 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return self._sum(loss_sum)
+
+    def _word_logits(self):
+        return captured_word_logits(self.core) if self.words is not None else contextlib.nullcontext({})
+
+    def _lexical(self, captured: dict[str, list[torch.Tensor]], inputs: dict[str, Any]) -> torch.Tensor | float:
+        """``train.lexical_loss`` x this micro-batch's auxiliary word loss (0 when off or no row has content words).
+        Not rescaled by the process count: DDP's averaging makes it the mean over processes."""
+        if not captured:
+            return 0.0
+        per_input = self.core.num_placeholder_tokens
+        markers = self.core.config.modality_token_ids
+        value = lexical_loss(captured, inputs["input_ids"], inputs["labels"], markers, per_input, self.words)
+        if value is None:
+            return 0.0
+        self.lexical_sum += float(value.detach())
+        return self.cfg.lexical_loss * value
 
     # --- validation -------------------------------------------------------------------------------------------------
     def val_indices(self) -> dict[str, list[int]]:
@@ -511,6 +539,10 @@ class Trainer:
         if self.cache is not None:
             writer.add_scalar("cache/hit_rate", self.cache.hits / max(self.cache.hits + self.cache.misses, 1), step)
         row = {"step": step, "loss": loss, "samples": samples, "seconds_per_step": seconds, "lr": lrs}
+        if self.words is not None:  # the auxiliary word loss, mean per micro-batch since the last log line
+            row["lexical_loss"] = self.lexical_sum / (self.cfg.log_interval * self.cfg.grad_accum)
+            writer.add_scalar("train/lexical_loss", row["lexical_loss"], step)
+            self.lexical_sum = 0.0
         with path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(row) + "\n")
 

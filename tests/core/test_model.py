@@ -180,6 +180,23 @@ def test_feature_layers_and_word_scale_outputs_round_trip(media_paths, tmp_path)
         assert torch.equal(model(**batch).logits, reloaded(**batch).logits)
 
 
+def test_lexical_end_tag_mixes_the_models_own_word_embeddings_and_round_trips(media_paths, tmp_path):
+    from onellm.presets import build_preset
+    from onellm.train.lexical import captured_word_logits
+
+    model, processor = build_preset("tiny", modalities=["image"], end_tag="lexical")
+    batch = processor(text="<image>\nwhat?", image=[media_paths["image"]])
+    with torch.no_grad(), captured_word_logits(model) as captured:
+        end = model.embed_modality("image", batch["mm_inputs"]["image"])[:, -1]
+    words = model.get_input_embeddings().weight[: model.config.text_config.vocab_size]
+    assert torch.allclose(end, captured["image"][0].softmax(-1) @ words, atol=1e-6)
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForImageTextToText.from_pretrained(tmp_path)
+    assert reloaded.config.projector_config["end_tag"] == "lexical"
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, reloaded(**batch).logits)
+
+
 def test_out_rms_needs_the_standardising_head():
     from onellm.presets import build_preset
 

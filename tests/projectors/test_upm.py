@@ -120,3 +120,38 @@ def test_mlp_expert_with_pooled_queries_passes_each_region_through():
     assert not torch.allclose(a[:, 0], b[:, 0]) and torch.allclose(a[:, 1:], b[:, 1:])
     upm.query_source = "learned"
     assert torch.equal(upm(tokens, "image"), upm(changed, "image"))
+
+
+def lexical_upm(num_experts=1):
+    torch.manual_seed(0)
+    return UniversalProjectionModule(
+        ["image", "audio"], in_width=32, out_width=48, num_experts=num_experts, depth=2, num_queries=5, num_heads=4,
+        end_tag="lexical",
+    )
+
+
+def test_lexical_end_tag_is_an_input_dependent_mixture_of_the_word_embeddings():
+    upm = lexical_upm()
+    vocab = 3.0 * torch.eye(48)  # word v = 3 e_v: a mixture of words has non-negative entries summing to 3
+    out = upm(torch.randn(4, 17, 32), "image", vocab)
+    end = out[:, -1]
+    assert out.shape == (4, placeholder_count(5), 48)
+    assert bool((end >= 0).all()) and torch.allclose(end.sum(-1), torch.full((4,), 3.0))
+    assert float((end[0] - end[1]).abs().max().detach()) > 1e-4  # each input picks its own words
+    assert torch.equal(out[:, 0], upm.heads["image"].start_tag[0].expand(4, -1))  # the start tag stays learned
+    assert "end_tag" not in dict(upm.heads["image"].named_parameters())
+
+
+def test_lexical_end_tag_needs_the_word_embeddings_and_a_known_name():
+    with pytest.raises(ValueError, match="needs the LLM's input embeddings"):
+        lexical_upm()(torch.randn(2, 17, 32), "image")
+    with pytest.raises(ValueError, match="end_tag 'words' is not one of"):
+        UniversalProjectionModule(["image"], in_width=32, out_width=48, num_queries=5, num_heads=4, end_tag="words")
+
+
+def test_expanded_lexical_upm_equals_the_one_expert_projector():
+    one = lexical_upm()
+    upm = expand_experts(one, 3, ["image", "audio", "video"])
+    features, vocab = torch.randn(2, 17, 32), torch.randn(100, 48)
+    assert torch.allclose(upm(features, "image", vocab), one(features, "image", vocab), atol=1e-5)
+    assert upm.heads["video"].lexical
