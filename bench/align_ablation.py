@@ -104,6 +104,10 @@ ALIGN_VARIANTS: dict[str, tuple[str, list[str]]] = {
         ["data.group_by_length=16"],
     ),
     "pool3": ("3x3 pooled regions (9 soft tokens instead of 16: shorter rows)", ["init_from.preset_args.num_queries=9"]),
+    "lexical": (
+        "default + the lexical end tag (a mixture of the LLM's word embeddings) and its word loss at 0.5",
+        ["init_from.preset_args.end_tag=lexical", "train.lexical_loss=0.5"],
+    ),
 }
 
 _EIGHT = ("image", "video", "audio", "point", "depth", "normal", "imu", "fmri")
@@ -126,6 +130,13 @@ INSTRUCT_VARIANTS: dict[str, tuple[str, list[str]]] = {
     "heads": (
         "LoRA r8 1e-3 + the eight UPM heads 1e-3, shared experts frozen",
         ["trainable={lora: 1.0e-3, " + ", ".join(f"projector.{m}: 1.0e-3" for m in _EIGHT) + "}"],
+    ),
+    # One-word answers weigh as much as a caption: under token weighting a batch of 4 captions (~15 tokens each) and
+    # 4 answers gives the answers ~1/10 of the gradient, and 60 steps show each question template ~12 times.
+    "sample": ("default, every row's mean token loss weighs the same", ["train.loss_weighting=sample"]),
+    "sample_lr": (
+        "LoRA r8 1e-3, every row's mean token loss weighs the same",
+        ["train.loss_weighting=sample", "trainable={lora: 1.0e-3}"],
     ),
 }
 
