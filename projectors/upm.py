@@ -254,7 +254,8 @@ def expand_experts(projector: UniversalProjectionModule, num_experts: int, modal
     """Build a K-expert, all-modality UPM from a trained one-expert projector (OneLLM's stage-1 -> stage-2 step).
 
     Every expert is a copy of the trained expert; every new modality head starts as a copy of the first
-    trained head (the image head). Routers start uniform. With K identical experts the output equals the
+    trained head (the image head), with fresh feature statistics and, under the lexical end tag, a fresh word
+    projection. Routers start uniform. With K identical experts the output equals the
     source projector's output for any routing weights, since the weights sum to one.
     """
     if projector.num_experts != 1:
@@ -267,6 +268,8 @@ def expand_experts(projector: UniversalProjectionModule, num_experts: int, modal
         head = copy.deepcopy(projector.heads[m] if m in projector.heads else source_head)
         if m not in projector.heads and isinstance(head.standardize, FeatureStandardizer):
             head.standardize.reset()  # the image statistics do not describe another modality's features
+        if m not in projector.heads and head.lexical:
+            head.lexical_tag.proj.reset_parameters()  # it names image words (colours, shapes); each modality its own
         width = head.queries.shape[-1]
         old = head.router
         head.router = Router(width, num_experts, old.mode, old.norm, old.mlp[0].out_features)

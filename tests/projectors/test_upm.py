@@ -154,4 +154,7 @@ def test_expanded_lexical_upm_equals_the_one_expert_projector():
     upm = expand_experts(one, 3, ["image", "audio", "video"])
     features, vocab = torch.randn(2, 17, 32), torch.randn(100, 48)
     assert torch.allclose(upm(features, "image", vocab), one(features, "image", vocab), atol=1e-5)
-    assert upm.heads["video"].lexical
+    # a new modality's head names its own words: a fresh word projection, not the image head's
+    image_words, video_words = upm.heads["image"].lexical_tag.proj.weight, upm.heads["video"].lexical_tag.proj.weight
+    assert torch.equal(image_words, one.heads["image"].lexical_tag.proj.weight)
+    assert not torch.equal(video_words, image_words)
