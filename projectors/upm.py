@@ -176,7 +176,10 @@ class ModalityHead(nn.Module):
             return self.end_tag.expand(mixed.shape[0], -1, -1)
         if vocab is None:
             raise ValueError("a projector with the lexical end tag needs the LLM's input embeddings (vocab=...)")
-        return self.lexical_tag(mixed.mean(1), vocab)[0].unsqueeze(1)
+        # The tag reads the head's features but sends no gradient back into them: its word loss and the LM loss
+        # through it left the soft tokens worse for the LLM (align_rest validation loss 1.044 against 0.800 detached;
+        # BENCHMARKS.md, "A lexical end tag").
+        return self.lexical_tag(mixed.mean(1).detach(), vocab)[0].unsqueeze(1)
 
     def project_in(self, features: torch.Tensor) -> torch.Tensor:
         """Encoder features ``[B, S, C]`` -> ``[B, S, H]``."""
