@@ -27,7 +27,7 @@ from onellm.modeling import IGNORE_INDEX
 WORD_STARTS = ("\u0120", "\u2581")
 STOP_WORDS = frozenset(
     "the and with that this these those are was were for from its has have had there their what which who whom how "
-    "why when where not but all any can does did into onto than then yes one its also been being very".split()
+    "why when where not but all any can does did into onto than then yes one also been being very".split()
 )
 
 
