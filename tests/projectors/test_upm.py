@@ -149,6 +149,27 @@ def test_lexical_end_tag_needs_the_word_embeddings_and_a_known_name():
         UniversalProjectionModule(["image"], in_width=32, out_width=48, num_queries=5, num_heads=4, end_tag="words")
 
 
+def test_unit_rows_of_a_frozen_table_are_kept_until_the_table_changes():
+    from onellm.projectors.upm import unit_rows
+
+    table = torch.randn(100, 48)
+    rows = unit_rows(table[:90], torch.float32)
+    torch.testing.assert_close(rows, table[:90] / table[:90].norm(dim=-1, keepdim=True))
+    assert unit_rows(table[:90], torch.float32) is rows  # a fresh view of the same table: kept
+    assert unit_rows(table[:90], torch.bfloat16).dtype == torch.bfloat16  # another dtype: computed again
+    with torch.no_grad():
+        table[3] = 5.0  # an in-place update: computed again, from the new values
+    torch.testing.assert_close(unit_rows(table[:90], torch.float32)[3], torch.full((48,), 48**-0.5))
+    other = table.clone()
+    assert unit_rows(other[:90], torch.float32) is not unit_rows(table[:90], torch.float32)
+    with torch.inference_mode():  # rows made in inference mode are never reused outside it (autograd refuses them)
+        inside = unit_rows(table[:90], torch.float32)
+    assert inside.is_inference() and not unit_rows(table[:90], torch.float32).is_inference()
+    trained = torch.randn(10, 48, requires_grad=True)  # a table that trains: never kept, the gradient reaches it
+    unit_rows(trained, torch.float32).sum().backward()
+    assert trained.grad is not None and unit_rows(trained, torch.float32) is not unit_rows(trained, torch.float32)
+
+
 def test_expanded_lexical_upm_equals_the_one_expert_projector():
     one = lexical_upm()
     upm = expand_experts(one, 3, ["image", "audio", "video"])
