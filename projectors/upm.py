@@ -105,9 +105,10 @@ class LexicalTag(nn.Module):
 
     The tag is a mixture of the LLM's own input embeddings, so it lies where the frozen LLM reads words (at their RMS,
     not the soft tokens'), and it names the input in the LLM's vocabulary; an auxiliary loss on the logits (the
-    alignment recipes' ``train.lexical_loss``: the row's content words as targets) teaches it which words. Measured on
-    the small preset, one demo run (BENCHMARKS.md, "A lexical end tag"): mean CIDEr 1.08 against 0.92 for the learned
-    tag, mean QA - blind +0.051 against +0.038, IMU and fMRI captions worse. The scale is the one measured.
+    alignment recipes' ``train.lexical_loss``: the row's content words as targets) teaches it which words. The small
+    curriculum's default; measured there over two seeds each (BENCHMARKS.md, "The demo"): image QA - blind after
+    image alignment +0.15 / +0.19 against +0.10 / +0.11 for the learned tag, mean CIDEr after instruct 1.08 / 1.07
+    against 0.92 / 0.89. The scale is the one measured.
     """
 
     scale = 20.0
@@ -118,31 +119,40 @@ class LexicalTag(nn.Module):
 
     def forward(self, summary: torch.Tensor, vocab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         query = nn.functional.normalize(self.proj(summary), dim=-1)
-        logits = self.scale * query @ unit_rows(vocab, query.dtype).T
-        return logits.softmax(-1).to(vocab.dtype) @ vocab, logits
+        logits = self.scale * query @ word_rows(vocab, query.dtype, unit=True).T
+        # the mixture in the dtype autocast would compute it in (it casts both sides to that dtype), else the table's
+        mix = query.dtype if torch.is_autocast_enabled(vocab.device.type) else vocab.dtype
+        return logits.softmax(-1).to(mix) @ word_rows(vocab, mix), logits
 
 
-_UNIT_ROWS: dict[str, tuple] = {}  # the last frozen table's unit rows: "last" -> (weakref to its tensor, key, rows)
+_KEPT: dict[bool, tuple] = {}  # unit -> (weakref to the last frozen table, its key, its rows): see word_rows
 
 
-def unit_rows(vocab: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``vocab``'s rows scaled to unit length, in ``dtype``.
+def word_rows(vocab: torch.Tensor, dtype: torch.dtype, unit: bool = False) -> torch.Tensor:
+    """``vocab`` in ``dtype``, each row scaled to unit length if ``unit``.
 
-    A frozen table's are computed once and kept while the table is the same: normalising SmolLM2's 49k x 576 table
-    took ~90 ms per call on one core, and an instruct batch calls up to eight heads. Another tensor, an in-place
-    update (its version counter), another dtype or a switch into or out of inference mode computes them again; a
-    table that trains (requires grad) or is an inference tensor (no version counter) is never kept.
+    A frozen table's rows are computed once and kept while the table is the same. Normalising SmolLM2's 49k x 576
+    table and casting it to bf16 for the mixture took about half of a tag's time, and an instruct batch calls up to
+    eight heads (bench/lexical_tag.py). Another tensor, an in-place update (its version counter), another dtype or a
+    switch into or out of inference mode computes them again. A table that trains (requires grad) or is an inference
+    tensor (no version counter) is never kept.
     """
+    if not unit and dtype == vocab.dtype:
+        return vocab
     if vocab.requires_grad or vocab.is_inference():
-        return nn.functional.normalize(vocab, dim=-1).to(dtype)
+        return _rows(vocab, dtype, unit)
     table = vocab if vocab._base is None else vocab._base
     key = (vocab.data_ptr(), vocab.shape, vocab.stride(), vocab._version, dtype, torch.is_inference_mode_enabled())
-    last = _UNIT_ROWS.get("last")
+    last = _KEPT.get(unit)
     if last is not None and last[0]() is table and last[1] == key:
         return last[2]
-    rows = nn.functional.normalize(vocab, dim=-1).to(dtype)
-    _UNIT_ROWS["last"] = (weakref.ref(table), key, rows)
+    rows = _rows(vocab, dtype, unit)
+    _KEPT[unit] = (weakref.ref(table), key, rows)
     return rows
+
+
+def _rows(vocab: torch.Tensor, dtype: torch.dtype, unit: bool) -> torch.Tensor:
+    return (nn.functional.normalize(vocab, dim=-1) if unit else vocab).to(dtype)
 
 
 def _out_norm(width: int, layernorm: bool, out_rms: float | None) -> nn.Module:

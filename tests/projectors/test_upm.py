@@ -149,25 +149,45 @@ def test_lexical_end_tag_needs_the_word_embeddings_and_a_known_name():
         UniversalProjectionModule(["image"], in_width=32, out_width=48, num_queries=5, num_heads=4, end_tag="words")
 
 
-def test_unit_rows_of_a_frozen_table_are_kept_until_the_table_changes():
-    from onellm.projectors.upm import unit_rows
+def test_word_rows_of_a_frozen_table_are_kept_until_the_table_changes():
+    from onellm.projectors.upm import word_rows
 
     table = torch.randn(100, 48)
-    rows = unit_rows(table[:90], torch.float32)
+    rows = word_rows(table[:90], torch.float32, unit=True)
     torch.testing.assert_close(rows, table[:90] / table[:90].norm(dim=-1, keepdim=True))
-    assert unit_rows(table[:90], torch.float32) is rows  # a fresh view of the same table: kept
-    assert unit_rows(table[:90], torch.bfloat16).dtype == torch.bfloat16  # another dtype: computed again
+    assert word_rows(table[:90], torch.float32, unit=True) is rows  # a fresh view of the same table: kept
+    cast = word_rows(table[:90], torch.bfloat16)  # the plain rows in another dtype: kept beside the unit rows
+    assert torch.equal(cast, table[:90].bfloat16()) and word_rows(table[:90], torch.bfloat16) is cast
+    assert word_rows(table[:90], torch.float32, unit=True) is rows
+    assert word_rows(table[:90], torch.bfloat16, unit=True).dtype == torch.bfloat16  # another dtype: computed again
     with torch.no_grad():
         table[3] = 5.0  # an in-place update: computed again, from the new values
-    torch.testing.assert_close(unit_rows(table[:90], torch.float32)[3], torch.full((48,), 48**-0.5))
+    torch.testing.assert_close(word_rows(table[:90], torch.float32, unit=True)[3], torch.full((48,), 48**-0.5))
     other = table.clone()
-    assert unit_rows(other[:90], torch.float32) is not unit_rows(table[:90], torch.float32)
+    assert word_rows(other[:90], torch.float32, unit=True) is not word_rows(table[:90], torch.float32, unit=True)
     with torch.inference_mode():  # rows made in inference mode are never reused outside it (autograd refuses them)
-        inside = unit_rows(table[:90], torch.float32)
-    assert inside.is_inference() and not unit_rows(table[:90], torch.float32).is_inference()
+        inside = word_rows(table[:90], torch.float32, unit=True)
+    assert inside.is_inference() and not word_rows(table[:90], torch.float32, unit=True).is_inference()
     trained = torch.randn(10, 48, requires_grad=True)  # a table that trains: never kept, the gradient reaches it
-    unit_rows(trained, torch.float32).sum().backward()
-    assert trained.grad is not None and unit_rows(trained, torch.float32) is not unit_rows(trained, torch.float32)
+    word_rows(trained, torch.float32, unit=True).sum().backward()
+    assert trained.grad is not None
+    assert word_rows(trained, torch.float32, unit=True) is not word_rows(trained, torch.float32, unit=True)
+
+
+def test_lexical_tag_under_autocast_equals_the_uncached_computation():
+    from onellm.projectors.upm import LexicalTag
+
+    torch.manual_seed(0)
+    tag, table, summary = LexicalTag(16, 48), torch.randn(100, 48), torch.randn(3, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        end, logits = tag(summary, table[:90])
+        query = torch.nn.functional.normalize(tag.proj(summary), dim=-1)
+        expected_logits = tag.scale * query @ torch.nn.functional.normalize(table[:90], dim=-1).to(query.dtype).T
+        expected = expected_logits.softmax(-1).float() @ table[:90]  # autocast casts both sides to bf16
+    assert end.dtype == expected.dtype == torch.bfloat16
+    assert torch.equal(logits, expected_logits) and torch.equal(end, expected)
+    end, _ = tag(summary, table[:90])  # no autocast: fp32 throughout
+    assert end.dtype == torch.float32
 
 
 def test_expanded_lexical_upm_equals_the_one_expert_projector():

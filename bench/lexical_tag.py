@@ -1,0 +1,78 @@
+"""Seconds of the lexical end tags of one batch, a frozen word table's rows kept (``word_rows``) or made per call.
+
+    .venv/bin/python bench/lexical_tag.py [--heads 8] [--batch 8] [--repeats 20] [--json out.json]
+
+An instruct batch of the small curriculum calls up to eight heads' ``LexicalTag`` (one per modality in the batch),
+each against SmolLM2-135M's word table (49,152 x 576; random values of its RMS here: the time does not depend on
+them). "recompute" empties ``word_rows``' cache before every head: each call normalises the table and casts it for
+the mixture, as before the cache. "kept" is the shipped path. Two settings: ``train`` (align: gradient into the
+tag's projection) and ``no_grad`` (instruct with the UPM frozen, evaluation). Precision as training picks it
+(``precision: auto``: bf16 autocast where native). Both sides alternate within each repeat, so a drift of the host's
+speed falls on both; medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import platform
+import statistics
+import time
+
+import torch
+
+from onellm.hardware import fast_bf16
+from onellm.projectors.upm import _KEPT, LexicalTag
+
+VOCAB, WIDTH, HIDDEN = 49_152, 576, 576  # SmolLM2-135M's text vocabulary and width; the small UPM's width
+
+
+def batch_seconds(tags: list[LexicalTag], table: torch.Tensor, summary: torch.Tensor, grad: bool, keep: bool) -> float:
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if fast_bf16("cpu") else contextlib.nullcontext()
+    start = time.perf_counter()
+    with autocast, torch.set_grad_enabled(grad):
+        total = 0.0
+        for tag in tags:
+            if not keep:
+                _KEPT.clear()
+            end, _ = tag(summary, table[:VOCAB])
+            total = total + end.float().square().mean()
+    if grad:
+        total.backward()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=8, help="inputs per head")
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--json", help="write the results here too")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    table = torch.randn(VOCAB, WIDTH) * 0.136  # SmolLM2's embedding RMS
+    tags = [LexicalTag(HIDDEN, WIDTH) for _ in range(args.heads)]
+    summary = torch.randn(args.batch, HIDDEN)
+    rows = []
+    for setting, grad in (("train", True), ("no_grad", False)):
+        times: dict[str, list[float]] = {"recompute": [], "kept": []}
+        for repeat in range(args.repeats + 2):  # the first two warm up
+            for name in ("recompute", "kept") if repeat % 2 else ("kept", "recompute"):
+                seconds = batch_seconds(tags, table, summary, grad, keep=name == "kept")
+                if repeat >= 2:
+                    times[name].append(seconds)
+        recompute, kept = statistics.median(times["recompute"]), statistics.median(times["kept"])
+        rows.append({"setting": setting, "recompute_s": recompute, "kept_s": kept, "ratio": kept / recompute})
+    print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+          f"bf16 autocast: {fast_bf16('cpu')}; {args.heads} heads x {args.batch} inputs, {args.repeats} repeats")
+    print("| setting | recompute (s) | kept (s) | ratio kept/recompute |\n|---|---:|---:|---:|")
+    for row in rows:
+        print(f"| {row['setting']} | {row['recompute_s']:.4f} | {row['kept_s']:.4f} | {row['ratio']:.3f} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
