@@ -40,7 +40,8 @@ PROJECTOR_DEFAULTS = {
     "router_hidden": None,
     "router_norm": "softmax",
     # What closes each input's soft tokens: a "learned" end tag per modality (OneLLM), or "lexical": a mixture of the
-    # LLM's word embeddings chosen from the input (projectors/upm.py, LexicalTag; train it with train.lexical_loss).
+    # LLM's word embeddings chosen from the input (projectors/upm.py, LexicalTag; train it with train.lexical_loss;
+    # the small curriculum's choice, configs/small/align_image.yaml).
     "end_tag": "learned",
 }
 
