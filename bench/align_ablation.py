@@ -114,6 +114,8 @@ ALIGN_VARIANTS: dict[str, tuple[str, list[str]]] = {
         "default with OneLLM's learned end tag instead of the lexical one (no word loss)",
         _LEARNED,
     ),
+    "words1": ("default, the lexical tag's word loss at 1.0 instead of 0.5", ["train.lexical_loss=1.0"]),
+    "words2": ("default, the lexical tag's word loss at 2.0 instead of 0.5", ["train.lexical_loss=2.0"]),
 }
 
 _EIGHT = ("image", "video", "audio", "point", "depth", "normal", "imu", "fmri")
