@@ -116,6 +116,10 @@ ALIGN_VARIANTS: dict[str, tuple[str, list[str]]] = {
     ),
     "words1": ("default, the lexical tag's word loss at 1.0 instead of 0.5", ["train.lexical_loss=1.0"]),
     "words2": ("default, the lexical tag's word loss at 2.0 instead of 0.5", ["train.lexical_loss=2.0"]),
+    "regions": (
+        "default + region words: each soft token also carries a word mixture chosen from its own region",
+        ["init_from.preset_args.region_words=add"],
+    ),
 }
 
 _EIGHT = ("image", "video", "audio", "point", "depth", "normal", "imu", "fmri")

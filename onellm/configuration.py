@@ -43,6 +43,9 @@ PROJECTOR_DEFAULTS = {
     # LLM's word embeddings chosen from the input (projectors/upm.py, LexicalTag; train it with train.lexical_loss;
     # the small curriculum's choice, configs/small/align_image.yaml).
     "end_tag": "learned",
+    # "add": each soft token also carries a mixture of the LLM's word embeddings chosen from its own query output (its
+    # region, under queries "pooled"); trained by the same word loss (projectors/upm.py, RegionWords).
+    "region_words": "off",
 }
 
 

@@ -194,7 +194,7 @@ SMALL_FEATURE_LAYERS = [6]
 def build_small(
     cache_dir: str | Path | None = None, modalities: str | list[str] | None = None, num_experts: int = 3,
     queries: str = "pooled", expert: str = "mlp", num_queries: int = 16, out_rms: float | str | None = None,
-    feature_layers: list[int] | None = None, depth: int = 2, end_tag: str = "learned",
+    feature_layers: list[int] | None = None, depth: int = 2, end_tag: str = "learned", region_words: str = "off",
 ):
     """SmolLM2-135M-Instruct + DINOv2 ViT-S/14, converted once from the PyPI wheels into the cache.
 
@@ -203,7 +203,8 @@ def build_small(
     ``out_rms``: RMS-normalise the soft tokens to this scale ("text": the LLM's text-embedding RMS, 0.136);
     ``feature_layers``: the encoder blocks the UPM reads (default: block 6 of DINOv2's 12, where an object's colour
     and shape are read best; the last block is ``[-1]``). BENCHMARKS.md has what each measured.
-    ``end_tag``: "lexical" closes each input's soft tokens with a mixture of the LLM's word embeddings (projectors/upm.py).
+    ``end_tag``: "lexical" closes each input's soft tokens with a mixture of the LLM's word embeddings (projectors/upm.py);
+    ``region_words``: "add" gives each soft token the words of its own region as well (RegionWords there).
     ``modalities``: as in the tiny preset (None = the default sets; ``"all"`` for all fourteen).
     """
     from onellm.weights import dinov2_small_path, smollm2_path
@@ -218,7 +219,7 @@ def build_small(
     projector = {
         "num_experts": num_experts, "depth": depth, "num_queries": num_queries, "num_heads": 6, "router": "pooled",
         "queries": queries, "expert": expert, "out_rms": text_embedding_rms(llm) if out_rms == "text" else out_rms,
-        "end_tag": end_tag,
+        "end_tag": end_tag, "region_words": region_words,
     }
     chosen = family_modalities("small", modalities)
     layers = SMALL_FEATURE_LAYERS if feature_layers is None else feature_layers

@@ -1,11 +1,15 @@
-"""The auxiliary word loss of the lexical end tag (``train.lexical_loss``; projectors/upm.py, ``LexicalTag``).
+"""The auxiliary word loss of the lexical end tag and of region words (``train.lexical_loss``; projectors/upm.py,
+``LexicalTag``, ``RegionWords``).
 
-A lexical end tag scores every word of the LLM's vocabulary for its input (``[n_m, V]`` logits per modality). This
-loss teaches it which words: for each input, the mean over the content words of its row's target text of
-``-log softmax(logits)[word]``. So the tag learns to name what the caption or answer says about that input (its
-colours, shapes, places), and the frozen LLM reads those words where it reads text.
+A lexical end tag scores every word of the LLM's vocabulary for its input (``[n_m, V]`` logits per modality); region
+words score them for each of its N soft tokens (``[n_m, N, V]``). This loss teaches them which words: for each input,
+the mean over the content words of its row's target text of ``-log P(word)``, where P is the tag's softmax, and for
+region words the probability that at least one region names the word (noisy-OR: ``1 - prod_r (1 - p_r)``; a
+multiple-instance loss, since the text does not say which region holds what). So the tags learn to name what the
+caption or answer says about that input (its colours, shapes, places), and the frozen LLM reads those words where it
+reads text.
 
-    hooks on each head's LexicalTag   -> word logits [n_m, V] per modality, in input order (one forward)
+    hooks on each head's word tags    -> word logits [n_m, R, V] per (modality, tag), in input order (one forward)
     input_ids == marker(m)            -> the row of each input   (each input holds placeholder_count(N) markers)
     labels[row] & content-word mask   -> targets                  [n_m, V] (bool)
 
@@ -41,18 +45,19 @@ def content_word_mask(tokenizer) -> torch.Tensor:
     return mask
 
 
-def lexical_heads(core: nn.Module) -> dict[str, nn.Module]:
-    """``{modality: LexicalTag}`` of the model's projector heads that have one."""
-    return {m: head.lexical_tag for m, head in core.projector.heads.items() if head.lexical}
+def word_tags(core: nn.Module) -> dict[tuple[str, int], nn.Module]:
+    """``{(modality, i): LexicalTag}``: the word tags (end tag, region words) of the model's projector heads."""
+    return {(m, i): tag for m, head in core.projector.heads.items() for i, tag in enumerate(head.word_tags())}
 
 
 @contextlib.contextmanager
-def captured_word_logits(core: nn.Module) -> Iterator[dict[str, list[torch.Tensor]]]:
-    """Inside: every forward of a lexical end tag appends its word logits ``[n, V]`` to ``captured[modality]``."""
-    captured: dict[str, list[torch.Tensor]] = {}
+def captured_word_logits(core: nn.Module) -> Iterator[dict[tuple[str, int], list[torch.Tensor]]]:
+    """Inside: every forward of a word tag appends its word logits ``[n, V]`` or ``[n, N, V]`` to
+    ``captured[(modality, i)]`` (see :func:`word_tags`)."""
+    captured: dict[tuple[str, int], list[torch.Tensor]] = {}
     handles = [
-        tag.register_forward_hook(lambda _module, _args, out, m=m: captured.setdefault(m, []).append(out[1]))
-        for m, tag in lexical_heads(core).items()
+        tag.register_forward_hook(lambda _module, _args, out, key=key: captured.setdefault(key, []).append(out[1]))
+        for key, tag in word_tags(core).items()
     ]
     try:
         yield captured
@@ -77,27 +82,36 @@ def word_targets(
 
 
 def lexical_loss(
-    captured: dict[str, list[torch.Tensor]],
+    captured: dict[tuple[str, int], list[torch.Tensor]],
     input_ids: torch.Tensor,
     labels: torch.Tensor,
     markers: dict[str, int],
     per_input: int,
     words: torch.Tensor,
 ) -> torch.Tensor | None:
-    """Mean over the inputs that have content words of the mean ``-log p(word)`` over them; None when none has."""
+    """Mean over the inputs that have content words (and over tags) of the mean ``-log P(word)`` over them; None
+    when none has."""
     per_row = []
-    for modality, chunks in captured.items():
-        logits = torch.cat(chunks).float()  # [n, V]
-        vocab = logits.shape[1]
+    for (modality, _), chunks in captured.items():
+        logits = torch.cat(chunks).float()  # [n, V] or [n, N, V]
+        vocab = logits.shape[-1]
         targets = word_targets(input_ids, labels, markers[modality], per_input, _fit(words, vocab))
         if targets.shape[0] != logits.shape[0]:
             raise RuntimeError(f"{modality}: {logits.shape[0]} lexical tags for {targets.shape[0]} inputs in the batch")
         counts = targets.sum(dim=1)
         keep = counts > 0
         if bool(keep.any()):
-            log_p = logits.log_softmax(dim=-1)
+            log_p = _log_any(logits.log_softmax(dim=-1))
             per_row.append(-(log_p * targets).sum(dim=1)[keep] / counts[keep])
     return torch.cat(per_row).mean() if per_row else None
+
+
+def _log_any(log_p: torch.Tensor) -> torch.Tensor:
+    """``log p [n, V]`` as is; ``[n, N, V]`` -> ``log(1 - prod_r (1 - p_r))`` ``[n, V]`` (noisy-OR over the N)."""
+    if log_p.dim() == 2:
+        return log_p
+    log_none = torch.log1p(-(log_p.exp().clamp(max=1 - 1e-6))).sum(dim=1)  # log prod_r (1 - p_r)
+    return torch.log((-torch.expm1(log_none)).clamp(min=1e-30))
 
 
 def _fit(words: torch.Tensor, size: int) -> torch.Tensor:
@@ -106,4 +120,4 @@ def _fit(words: torch.Tensor, size: int) -> torch.Tensor:
     return torch.cat([words, words.new_zeros(size - words.shape[0])])
 
 
-__all__ = ["captured_word_logits", "content_word_mask", "lexical_heads", "lexical_loss", "word_targets"]
+__all__ = ["captured_word_logits", "content_word_mask", "lexical_loss", "word_tags", "word_targets"]

@@ -45,7 +45,7 @@ from onellm.modeling import IGNORE_INDEX
 from onellm.train import checkpoint as ckpt
 from onellm.train.config import DataConfig, TrainConfig
 from onellm.train.features import FeatureCache, cache_options, cacheable_modalities
-from onellm.train.lexical import captured_word_logits, content_word_mask, lexical_heads, lexical_loss
+from onellm.train.lexical import captured_word_logits, content_word_mask, lexical_loss, word_tags
 
 SCHEDULES = {
     "cosine": get_cosine_schedule_with_warmup,
@@ -209,10 +209,10 @@ class Trainer:
         self.words = None  # content-word mask of the lexical end tag's auxiliary loss (train.lexical_loss)
         self.lexical_sum = 0.0  # that loss summed over the steps since the last log line
         if train.lexical_loss:
-            if not lexical_heads(core):
+            if not word_tags(core):
                 raise ValueError(
-                    "train.lexical_loss is set but the projector has no lexical end tag; build the model with "
-                    "projector end_tag: lexical (preset_args: {end_tag: lexical}) or set train.lexical_loss: 0"
+                    "train.lexical_loss is set but the projector has no word tags; build the model with projector "
+                    "end_tag: lexical or region_words: add (preset_args: {end_tag: lexical}) or set train.lexical_loss: 0"
                 )
             self.words = content_word_mask(collator.processor.tokenizer)
 
@@ -308,7 +308,7 @@ class Trainer:
     def _word_logits(self):
         return captured_word_logits(self.core) if self.words is not None else contextlib.nullcontext({})
 
-    def _lexical(self, captured: dict[str, list[torch.Tensor]], inputs: dict[str, Any]) -> torch.Tensor | float:
+    def _lexical(self, captured: dict[tuple[str, int], list[torch.Tensor]], inputs: dict[str, Any]) -> torch.Tensor | float:
         """``train.lexical_loss`` x this micro-batch's auxiliary word loss (0 when off or no row has content words).
         Not rescaled by the process count: DDP's averaging makes it the mean over processes."""
         if not captured:

@@ -199,3 +199,29 @@ def test_expanded_lexical_upm_equals_the_one_expert_projector():
     image_words, video_words = upm.heads["image"].lexical_tag.proj.weight, upm.heads["video"].lexical_tag.proj.weight
     assert torch.equal(image_words, one.heads["image"].lexical_tag.proj.weight)
     assert not torch.equal(video_words, image_words)
+
+
+def test_region_words_add_each_query_outputs_own_words_to_its_soft_token():
+    torch.manual_seed(0)
+    kwargs = dict(in_width=32, out_width=48, num_experts=1, depth=2, num_queries=4, num_heads=4, queries="pooled",
+                  expert="mlp")
+    plain = UniversalProjectionModule(["image"], **kwargs)
+    worded = UniversalProjectionModule(["image"], **kwargs, region_words="add")
+    worded.load_state_dict(plain.state_dict(), strict=False)  # the same projector, plus the region words
+    vocab, features = 3.0 * torch.eye(48), torch.randn(2, 17, 32)
+    out, base = worded(features, "image", vocab), plain(features, "image")
+    assert out.shape == base.shape == (2, placeholder_count(4), 48)  # no extra tokens: the count is unchanged
+    words = (out - base)[:, 1:-1]  # only the soft tokens change, by a unit-RMS mixture of words (non-negative here)
+    assert torch.equal(out[:, [0, -1]], base[:, [0, -1]])
+    torch.testing.assert_close(words.pow(2).mean(-1).sqrt(), torch.ones(2, 4))
+    assert bool((words > -1e-6).all())
+    assert float((words[:, 0] - words[:, 1]).abs().max().detach()) > 1e-4  # each region its own words
+    with pytest.raises(ValueError, match="region words needs the LLM's input embeddings"):
+        worded(features, "image")
+    with pytest.raises(ValueError, match="region_words 'on' is not one of"):
+        UniversalProjectionModule(["image"], **kwargs, region_words="on")
+    # a new modality's region words start fresh, as its end tag does
+    upm = expand_experts(worded, 3, ["image", "audio"])
+    torch.testing.assert_close(upm(features, "image", vocab), out)
+    assert not torch.equal(upm.heads["audio"].region_words.tag.proj.weight, worded.heads["image"].region_words.tag.proj.weight)
+    assert [type(t).__name__ for t in upm.heads["audio"].word_tags()] == ["LexicalTag"]

@@ -74,7 +74,58 @@ def test_the_loss_trains_a_lexical_tag_to_name_its_input():
     assert losses[-1] < 0.2 * losses[0]
     with captured_word_logits(model) as captured:
         model.embed_modality("image", features=features)
-    assert captured["image"][0].argmax(-1).tolist() == ids
+    assert captured[("image", 0)][0].argmax(-1).tolist() == ids
+
+
+def test_region_words_are_a_multiple_instance_loss_over_the_regions():
+    marker, per_input, vocab = 9, 2, 6
+    words = torch.ones(vocab, dtype=torch.bool)
+    input_ids = torch.tensor([[marker, marker, 1, 1]])
+    labels = torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, 2, 3]])  # the row says words 2 and 3
+    sure, unsure = torch.full((vocab,), -9.0), torch.zeros(vocab)
+    one_each = torch.stack([sure.index_fill(0, torch.tensor([2]), 9.0), sure.index_fill(0, torch.tensor([3]), 9.0)])
+
+    def loss(logits):
+        return float(lexical_loss({("image", 1): [logits]}, input_ids, labels, {"image": marker}, per_input, words))
+
+    # one region naming each word is (almost) no loss; one tag must split its probability between the two words
+    assert loss(one_each.unsqueeze(0)) < 1e-3
+    split = sure.index_fill(0, torch.tensor([2, 3]), 9.0)
+    assert loss(split.unsqueeze(0)) == pytest.approx(-torch.log(torch.tensor(0.5)).item(), abs=1e-3)
+    # with one region the noisy-OR is the plain -log p; regions that name nothing in particular only add a little
+    assert loss(split.view(1, 1, -1)) == pytest.approx(loss(split.unsqueeze(0)), abs=1e-4)
+    assert loss(torch.stack([split, unsure, unsure]).unsqueeze(0)) < loss(split.unsqueeze(0))
+    # no region naming the words is a large loss
+    assert loss(torch.stack([sure.index_fill(0, torch.tensor([4]), 9.0)] * 2).unsqueeze(0)) > 10
+
+
+def test_region_words_learn_which_region_holds_which_word():
+    """Two regions, two words, one caption naming both: the loss teaches each region one word (not both to each)."""
+    from onellm.projectors.upm import RegionWords
+
+    torch.manual_seed(0)
+    vocab = torch.randn(50, 16)
+    words = torch.zeros(50, dtype=torch.bool)
+    words[10:20] = True
+    regions = RegionWords(8, 16)
+    mixed = torch.randn(4, 2, 8)  # 4 inputs x 2 regions; input i's region r shows word 10 + 2 * i + r
+    marker, per_input = 49, 2
+    input_ids = torch.full((4, per_input + 2), 1)
+    input_ids[:, :per_input] = marker
+    labels = torch.full_like(input_ids, IGNORE_INDEX)
+    labels[:, per_input:] = torch.tensor([[10 + 2 * i, 11 + 2 * i] for i in range(4)])
+    optimizer = torch.optim.Adam(regions.parameters(), lr=5e-2)
+    for _ in range(150):
+        _, logits = regions(mixed, vocab)
+        loss = lexical_loss({("image", 1): [logits]}, input_ids, labels, {"image": marker}, per_input, words)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    out, logits = regions(mixed, vocab)
+    named = logits.argmax(-1)  # [4, 2]
+    assert all(set(named[i].tolist()) == {10 + 2 * i, 11 + 2 * i} for i in range(4))
+    assert out.shape == (4, 2, 16)
+    assert out.pow(2).mean(-1).sqrt().sub(regions.gain.abs()).abs().max() < 1e-4  # at the soft tokens' scale
 
 
 def test_a_stage_with_the_word_loss_logs_it_and_one_without_a_lexical_tag_is_refused(
@@ -94,5 +145,5 @@ def test_a_stage_with_the_word_loss_logs_it_and_one_without_a_lexical_tag_is_ref
     plain = load_stage(
         TINY / "align_image.yaml", quick(synth_tiny, tmp_path / "off", steps=2, **{"train.lexical_loss": 0.5})
     )
-    with pytest.raises(ValueError, match="no lexical end tag"):
+    with pytest.raises(ValueError, match="no word tags"):
         run_stage(plain, accelerator)
