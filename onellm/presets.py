@@ -156,7 +156,7 @@ def tiny_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
 def build_tiny(
     seed: int = 0, modalities: str | list[str] | None = None, router: str = "pooled", num_experts: int = 3,
     norm: str = "standardize", queries: str = "learned", expert: str = "transformer", out_rms: float | None = None,
-    feature_layers: list[int] | None = None, end_tag: str = "learned",
+    feature_layers: list[int] | None = None, end_tag: str = "learned", region_words: str = "off",
 ):
     """Random weights; builds in well under a second. Attention head dim 32 (vLLM CPU needs >= 32).
 
@@ -175,7 +175,7 @@ def build_tiny(
     )
     projector = {
         "num_experts": num_experts, "depth": 1, "num_queries": 4, "num_heads": 2, "router": router, "norm": norm,
-        "queries": queries, "expert": expert, "out_rms": out_rms, "end_tag": end_tag,
+        "queries": queries, "expert": expert, "out_rms": out_rms, "end_tag": end_tag, "region_words": region_words,
     }
     chosen = family_modalities("tiny", modalities)
     return assemble(text, vision, tokenizer, projector, chosen, vision_feature_layers=feature_layers)
