@@ -63,7 +63,9 @@ def test_backward_reaches_only_what_trains(tiny_all, media_paths, modality):
 @pytest.mark.parametrize("modality", ALL)
 def test_generate_every_modality(tiny_all, media_paths, modality):
     model, processor = tiny_all
-    prompt = processor.apply_chat_template([{"role": "user", "content": [{"type": modality}, {"type": "text", "text": "?"}]}])
+    prompt = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": modality}, {"type": "text", "text": "?"}]}]
+    )
     batch = processor(text=prompt, **{modality: [media_paths[modality]]})
     out = model.generate(**batch, max_new_tokens=5, do_sample=False)
     assert out.shape == (1, batch["input_ids"].shape[1] + 5)
@@ -71,7 +73,9 @@ def test_generate_every_modality(tiny_all, media_paths, modality):
 
 def test_generate_with_cache_matches_full_recompute(tiny, media_paths):
     model, processor = tiny
-    prompt = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "?"}]}])
+    prompt = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "?"}]}]
+    )
     batch = processor(text=prompt, image=[media_paths["image"]])
     cached = model.generate(**batch, max_new_tokens=6, do_sample=False, use_cache=True)
     uncached = model.generate(**batch, max_new_tokens=6, do_sample=False, use_cache=False)
@@ -121,7 +125,9 @@ def test_save_and_reload_through_auto_classes_gives_identical_logits(tiny, media
         keys = set(f.keys())
     assert any(k.startswith("encoder.model.") for k in keys)  # every weight, the frozen encoder included
     reloaded_processor = AutoProcessor.from_pretrained(tmp_path)
-    prompt = reloaded_processor.apply_chat_template([{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": "?"}]}])
+    prompt = reloaded_processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": "?"}]}]
+    )
     batch = reloaded_processor(text=prompt, audio=[media_paths["audio"]])
     for auto in (AutoModelForImageTextToText, AutoModelForCausalLM):
         reloaded = auto.from_pretrained(tmp_path)
@@ -132,7 +138,9 @@ def test_save_and_reload_through_auto_classes_gives_identical_logits(tiny, media
 
 def test_placeholder_count_mismatch_names_both_counts(tiny, media_paths):
     model, processor = tiny
-    prompt = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "?"}]}])
+    prompt = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "?"}]}]
+    )
     batch = processor(text=prompt, image=[media_paths["image"]])
     image_id = processor.token_id("image")
     ids = batch["input_ids"].clone()
@@ -189,7 +197,7 @@ def test_lexical_end_tag_mixes_the_models_own_word_embeddings_and_round_trips(me
     with torch.no_grad(), captured_word_logits(model) as captured:
         end = model.embed_modality("image", batch["mm_inputs"]["image"])[:, -1]
     words = model.get_input_embeddings().weight[: model.config.text_config.vocab_size]
-    assert torch.allclose(end, captured["image"][0].softmax(-1) @ words, atol=1e-6)
+    assert torch.allclose(end, captured[("image", 0)][0].softmax(-1) @ words, atol=1e-6)
     model.save_pretrained(tmp_path)
     reloaded = AutoModelForImageTextToText.from_pretrained(tmp_path)
     assert reloaded.config.projector_config["end_tag"] == "lexical"
