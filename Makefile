@@ -36,6 +36,7 @@ browser:
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check onellm projectors instruct_data serving eval tests bench
+	$(VENV)/bin/ruff format --check onellm projectors instruct_data serving eval tests bench
 
 clean:
 	rm -rf $(VENV) runs

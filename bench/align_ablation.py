@@ -107,7 +107,10 @@ ALIGN_VARIANTS: dict[str, tuple[str, list[str]]] = {
         "default, batches grouped by token length (data.group_by_length 16: 16 batches drawn, sorted, cut again)",
         ["data.group_by_length=16"],
     ),
-    "pool3": ("3x3 pooled regions (9 soft tokens instead of 16: shorter rows)", ["init_from.preset_args.num_queries=9"]),
+    "pool3": (
+        "3x3 pooled regions (9 soft tokens instead of 16: shorter rows)",
+        ["init_from.preset_args.num_queries=9"],
+    ),
     # The default closes the soft tokens with the lexical end tag (since the demo's two-seed comparison); the rows
     # above that BENCHMARKS.md dates before 2026-12-04 evening were measured beside the learned tag.
     "learned": (

@@ -27,12 +27,45 @@ sys.path.insert(0, str(REPO / "tests"))  # the official-layout generator lives b
 
 # dims of official_state(); "7b" is OneLLM-7B's shapes (15 GB in bf16: needs the disk and the time).
 SCALES = {
-    "small": dict(dim=512, layers=8, vocab=32000, ffn=1408, clip_width=256, clip_layers=6, experts=3, depth=2,
-                  expert_hidden=704, voxels=2048, point_groups=1024),
-    "medium": dict(dim=1024, layers=12, vocab=32000, ffn=2816, clip_width=768, clip_layers=12, experts=3, depth=8,
-                   expert_hidden=2048, voxels=15724, point_groups=1024),
-    "7b": dict(dim=4096, layers=32, vocab=32000, ffn=11008, clip_width=1024, clip_layers=24, experts=3, depth=8,
-               expert_hidden=2816, voxels=15724, point_groups=1024),
+    "small": dict(
+        dim=512,
+        layers=8,
+        vocab=32000,
+        ffn=1408,
+        clip_width=256,
+        clip_layers=6,
+        experts=3,
+        depth=2,
+        expert_hidden=704,
+        voxels=2048,
+        point_groups=1024,
+    ),
+    "medium": dict(
+        dim=1024,
+        layers=12,
+        vocab=32000,
+        ffn=2816,
+        clip_width=768,
+        clip_layers=12,
+        experts=3,
+        depth=8,
+        expert_hidden=2048,
+        voxels=15724,
+        point_groups=1024,
+    ),
+    "7b": dict(
+        dim=4096,
+        layers=32,
+        vocab=32000,
+        ffn=11008,
+        clip_width=1024,
+        clip_layers=24,
+        experts=3,
+        depth=8,
+        expert_hidden=2816,
+        voxels=15724,
+        point_groups=1024,
+    ),
 }
 HEADS = {"small": 8, "medium": 16, "7b": 32}
 
@@ -86,25 +119,43 @@ def main() -> int:
         dims = SCALES[args.scale]
         checkpoint = work / "consolidated.00-of-01.pth"
         torch.save(official_state(**dims, dtype=torch.bfloat16), checkpoint)
-        (work / "params.json").write_text(json.dumps({"dim": dims["dim"], "n_heads": HEADS[args.scale],
-                                                      "n_layers": dims["layers"], "norm_eps": 1e-5}))
+        (work / "params.json").write_text(
+            json.dumps({"dim": dims["dim"], "n_heads": HEADS[args.scale], "n_layers": dims["layers"], "norm_eps": 1e-5})
+        )
         stand_in_tokenizer(work / "tokenizer", dims["vocab"])
         size = checkpoint.stat().st_size / 2**30
         load = measure([sys.executable, "-c", f"import torch; torch.load({str(checkpoint)!r}, weights_only=True)"])
-        convert = measure([
-            sys.executable, "-m", "onellm.cli", "convert", "official", str(checkpoint),
-            "--params", str(work / "params.json"), "--tokenizer", str(work / "tokenizer"), "--out", str(work / "out"),
-            "--shard-gb", str(args.shard_gb),
-        ])
+        convert = measure(
+            [
+                sys.executable,
+                "-m",
+                "onellm.cli",
+                "convert",
+                "official",
+                str(checkpoint),
+                "--params",
+                str(work / "params.json"),
+                "--tokenizer",
+                str(work / "tokenizer"),
+                "--out",
+                str(work / "out"),
+                "--shard-gb",
+                str(args.shard_gb),
+            ]
+        )
         written = sum(p.stat().st_size for p in (work / "out").glob("*.safetensors")) / 2**30
-    print(f"checkpoint: scale {args.scale}, {size:.2f} GiB bf16 (.pth); converted folder {written:.2f} GiB; "
-          f"shards of {args.shard_gb} GB\n")
+    print(
+        f"checkpoint: scale {args.scale}, {size:.2f} GiB bf16 (.pth); converted folder {written:.2f} GiB; "
+        f"shards of {args.shard_gb} GB\n"
+    )
     print("| process | seconds | peak anonymous GiB | peak resident GiB (incl. file pages) |")
     print("|---|---:|---:|---:|")
     for name, row in (("torch.load of the checkpoint (reference)", load), ("onellm convert official", convert)):
         print(f"| {name} | {row['seconds']:.1f} | {row['peak_anon_gib']:.2f} | {row['peak_rss_gib']:.2f} |")
-    print(f"\nconversion / reference: peak anonymous {convert['peak_anon_gib'] / load['peak_anon_gib']:.2f}, "
-          f"time {convert['seconds'] / load['seconds']:.1f}; throughput {size / convert['seconds']:.2f} GiB/s")
+    print(
+        f"\nconversion / reference: peak anonymous {convert['peak_anon_gib'] / load['peak_anon_gib']:.2f}, "
+        f"time {convert['seconds'] / load['seconds']:.1f}; throughput {size / convert['seconds']:.2f} GiB/s"
+    )
     return 0
 
 

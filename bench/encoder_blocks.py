@@ -52,7 +52,7 @@ def encode_seconds(model, modality: str, values: torch.Tensor, bf16: bool, backw
     """One ``model.encode`` (and, with ``backward``, the backward pass into the modality tokenizer), in seconds."""
     tick = time.perf_counter()
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-    with autocast, (contextlib.nullcontext() if backward else torch.no_grad()):
+    with autocast, contextlib.nullcontext() if backward else torch.no_grad():
         out = model.encode(modality, values)
     if backward:
         out.float().pow(2).mean().backward()
@@ -77,8 +77,10 @@ def main() -> None:
     model, processor = build_preset("small")
     model.eval().requires_grad_(False)  # as in alignment: the encoder is frozen; a tokenizer trains (below)
     settings = {"last block": LAST_BLOCK, "block 6": tuple(SMALL_FEATURE_LAYERS)}
-    print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-          f"{'bf16 autocast' if bf16 else 'fp32'}, batch {args.batch}, median of {args.repeats}")
+    print(
+        f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+        f"{'bf16 autocast' if bf16 else 'fp32'}, batch {args.batch}, median of {args.repeats}"
+    )
     print("| modality | pass | last block (s) | block 6 (s) | ratio block 6 / last |")
     print("|---|---|---:|---:|---:|")
     rows = []
@@ -97,7 +99,9 @@ def main() -> None:
                     if round_:
                         times[label].append(took)
             last, six = (statistics.median(times[label]) for label in settings)
-            rows.append({"modality": modality, "pass": name, "last_block_s": last, "block6_s": six, "ratio": six / last})
+            rows.append(
+                {"modality": modality, "pass": name, "last_block_s": last, "block6_s": six, "ratio": six / last}
+            )
             print(f"| {modality} | {name} | {last:.3f} | {six:.3f} | {six / last:.2f} |", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")

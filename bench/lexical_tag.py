@@ -64,8 +64,10 @@ def main() -> None:
                     times[name].append(seconds)
         recompute, kept = statistics.median(times["recompute"]), statistics.median(times["kept"])
         rows.append({"setting": setting, "recompute_s": recompute, "kept_s": kept, "ratio": kept / recompute})
-    print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-          f"bf16 autocast: {fast_bf16('cpu')}; {args.heads} heads x {args.batch} inputs, {args.repeats} repeats")
+    print(
+        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+        f"bf16 autocast: {fast_bf16('cpu')}; {args.heads} heads x {args.batch} inputs, {args.repeats} repeats"
+    )
     print("| setting | recompute (s) | kept (s) | ratio kept/recompute |\n|---|---:|---:|---:|")
     for row in rows:
         print(f"| {row['setting']} | {row['recompute_s']:.4f} | {row['kept_s']:.4f} | {row['ratio']:.3f} |")

@@ -285,7 +285,9 @@ def main() -> None:
     parser.add_argument("--max-seconds", type=float, default=60.0, help="per level; no new request after this")
     parser.add_argument("--no-llava", action="store_true", help="skip the LLaVA baseline")
     parser.add_argument(
-        "--dtypes", default="float32", help="onellm servers' --dtype, one server per engine and dtype (e.g. float32,auto)"
+        "--dtypes",
+        default="float32",
+        help="onellm servers' --dtype, one server per engine and dtype (e.g. float32,auto)",
     )
     args = parser.parse_args()
     args.concurrency = [int(c) for c in args.concurrency.split(",")]

@@ -114,7 +114,9 @@ def main() -> None:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if step in checkpoints:
-            points.append({"point": "lora", "steps": step, "loss": round(float(loss), 4), **score(model, tokenizer, test)})
+            points.append(
+                {"point": "lora", "steps": step, "loss": round(float(loss), 4), **score(model, tokenizer, test)}
+            )
             print(json.dumps(points[-1]), flush=True)
     if args.json:
         with open(args.json, "w") as f:

@@ -382,9 +382,7 @@ def evaluate(
     data_dirs = data_dirs or DataDirs()
     train_cache: dict[str, list[Record] | None] = {}
     with tempfile.TemporaryDirectory(prefix="onellm-eval-") as scratch:
-        prepared = [
-            prepare_task(task, data_dirs, Path(scratch), limits.get(task.name), train_cache) for task in tasks
-        ]
+        prepared = [prepare_task(task, data_dirs, Path(scratch), limits.get(task.name), train_cache) for task in tasks]
     del train_cache
     for item in prepared:
         build_metrics(item)

@@ -55,6 +55,7 @@ DEFAULT_PROMPTS = {
 # Fields a prompt may use, per task type: captions have no question to insert.
 PROMPT_FIELDS = {"caption": ("modality",), "qa": ("modality", "question"), "mc": ("modality", "question")}
 
+
 class TaskConfigError(YamlConfigError):
     """A task YAML is invalid; the message starts with the file and names the key."""
 
@@ -147,7 +148,9 @@ def parse_task(data: dict[str, Any], path: Path) -> Task:
         raise _fail(path, "version", "expected an integer or a version string, found an empty string")
     if spec.modality not in modality_names():
         raise _fail(path, "modality", f"{spec.modality!r} is not a registered modality ({', '.join(modality_names())})")
-    prompt = _parse_prompt(spec.prompt if spec.prompt is not None else DEFAULT_PROMPTS[spec.task_type], spec.task_type, path)
+    prompt = _parse_prompt(
+        spec.prompt if spec.prompt is not None else DEFAULT_PROMPTS[spec.task_type], spec.task_type, path
+    )
     generation = _parse_generation(spec.generation, path)
     metrics = _parse_metrics(spec.metrics, path)
     if spec.primary_metric is not None and not spec.primary_metric.strip():
@@ -193,7 +196,9 @@ def _parse_source(source: Any) -> dict[str, Any]:
         raise YamlConfigError(f"source.kind: {kind!r} is not a source kind ({', '.join(source_kinds())})")
     build(_source_schema(kind), source, "source", skip=())
     if not source["dataset"].isidentifier():
-        raise YamlConfigError(f"source.dataset: expected a folder name of letters, digits, _; found {source['dataset']!r}")
+        raise YamlConfigError(
+            f"source.dataset: expected a folder name of letters, digits, _; found {source['dataset']!r}"
+        )
     problem = get_source(kind).check(source)
     if problem:
         raise YamlConfigError(f"source.{problem[0]}: {problem[1]}")
@@ -235,7 +240,9 @@ def _parse_metrics(entries: list[str | MetricEntry], path: Path) -> tuple[Metric
     for index, entry in enumerate(entries):
         entry = MetricEntry(entry) if isinstance(entry, str) else entry
         if entry.name not in known:
-            raise _fail(path, f"metrics[{index}]", f"unknown metric {entry.name!r}; registered metrics: {', '.join(known)}")
+            raise _fail(
+                path, f"metrics[{index}]", f"unknown metric {entry.name!r}; registered metrics: {', '.join(known)}"
+            )
         specs.append(MetricSpec(entry.name, dict(entry.options)))
     names = [spec.name for spec in specs]
     duplicates = sorted({n for n in names if names.count(n) > 1})

@@ -165,7 +165,9 @@ def _add_validate(subparsers: argparse._SubParsersAction) -> None:
         "count). Exit code 1 when anything was rejected.",
     )
     parser.add_argument("manifests", nargs="+", metavar="MANIFEST", help="JSONL manifest(s)")
-    parser.add_argument("--media-root", default=None, help="folder relative paths start from (default: each manifest's)")
+    parser.add_argument(
+        "--media-root", default=None, help="folder relative paths start from (default: each manifest's)"
+    )
     parser.add_argument("--max-length", type=int, default=None, help="reject records longer than this (needs --model)")
     parser.add_argument("--show", type=int, default=None, help="list at most this many rejections per manifest")
     _model_options(parser)

@@ -314,7 +314,14 @@ def _spread(values: list[int]) -> dict[str, float]:
     if not values:
         return {}
     p50, p90, p99 = (float(v) for v in np.percentile(values, [50, 90, 99]))
-    return {"min": min(values), "p50": p50, "p90": p90, "p99": p99, "max": max(values), "mean": sum(values) / len(values)}
+    return {
+        "min": min(values),
+        "p50": p50,
+        "p90": p90,
+        "p99": p99,
+        "max": max(values),
+        "mean": sum(values) / len(values),
+    }
 
 
 def manifest_stats(manifest: str | os.PathLike, processor: OneLLMProcessor | None = None) -> ManifestStats:
@@ -402,7 +409,9 @@ class ManifestDataset(Dataset):
             try:
                 media.append((item.modality, self.processor.preprocess(item.modality, source, extras)))
             except MediaError as error:
-                raise MediaError(error.modality, error.source, f"{error.problem} (record {record.id})", error.reason) from None
+                raise MediaError(
+                    error.modality, error.source, f"{error.problem} (record {record.id})", error.reason
+                ) from None
         return {
             "id": record.id,
             "conversation": [turn.to_dict() for turn in record.conversation],

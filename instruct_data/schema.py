@@ -206,7 +206,9 @@ def _input_problems(item: Any, where: str, known: list[str]) -> list[str]:
     rate = item.get("sample_rate")
     if rate is not None:
         if isinstance(modality, str) and modality not in modalities_with("sample_rate"):
-            problems.append(f"{where}.sample_rate is only allowed for {', '.join(modalities_with('sample_rate'))} inputs")
+            problems.append(
+                f"{where}.sample_rate is only allowed for {', '.join(modalities_with('sample_rate'))} inputs"
+            )
         elif isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) or rate <= 0:
             problems.append(f"{where}.sample_rate must be a positive number, found {rate!r}")
     rgb = item.get("rgb_path")

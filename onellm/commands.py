@@ -24,8 +24,13 @@ def add_overrides_argument(parser: argparse.ArgumentParser, help: str) -> None:
 
 
 def mount(
-    subparsers: Any, name: str, help: str, add_arguments: AddArguments, run: Run,
-    description: str | None = None, epilog: str | None = None,
+    subparsers: Any,
+    name: str,
+    help: str,
+    add_arguments: AddArguments,
+    run: Run,
+    description: str | None = None,
+    epilog: str | None = None,
 ) -> argparse.ArgumentParser:
     """``onellm NAME``: a sub-parser with the command's arguments; ``args.func`` is ``run``."""
     parser = subparsers.add_parser(name, help=help, **_parser_options(description, epilog))
@@ -35,8 +40,12 @@ def mount(
 
 
 def standalone(
-    prog: str, add_arguments: AddArguments, run: Run, argv: Sequence[str] | None = None,
-    description: str | None = None, epilog: str | None = None,
+    prog: str,
+    add_arguments: AddArguments,
+    run: Run,
+    argv: Sequence[str] | None = None,
+    description: str | None = None,
+    epilog: str | None = None,
 ) -> int:
     """Parse ``argv`` (default: the command line) with the command's arguments and run it."""
     parser = argparse.ArgumentParser(prog=prog, **_parser_options(description, epilog))

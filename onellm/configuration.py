@@ -76,7 +76,9 @@ class OneLLMConfig(PreTrainedConfig):
         if unknown:
             raise ValueError(f"projector_config has unknown key(s) {unknown}; known: {sorted(PROJECTOR_DEFAULTS)}")
         if self.projector_config["router"] not in router_modes():
-            raise ValueError(f"projector_config.router={self.projector_config['router']!r}; expected one of {router_modes()}")
+            raise ValueError(
+                f"projector_config.router={self.projector_config['router']!r}; expected one of {router_modes()}"
+            )
         if self.projector_config["router_norm"] not in router_norms():
             raise ValueError(
                 f"projector_config.router_norm={self.projector_config['router_norm']!r}; expected one of {router_norms()}"

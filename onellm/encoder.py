@@ -51,8 +51,12 @@ def register_encoder(model_type: str):
 def _clip(model: nn.Module) -> EncoderParts:
     emb = model.embeddings
     return EncoderParts(
-        emb.patch_embedding, emb.class_embedding, emb.position_embedding.weight, model.pre_layrnorm,
-        model.encoder.layers, model.post_layernorm,
+        emb.patch_embedding,
+        emb.class_embedding,
+        emb.position_embedding.weight,
+        model.pre_layrnorm,
+        model.encoder.layers,
+        model.post_layernorm,
     )
 
 
@@ -60,8 +64,12 @@ def _clip(model: nn.Module) -> EncoderParts:
 def _siglip(model: nn.Module) -> EncoderParts:
     emb = model.embeddings
     return EncoderParts(
-        emb.patch_embedding, None, emb.position_embedding.weight, nn.Identity(),
-        model.encoder.layers, model.post_layernorm,
+        emb.patch_embedding,
+        None,
+        emb.position_embedding.weight,
+        nn.Identity(),
+        model.encoder.layers,
+        model.post_layernorm,
     )
 
 
@@ -69,8 +77,12 @@ def _siglip(model: nn.Module) -> EncoderParts:
 def _dinov2(model: nn.Module) -> EncoderParts:
     emb = model.embeddings
     return EncoderParts(
-        emb.patch_embeddings.projection, emb.cls_token, emb.position_embeddings, nn.Identity(),
-        model.encoder.layer, model.layernorm,
+        emb.patch_embeddings.projection,
+        emb.cls_token,
+        emb.position_embeddings,
+        nn.Identity(),
+        model.encoder.layer,
+        model.layernorm,
     )
 
 

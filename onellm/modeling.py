@@ -38,7 +38,9 @@ def build_projector(config: OneLLMConfig, encoder: UniversalEncoder, **changes) 
     """The UPM that ``config.projector_config`` describes (with ``changes``, e.g. ``num_experts=1``), reading
     ``encoder``'s output channels."""
     return UniversalProjectionModule(
-        config.modalities, in_width=encoder.out_width, out_width=config.text_config.hidden_size,
+        config.modalities,
+        in_width=encoder.out_width,
+        out_width=config.text_config.hidden_size,
         **{**config.projector_config, **changes},
     )
 
@@ -179,7 +181,9 @@ class OneLLMForConditionalGeneration(OneLLMPreTrainedModel, GenerationMixin):
             if not decoding or mm_inputs or mm_features:
                 inputs_embeds = self.merge_modalities(input_ids, inputs_embeds, mm_inputs, mm_features)
             if labels is not None:
-                placeholders = torch.isin(input_ids, torch.tensor(list(self.config.modality_token_ids.values()), device=input_ids.device))
+                placeholders = torch.isin(
+                    input_ids, torch.tensor(list(self.config.modality_token_ids.values()), device=input_ids.device)
+                )
                 labels = labels.masked_fill(placeholders, IGNORE_INDEX)
         out = self.language_model(
             attention_mask=attention_mask,
@@ -196,7 +200,12 @@ class OneLLMForConditionalGeneration(OneLLMPreTrainedModel, GenerationMixin):
         return out
 
     def prepare_inputs_for_generation(
-        self, *args: Any, mm_inputs: Any = None, mm_features: Any = None, is_first_iteration: bool = False, **kwargs: Any
+        self,
+        *args: Any,
+        mm_inputs: Any = None,
+        mm_features: Any = None,
+        is_first_iteration: bool = False,
+        **kwargs: Any,
     ) -> dict:
         model_inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
         # Media are consumed by the prefill; later steps read them from the KV cache.

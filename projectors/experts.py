@@ -18,7 +18,9 @@ def register_expert(name: str):
     return _EXPERTS.register(name)
 
 
-def build_expert(kind: str, width: int, depth: int, num_heads: int, mlp_ratio: float, hidden: int | None = None) -> nn.Module:
+def build_expert(
+    kind: str, width: int, depth: int, num_heads: int, mlp_ratio: float, hidden: int | None = None
+) -> nn.Module:
     """``hidden`` (the feed-forward width) defaults to ``width * mlp_ratio``; checkpoints converted from other code
     give it explicitly (OneLLM's LLaMA blocks round it to a multiple of 256)."""
     return _EXPERTS[kind](width=width, depth=depth, num_heads=num_heads, hidden=hidden or int(width * mlp_ratio))

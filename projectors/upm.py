@@ -207,9 +207,19 @@ class ModalityHead(nn.Module):
     """
 
     def __init__(
-        self, in_width: int, width: int, out_width: int, num_queries: int, num_experts: int, router: str,
-        norm: str = "standardize", out_rms: float | None = None, router_norm: str = "softmax",
-        router_hidden: int | None = None, end_tag: str = "learned", region_words: str = "off",
+        self,
+        in_width: int,
+        width: int,
+        out_width: int,
+        num_queries: int,
+        num_experts: int,
+        router: str,
+        norm: str = "standardize",
+        out_rms: float | None = None,
+        router_norm: str = "softmax",
+        router_hidden: int | None = None,
+        end_tag: str = "learned",
+        region_words: str = "off",
     ):
         super().__init__()
         if region_words not in REGION_WORDS:
@@ -304,9 +314,23 @@ class UniversalProjectionModule(nn.Module):
             [build_expert(expert, width, depth, num_heads, mlp_ratio, expert_hidden) for _ in range(num_experts)]
         )
         self.heads = nn.ModuleDict(
-            {m: ModalityHead(in_width, width, out_width, num_queries, num_experts, router, norm, out_rms, router_norm,
-                             router_hidden, end_tag, region_words)
-                for m in modalities}
+            {
+                m: ModalityHead(
+                    in_width,
+                    width,
+                    out_width,
+                    num_queries,
+                    num_experts,
+                    router,
+                    norm,
+                    out_rms,
+                    router_norm,
+                    router_hidden,
+                    end_tag,
+                    region_words,
+                )
+                for m in modalities
+            }
         )
 
     @property
@@ -333,12 +357,16 @@ class UniversalProjectionModule(nn.Module):
         x = head.project_in(features)
         seq = torch.cat([build_queries(self.query_source, head.queries, x), x], dim=1)
         weights = head.router(x, head.queries)  # [B|1, 1|N, K]
-        mixed = sum(weights[..., k : k + 1] * expert(seq)[:, : self.num_queries] for k, expert in enumerate(self.experts))
+        mixed = sum(
+            weights[..., k : k + 1] * expert(seq)[:, : self.num_queries] for k, expert in enumerate(self.experts)
+        )
         out = head.soft_tokens(mixed, vocab)
         return torch.cat([head.start_tag.expand(out.shape[0], -1, -1), out, head.end(mixed, vocab)], dim=1)
 
 
-def expand_experts(projector: UniversalProjectionModule, num_experts: int, modalities: list[str]) -> UniversalProjectionModule:
+def expand_experts(
+    projector: UniversalProjectionModule, num_experts: int, modalities: list[str]
+) -> UniversalProjectionModule:
     """Build a K-expert, all-modality UPM from a trained one-expert projector (OneLLM's stage-1 -> stage-2 step).
 
     Every expert is a copy of the trained expert; every new modality head starts as a copy of the first

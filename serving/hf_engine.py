@@ -223,7 +223,9 @@ class HFEngine:
         recorder = None
         if sampling.logprobs is not None:
             recorder = _LogprobRecorder(
-                self.model.get_output_embeddings(), sampling.logprobs, list(self.model.config.modality_token_ids.values())
+                self.model.get_output_embeddings(),
+                sampling.logprobs,
+                list(self.model.config.modality_token_ids.values()),
             )
         try:
             with torch.inference_mode(), self._adapter(request.adapter):

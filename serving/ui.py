@@ -47,6 +47,7 @@ logger = logging.getLogger("onellm.ui")
 AUTO = "auto"
 BASE_MODEL = "base model (no adapter)"
 
+
 class UploadError(ValueError):
     """An uploaded file the page cannot use; the message names the file and says what to do."""
 
@@ -59,8 +60,11 @@ def known_suffixes() -> list[str]:
 def file_candidates(path: Path) -> list[tuple[int, str]]:
     """``(score, modality)`` of every modality the file may hold, best first (ties: curriculum order): each
     modality file judges its own suffixes and content (``Modality.file_match``: PNG modes, .npy shapes)."""
-    scored = [(get_modality(m).file_match(path), -i, m) for i, m in enumerate(modality_names())
-              if path.suffix.lower() in get_modality(m).suffixes]
+    scored = [
+        (get_modality(m).file_match(path), -i, m)
+        for i, m in enumerate(modality_names())
+        if path.suffix.lower() in get_modality(m).suffixes
+    ]
     return [(score, m) for score, _, m in sorted(scored, reverse=True) if score > 0]
 
 

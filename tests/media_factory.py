@@ -21,7 +21,9 @@ def png_bytes(size: tuple[int, int] = (40, 48), seed: int = 0) -> bytes:
 def wav_bytes(seconds: float = 1.5, rate: int = 16_000, freq: float = 440.0) -> bytes:
     t = np.arange(int(seconds * rate)) / rate
     buffer = io.BytesIO()
-    soundfile.write(buffer, (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32), rate, format="WAV", subtype="PCM_16")
+    soundfile.write(
+        buffer, (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32), rate, format="WAV", subtype="PCM_16"
+    )
     return buffer.getvalue()
 
 

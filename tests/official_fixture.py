@@ -46,16 +46,33 @@ def convert_fixture(root: Path, **options) -> tuple[Path, dict]:
 
     out = root / "converted"
     summary = convert_official(
-        FIXTURE / "weights.safetensors", FIXTURE / "params.json", out, tokenizer=stand_in_tokenizer(root / "tokenizer"),
-        **constants(), **options,
+        FIXTURE / "weights.safetensors",
+        FIXTURE / "params.json",
+        out,
+        tokenizer=stand_in_tokenizer(root / "tokenizer"),
+        **constants(),
+        **options,
     )
     return out, summary
 
 
 def official_state(
-    dim: int = 64, layers: int = 2, vocab: int = 32000, ffn: int = 192, clip_width: int = 48, clip_layers: int = 2,
-    patch: int = 14, grid: int = 16, experts: int = 3, depth: int = 2, queries: int = 30, expert_hidden: int = 128,
-    voxels: int = 128, point_groups: int = 1024, dtype=None, seed: int = 0,
+    dim: int = 64,
+    layers: int = 2,
+    vocab: int = 32000,
+    ffn: int = 192,
+    clip_width: int = 48,
+    clip_layers: int = 2,
+    patch: int = 14,
+    grid: int = 16,
+    experts: int = 3,
+    depth: int = 2,
+    queries: int = 30,
+    expert_hidden: int = 128,
+    voxels: int = 128,
+    point_groups: int = 1024,
+    dtype=None,
+    seed: int = 0,
 ) -> dict:
     """A random state dict in the official layout (``llma.*`` names, official shapes) of any size: for checkpoints
     other than the fixture's (a converter must read every dimension from the weights) and for conversion benchmarks.

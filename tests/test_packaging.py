@@ -8,8 +8,13 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MAPPING = {"onellm": "onellm", "onellm.projectors": "projectors", "onellm.instruct_data": "instruct_data",
-           "onellm.serving": "serving", "onellm.eval": "eval"}
+MAPPING = {
+    "onellm": "onellm",
+    "onellm.projectors": "projectors",
+    "onellm.instruct_data": "instruct_data",
+    "onellm.serving": "serving",
+    "onellm.eval": "eval",
+}
 
 
 def test_mapped_folders_import_under_onellm():
@@ -38,8 +43,11 @@ def test_cli_lists_its_commands():
 
 
 def test_cli_build_saves_a_loadable_checkpoint(tmp_path):
-    subprocess.run([sys.executable, "-m", "onellm.cli", "build", "tiny", "--out", str(tmp_path / "ckpt")], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "onellm.cli", "build", "tiny", "--out", str(tmp_path / "ckpt")],
+        check=True,
+        capture_output=True,
+    )
     from transformers import AutoModelForCausalLM
 
     import onellm  # noqa: F401  (registers the Auto classes)

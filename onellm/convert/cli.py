@@ -17,13 +17,16 @@ from onellm.commands import mount
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sources = parser.add_subparsers(dest="source", required=True, metavar="SOURCE")
     official = sources.add_parser(
-        "official", help="the released OneLLM checkpoint (consolidated.00-of-01.pth, keys llma.*)",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "official",
+        help="the released OneLLM checkpoint (consolidated.00-of-01.pth, keys llma.*)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     official.add_argument("checkpoint", help="the official checkpoint: .pth (memory-mapped) or .safetensors")
     official.add_argument("--params", required=True, help="LLaMA-2's params.json (as given to the official MetaModel)")
     official.add_argument(
-        "--tokenizer", default=None,
+        "--tokenizer",
+        default=None,
         help="LLaMA-2's tokenizer.model or a tokenizer folder (default: tokenizer.model beside the checkpoint)",
     )
     official.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
@@ -38,8 +41,13 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     try:
         summary = convert_official(
-            args.checkpoint, args.params, args.out, tokenizer=args.tokenizer, clip_head_width=args.clip_head_width,
-            expert_heads=args.expert_heads, max_shard_bytes=int(args.shard_gb * (1 << 30)),
+            args.checkpoint,
+            args.params,
+            args.out,
+            tokenizer=args.tokenizer,
+            clip_head_width=args.clip_head_width,
+            expert_heads=args.expert_heads,
+            max_shard_bytes=int(args.shard_gb * (1 << 30)),
         )
     except ConversionError as exc:
         print(f"onellm convert official: {exc}", file=sys.stderr)
@@ -53,5 +61,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_convert_command(subparsers: Any) -> argparse.ArgumentParser:
-    return mount(subparsers, "convert", "convert another project's checkpoint into a onellm folder", add_arguments, run,
-                 __doc__)
+    return mount(
+        subparsers, "convert", "convert another project's checkpoint into a onellm folder", add_arguments, run, __doc__
+    )

@@ -39,8 +39,14 @@ import torch
 OFFICIAL_PREFIX = "llma."
 # Official modality names -> onellm's.
 MODALITIES = {
-    "image": "image", "video": "video", "audio": "audio", "point": "point", "rgbd": "depth", "rgbn": "normal",
-    "imu": "imu", "fmri": "fmri",
+    "image": "image",
+    "video": "video",
+    "audio": "audio",
+    "point": "point",
+    "rgbd": "depth",
+    "rgbn": "normal",
+    "imu": "imu",
+    "fmri": "fmri",
 }
 # The CLIP text tower and the visual projection: stored in the checkpoint, never read by OneLLM's forward.
 IGNORED = re.compile(r"^clip\.(?!visual\.)|^clip\.visual\.proj$")
@@ -200,7 +206,10 @@ def official_config(
         rms_norm_eps=float(params.get("norm_eps", 1e-5)),
         rope_theta=float(params.get("rope_theta", 10000.0)),
         max_position_embeddings=int(params.get("max_seq_len", 2048)),
-        bos_token_id=1, eos_token_id=2, pad_token_id=None, tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=None,
+        tie_word_embeddings=False,
     )
     width = source.shape("clip.visual.class_embedding")[0]
     if width % clip_head_width:
@@ -292,10 +301,16 @@ def _rules(config) -> list[Rule]:
         Rule(r"tok_embeddings\.weight", f"{llm}.embed_tokens.weight", pad_vocab),
         Rule(r"output\.weight", "language_model.lm_head.weight", pad_vocab),
         Rule(r"norm\.weight", f"{llm}.norm.weight"),
-        Rule(rf"{layer}\.attention\.wq\.weight", rf"{llm}.layers.\1.self_attn.q_proj.weight",
-             lambda t: meta_to_hf_rotary(t, heads)),
-        Rule(rf"{layer}\.attention\.wk\.weight", rf"{llm}.layers.\1.self_attn.k_proj.weight",
-             lambda t: meta_to_hf_rotary(t, kv_heads)),
+        Rule(
+            rf"{layer}\.attention\.wq\.weight",
+            rf"{llm}.layers.\1.self_attn.q_proj.weight",
+            lambda t: meta_to_hf_rotary(t, heads),
+        ),
+        Rule(
+            rf"{layer}\.attention\.wk\.weight",
+            rf"{llm}.layers.\1.self_attn.k_proj.weight",
+            lambda t: meta_to_hf_rotary(t, kv_heads),
+        ),
         Rule(rf"{layer}\.attention\.wv\.weight", rf"{llm}.layers.\1.self_attn.v_proj.weight"),
         Rule(rf"{layer}\.attention\.wo\.weight", rf"{llm}.layers.\1.self_attn.o_proj.weight"),
         Rule(rf"{layer}\.feed_forward\.w1\.weight", rf"{llm}.layers.\1.mlp.gate_proj.weight"),
@@ -325,13 +340,20 @@ def _rules(config) -> list[Rule]:
         Rule(rf"resample_tokens\.{mod}", lambda x: [(f"projector.heads.{m(x.group(1))}.queries", _keep)]),
         Rule(rf"start_tag\.{mod}", lambda x: [(f"projector.heads.{m(x.group(1))}.start_tag", _keep)]),
         Rule(rf"end_tag\.{mod}", lambda x: [(f"projector.heads.{m(x.group(1))}.end_tag", _keep)]),
-        Rule(rf"clip_proj1\.{mod}\.([01])\.(weight|bias)",
-             lambda x: [(f"projector.heads.{m(x.group(1))}.proj_in.{x.group(2)}.{x.group(3)}", _keep)]),
-        Rule(rf"clip_proj2\.{mod}\.([01])\.(weight|bias)",
-             lambda x: [(f"projector.heads.{m(x.group(1))}.proj_out.{x.group(2)}.{x.group(3)}", _keep)]),
-        Rule(rf"routers\.{mod}\.fc(1|2)\.(weight|bias)",
-             lambda x: [(f"projector.heads.{m(x.group(1))}.router.mlp.{0 if x.group(2) == '1' else 2}.{x.group(3)}",
-                         _keep)]),
+        Rule(
+            rf"clip_proj1\.{mod}\.([01])\.(weight|bias)",
+            lambda x: [(f"projector.heads.{m(x.group(1))}.proj_in.{x.group(2)}.{x.group(3)}", _keep)],
+        ),
+        Rule(
+            rf"clip_proj2\.{mod}\.([01])\.(weight|bias)",
+            lambda x: [(f"projector.heads.{m(x.group(1))}.proj_out.{x.group(2)}.{x.group(3)}", _keep)],
+        ),
+        Rule(
+            rf"routers\.{mod}\.fc(1|2)\.(weight|bias)",
+            lambda x: [
+                (f"projector.heads.{m(x.group(1))}.router.mlp.{0 if x.group(2) == '1' else 2}.{x.group(3)}", _keep)
+            ],
+        ),
         Rule(rf"positional_embedding\.{mod}", table),
         Rule(r"conv1\.audio\.(weight|bias)", r"mm_tokenizers.audio.conv.\1"),
         Rule(r"conv1\.imu\.weight", "mm_tokenizers.imu.conv.weight"),
@@ -357,8 +379,9 @@ def plan(source: OfficialCheckpoint, config) -> dict[str, tuple[str, Callable[[t
                 pairs = [(match.expand(rule.target), rule.transform or _keep)]
             for target, transform in pairs:
                 if target in targets:
-                    raise ConversionError(f"'{OFFICIAL_PREFIX}{name}' and '{OFFICIAL_PREFIX}{targets[target][0]}' "
-                                          f"both map to {target}")
+                    raise ConversionError(
+                        f"'{OFFICIAL_PREFIX}{name}' and '{OFFICIAL_PREFIX}{targets[target][0]}' both map to {target}"
+                    )
                 targets[target] = (name, transform)
             break
         else:
@@ -392,7 +415,9 @@ def converted_tensors(source: OfficialCheckpoint, config) -> Iterator[tuple[str,
         key, transform = targets[name]
         tensor = transform(source.tensor(key)).contiguous()
         if tuple(tensor.shape) != shape:
-            raise ConversionError(f"'{OFFICIAL_PREFIX}{key}' gives {name} the shape {tuple(tensor.shape)}; {shape} expected")
+            raise ConversionError(
+                f"'{OFFICIAL_PREFIX}{key}' gives {name} the shape {tuple(tensor.shape)}; {shape} expected"
+            )
         yield name, tensor
 
 
@@ -488,7 +513,9 @@ def convert_official(
     tok = load_tokenizer(tokenizer, vocab)
     ids = add_marker_tokens(tok, config.modalities)
     if ids != config.modality_token_ids:
-        raise ConversionError(f"the tokenizer gave the modality markers ids {ids}; {config.modality_token_ids} expected")
+        raise ConversionError(
+            f"the tokenizer gave the modality markers ids {ids}; {config.modality_token_ids} expected"
+        )
     dtype = source.tensor("tok_embeddings.weight").dtype
     config.dtype = dtype
     config.architectures = ["OneLLMForConditionalGeneration"]
@@ -497,7 +524,9 @@ def convert_official(
     config.save_pretrained(out)
     GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=tok.pad_token_id).save_pretrained(out)
     processor = OneLLMProcessor(
-        tok, modality_configs=config.modality_configs, num_queries=config.projector_config["num_queries"],
+        tok,
+        modality_configs=config.modality_configs,
+        num_queries=config.projector_config["num_queries"],
         chat_template=OFFICIAL_CHAT_TEMPLATE,
     )
     processor.save_pretrained(out)

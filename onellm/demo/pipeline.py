@@ -104,7 +104,12 @@ def prepare_data(folder: Path, per_modality: int, seed: int, modalities: list[st
     info_path = folder / CORPUS_INFO
     if info_path.is_file():
         info = json.loads(info_path.read_text(encoding="utf-8"))
-        wanted = {"per_modality": per_modality, "seed": seed, "modalities": names, "generator_version": GENERATOR_VERSION}
+        wanted = {
+            "per_modality": per_modality,
+            "seed": seed,
+            "modalities": names,
+            "generator_version": GENERATOR_VERSION,
+        }
         if corpus_identity(info) == wanted:
             return "skipped"
         say(

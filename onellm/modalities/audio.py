@@ -47,7 +47,9 @@ def resample(waveform: np.ndarray, rate: int, target: int = SAMPLE_RATE) -> np.n
     frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(waveform[None, :], np.float32), format="flt", layout="mono")
     frame.sample_rate = rate
     resampler = av.AudioResampler(format="flt", layout="mono", rate=target)
-    chunks = [f.to_ndarray()[0] for f in resampler.resample(frame)] + [f.to_ndarray()[0] for f in resampler.resample(None)]
+    chunks = [f.to_ndarray()[0] for f in resampler.resample(frame)] + [
+        f.to_ndarray()[0] for f in resampler.resample(None)
+    ]
     return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
 
 
@@ -89,7 +91,13 @@ class AudioTokenizer(nn.Module):
     """fbank ``[B, 1, M, T]`` -> ``[B, L, C]`` with L = ((M-k)//s+1) * ((T-k)//s+1), plus a learned position table."""
 
     def __init__(
-        self, width: int, num_mel_bins: int, target_length: int, kernel: int, stride: int, own_class_position: bool = False
+        self,
+        width: int,
+        num_mel_bins: int,
+        target_length: int,
+        kernel: int,
+        stride: int,
+        own_class_position: bool = False,
     ):
         super().__init__()
         self.conv = nn.Conv2d(1, width, kernel_size=kernel, stride=stride)
@@ -110,7 +118,11 @@ class AudioModality(Modality):
     # target_length frames of 10 ms: 1024 (~10 s) in OneLLM; presets for CPU training use a few seconds.
     # class_position: the position table also covers the encoder's class token (OneLLM's layout).
     defaults = {
-        "num_mel_bins": 128, "target_length": 1024, "kernel": 16, "stride": 10, "max_seconds": 600.0,
+        "num_mel_bins": 128,
+        "target_length": 1024,
+        "kernel": 16,
+        "stride": 10,
+        "max_seconds": 600.0,
         "class_position": False,
     }
     # tiny: 1.28 s -> 8 x 8 = 64 tokens; small: 2.56 s -> 8 x 16 = 128 tokens; 7b: OneLLM's 10 s -> 12 x 101 tokens.
@@ -174,7 +186,11 @@ class AudioModality(Modality):
             if waveform.ndim == 2:  # [samples, channels]
                 waveform = waveform.mean(axis=1)
             if waveform.ndim != 1:
-                raise self.fail(source, f"expected a [samples] or [samples, channels] waveform, found {list(waveform.shape)}", WRONG_SHAPE)
+                raise self.fail(
+                    source,
+                    f"expected a [samples] or [samples, channels] waveform, found {list(waveform.shape)}",
+                    WRONG_SHAPE,
+                )
             rate = int((extras or {}).get("sample_rate", SAMPLE_RATE))
         else:
             waveform, rate = self.decode(source)
@@ -182,7 +198,9 @@ class AudioModality(Modality):
         if waveform.size < 400:  # one 25 ms Kaldi window at 16 kHz
             raise self.fail(source, f"too short: {waveform.size} samples, need at least one 25 ms window", WRONG_SHAPE)
         if waveform.size / rate > opts["max_seconds"]:
-            raise self.fail(source, f"{waveform.size / rate:.1f} s is longer than the {opts['max_seconds']} s limit", TOO_LONG)
+            raise self.fail(
+                source, f"{waveform.size / rate:.1f} s is longer than the {opts['max_seconds']} s limit", TOO_LONG
+            )
         waveform = resample(waveform, rate)
         extractor = fbank_extractor(opts["num_mel_bins"], opts["target_length"])
         fbank = extractor(waveform.astype(np.float32), sampling_rate=SAMPLE_RATE, return_tensors="np")

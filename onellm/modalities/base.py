@@ -137,9 +137,7 @@ class Modality:
         """Defaults merged with ``overrides``; an unknown key is an error naming it."""
         unknown = sorted(set(overrides) - set(self.defaults))
         if unknown:
-            raise KeyError(
-                f"modality {self.name!r} has no option(s) {unknown}; known: {sorted(self.defaults)}"
-            )
+            raise KeyError(f"modality {self.name!r} has no option(s) {unknown}; known: {sorted(self.defaults)}")
         return {**self.defaults, **overrides}
 
     @property

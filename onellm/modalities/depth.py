@@ -48,7 +48,9 @@ class MapModality(ImageLikeModality):
             return rendered
         rgb = (extras or {}).get("rgb")
         if rgb is None:
-            raise self.fail(source, "this model reads the map with its RGB image; give the pair (rgb_path)", WRONG_SHAPE)
+            raise self.fail(
+                source, "this model reads the map with its RGB image; give the pair (rgb_path)", WRONG_SHAPE
+            )
         image = get_modality("image").preprocess(rgb, image_size=opts["image_size"], mean=opts["mean"], std=opts["std"])
         return torch.stack([image, rendered])
 

@@ -85,7 +85,9 @@ class FMRIModality(Modality):
         opts = self.options(**options)
         voxels = self.load_array(source)
         if voxels.ndim == 2 and voxels.shape[1] == opts["num_voxels"]:
-            voxels = voxels.mean(axis=0)  # [R, V]: repeated trials of one stimulus are averaged (as OneLLM does for NSD)
+            voxels = voxels.mean(
+                axis=0
+            )  # [R, V]: repeated trials of one stimulus are averaged (as OneLLM does for NSD)
         elif voxels.ndim == 2 and 1 in voxels.shape:
             voxels = voxels.reshape(-1)
         if voxels.ndim != 1:
@@ -101,6 +103,9 @@ class FMRIModality(Modality):
         opts = self.options(**options)
         tokenizer = pick_variant(self.name, "layout", opts["layout"], LAYOUTS)
         return tokenizer(
-            width, opts["num_voxels"], voxels_per_token=opts["voxels_per_token"], tokens=opts["tokens"],
+            width,
+            opts["num_voxels"],
+            voxels_per_token=opts["voxels_per_token"],
+            tokens=opts["tokens"],
             own_class_position=opts["class_position"],
         )

@@ -49,8 +49,10 @@ def fit_square(image: Image.Image, size: int) -> Image.Image:
 
 def fit_square_array(array: np.ndarray, size: int) -> np.ndarray:
     """Float ``[H, W, C]`` -> ``[size, size, C]`` like :func:`fit_square`, channel by channel at full precision."""
-    channels = [np.asarray(fit_square(Image.fromarray(array[..., c].astype(np.float32), mode="F"), size))
-                for c in range(array.shape[-1])]
+    channels = [
+        np.asarray(fit_square(Image.fromarray(array[..., c].astype(np.float32), mode="F"), size))
+        for c in range(array.shape[-1])
+    ]
     return np.stack(channels, axis=-1)
 
 
@@ -152,9 +154,13 @@ def load_grey(modality: Modality, source: Source) -> np.ndarray:
     if grey.ndim == 3 and grey.shape[-1] in (1, 3, 4):
         grey = grey[..., :3].mean(axis=-1)  # one channel, or a grey image saved as RGB(A)
     if grey.ndim != 2 or min(grey.shape) < 1:
-        raise modality.fail(source, f"expected a single-channel [H, W] image, found shape {list(grey.shape)}", WRONG_SHAPE)
+        raise modality.fail(
+            source, f"expected a single-channel [H, W] image, found shape {list(grey.shape)}", WRONG_SHAPE
+        )
     if grey.size > MAX_PIXELS:
-        raise modality.fail(source, f"{grey.shape[1]}x{grey.shape[0]} pixels exceeds the {MAX_PIXELS} pixel limit", TOO_LONG)
+        raise modality.fail(
+            source, f"{grey.shape[1]}x{grey.shape[0]} pixels exceeds the {MAX_PIXELS} pixel limit", TOO_LONG
+        )
     modality.check_finite(source, grey)
     return grey.astype(np.float32, copy=False)
 
@@ -219,7 +225,9 @@ class ImageModality(ImageLikeModality):
         if isinstance(source, (np.ndarray, torch.Tensor)):
             array = self.load_array(source)
             if array.ndim != 3 or array.shape[-1] != 3:
-                raise self.fail(source, f"expected an [H, W, 3] RGB array, found shape {list(array.shape)}", WRONG_SHAPE)
+                raise self.fail(
+                    source, f"expected an [H, W, 3] RGB array, found shape {list(array.shape)}", WRONG_SHAPE
+                )
             self.check_finite(source, array)
             scale = 255.0 if array.max() > 1.0 else 1.0
             image = Image.fromarray(np.clip(array / scale * 255.0, 0, 255).astype(np.uint8))

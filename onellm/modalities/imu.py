@@ -25,7 +25,12 @@ class IMUTokenizer(nn.Module):
     """``[B, 6, T]`` -> ``[B, (T - kernel) // stride + 1, C]``."""
 
     def __init__(
-        self, width: int, num_samples: int, kernel: int, stride: int | None = None, bias: bool = True,
+        self,
+        width: int,
+        num_samples: int,
+        kernel: int,
+        stride: int | None = None,
+        bias: bool = True,
         own_class_position: bool = False,
     ):
         super().__init__()
@@ -46,15 +51,27 @@ class IMUModality(Modality):
     # stride None: the kernel (non-overlapping windows). class_position: the table also covers the class token.
     # accel_in_g: accelerometer channels divided by g (OneLLM's released weights read them raw, in m/s^2).
     defaults = {
-        "sample_rate": 200, "num_samples": 2000, "kernel": 10, "stride": None, "bias": True, "class_position": False,
+        "sample_rate": 200,
+        "num_samples": 2000,
+        "kernel": 10,
+        "stride": None,
+        "bias": True,
+        "class_position": False,
         "accel_in_g": True,
     }
     # tiny and small: 4 s at 50 Hz -> 20 tokens; 7b: OneLLM's 2 s windows at 200 Hz, raw m/s^2, 391 tokens.
     preset_options = {
         "tiny": {"sample_rate": 50, "num_samples": 200, "kernel": 10},
         "small": {"sample_rate": 50, "num_samples": 200, "kernel": 10},
-        "7b": {"sample_rate": 200, "num_samples": 400, "kernel": 10, "stride": 1, "bias": False,
-               "class_position": True, "accel_in_g": False},
+        "7b": {
+            "sample_rate": 200,
+            "num_samples": 400,
+            "kernel": 10,
+            "stride": 1,
+            "bias": False,
+            "class_position": True,
+            "accel_in_g": False,
+        },
     }
     noun = "IMU recording"
     suffixes = (".csv", ".npy")
@@ -83,7 +100,11 @@ class IMUModality(Modality):
             if times.size > 1 and np.all(np.diff(times) > 0):
                 rate = (times.size - 1) / float(times[-1] - times[0])
         if array.ndim != 2 or array.shape[1] != 6:
-            raise self.fail(source, f"expected [T, 6] (accelerometer xyz + gyroscope xyz), found shape {list(array.shape)}", WRONG_SHAPE)
+            raise self.fail(
+                source,
+                f"expected [T, 6] (accelerometer xyz + gyroscope xyz), found shape {list(array.shape)}",
+                WRONG_SHAPE,
+            )
         if array.shape[0] < 2:
             raise self.fail(source, f"needs at least 2 samples, found {array.shape[0]}")
         self.check_finite(source, array)

@@ -108,7 +108,15 @@ def read_ply(modality: Modality, source: Source, data: bytes) -> np.ndarray:
             in_vertex = False
         elif words[:1] == ["property"] and in_vertex:
             props.append((words[-1], words[1]))
-    types = {"float": "<f4", "float32": "<f4", "double": "<f8", "uchar": "u1", "uint8": "u1", "int": "<i4", "short": "<i2"}
+    types = {
+        "float": "<f4",
+        "float32": "<f4",
+        "double": "<f8",
+        "uchar": "u1",
+        "uint8": "u1",
+        "int": "<i4",
+        "short": "<i2",
+    }
     try:
         if fmt == "ascii":
             rows = np.loadtxt(io.StringIO(body.decode("ascii")), max_rows=count, ndmin=2)
@@ -162,7 +170,11 @@ class PointModality(Modality):
             data = self.read_bytes(source)
             points = read_ply(self, source, data) if data.startswith(b"ply") else self.load_array(data)
         if points.ndim != 2 or points.shape[1] not in (3, 6):
-            raise self.fail(source, f"expected a [P, 3] (xyz) or [P, 6] (xyz + rgb) array, found shape {list(points.shape)}", WRONG_SHAPE)
+            raise self.fail(
+                source,
+                f"expected a [P, 3] (xyz) or [P, 6] (xyz + rgb) array, found shape {list(points.shape)}",
+                WRONG_SHAPE,
+            )
         if points.shape[0] < 1:
             raise self.fail(source, "the point cloud is empty")
         self.check_finite(source, points)
@@ -179,7 +191,9 @@ class PointModality(Modality):
 
     def dummy_input(self, **options: Any) -> torch.Tensor:
         generator = torch.Generator().manual_seed(0)
-        xyz = torch.nn.functional.normalize(torch.randn(self.options(**options)["num_points"], 3, generator=generator), dim=1)
+        xyz = torch.nn.functional.normalize(
+            torch.randn(self.options(**options)["num_points"], 3, generator=generator), dim=1
+        )
         return torch.cat([xyz, torch.rand(xyz.shape, generator=generator)], dim=1)
 
     def build_tokenizer(self, width: int, patch_size: int, **options: Any) -> nn.Module:

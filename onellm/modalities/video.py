@@ -120,7 +120,9 @@ class VideoModality(Modality):
         if isinstance(source, (np.ndarray, torch.Tensor)):
             array = self.load_array(source)  # [T, H, W, 3] in [0, 1] or [0, 255]
             if array.ndim != 4 or array.shape[-1] != 3:
-                raise self.fail(source, f"expected a [T, H, W, 3] frame array, found shape {list(array.shape)}", WRONG_SHAPE)
+                raise self.fail(
+                    source, f"expected a [T, H, W, 3] frame array, found shape {list(array.shape)}", WRONG_SHAPE
+                )
             self.check_finite(source, array)
             scale = 255.0 if array.max() > 1.0 else 1.0
             frames = [Image.fromarray(np.clip(f / scale * 255.0, 0, 255).astype(np.uint8)) for f in array]
@@ -129,8 +131,10 @@ class VideoModality(Modality):
         picked = [frames[i] for i in uniform_indices(len(frames), opts["num_frames"])]
         size = opts["image_size"]
         return torch.stack(
-            [normalise(np.asarray(fit_square(f.convert("RGB"), size), np.float32) / 255.0, opts["mean"], opts["std"])
-             for f in picked]
+            [
+                normalise(np.asarray(fit_square(f.convert("RGB"), size), np.float32) / 255.0, opts["mean"], opts["std"])
+                for f in picked
+            ]
         )
 
     def build_tokenizer(self, width: int, patch_size: int, **options: Any) -> nn.Module:

@@ -91,8 +91,8 @@ class CheckpointWriteError(OSError):
 def write_failed(target: Path, exc: OSError, intact: Path | None) -> CheckpointWriteError:
     kept = f"the previous checkpoint {intact} is intact" if intact is not None else "no earlier checkpoint was kept"
     return CheckpointWriteError(
-        exc.errno, f"could not write {target}: {exc.strerror or exc}; {kept}. Free space and run the same command "
-        "again to resume"
+        exc.errno,
+        f"could not write {target}: {exc.strerror or exc}; {kept}. Free space and run the same command again to resume",
     )
 
 

@@ -400,4 +400,3 @@ __all__ = [
     "parse_overrides",
     "set_dotted",
 ]
-

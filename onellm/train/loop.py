@@ -110,7 +110,9 @@ def label_loss_sum(model: nn.Module, inputs: dict[str, Any], per_sample: bool = 
     logits = model(**inputs, logits_to_keep=keep).logits.float()  # [B, len(keep), V]
     kept = targets[:, keep]
     if not per_sample:
-        return nn.functional.cross_entropy(logits.flatten(0, 1), kept.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+        return nn.functional.cross_entropy(
+            logits.flatten(0, 1), kept.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+        )
     token_losses = nn.functional.cross_entropy(
         logits.flatten(0, 1), kept.flatten(), ignore_index=IGNORE_INDEX, reduction="none"
     ).view_as(kept)
@@ -308,7 +310,9 @@ class Trainer:
     def _word_logits(self):
         return captured_word_logits(self.core) if self.words is not None else contextlib.nullcontext({})
 
-    def _lexical(self, captured: dict[tuple[str, int], list[torch.Tensor]], inputs: dict[str, Any]) -> torch.Tensor | float:
+    def _lexical(
+        self, captured: dict[tuple[str, int], list[torch.Tensor]], inputs: dict[str, Any]
+    ) -> torch.Tensor | float:
         """``train.lexical_loss`` x this micro-batch's auxiliary word loss (0 when off or no row has content words).
         Not rescaled by the process count: DDP's averaging makes it the mean over processes."""
         if not captured:
@@ -582,4 +586,12 @@ def _truncate_metrics(path: Path, step: int) -> None:
     path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
 
-__all__ = ["LoopResult", "SCHEDULES", "Trainer", "frozen_linear_weights_in_bf16", "label_loss_sum", "loss_units", "split_decay"]
+__all__ = [
+    "LoopResult",
+    "SCHEDULES",
+    "Trainer",
+    "frozen_linear_weights_in_bf16",
+    "label_loss_sum",
+    "loss_units",
+    "split_decay",
+]

@@ -155,4 +155,3 @@ def _precision(train) -> str:
 
 
 __all__ = ["curriculum_summary", "first_last", "plot_losses", "smooth", "stage_summary"]
-

@@ -173,8 +173,14 @@ def test_decode_differs_from_official_only_by_its_offset_bug(converted, expected
             assert int(logits.argmax()) == official[i]
             close(logits.topk(top_values.shape[1]).values, top_values[i], ATOL_LOGITS, f"{run} official step {i}")
         # ... while our decode is the correct one: each step equals a full causal forward over prompt + tokens.
-        generated = model.generate(input_ids=ids, mm_inputs=mm, max_new_tokens=len(official), do_sample=False,
-                                   output_logits=True, return_dict_in_generate=True)
+        generated = model.generate(
+            input_ids=ids,
+            mm_inputs=mm,
+            max_new_tokens=len(official),
+            do_sample=False,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
         full = torch.cat([ids, generated.sequences[:, ids.shape[1] :]], dim=1)
         recompute = model(input_ids=full, mm_inputs=mm).logits[0, ids.shape[1] - 1 : -1]
         ours = torch.stack(generated.logits, dim=1)[0]
@@ -197,7 +203,9 @@ def test_unknown_and_missing_keys_are_named(tmp_path):
     dropped = "llma.clip_proj2.image.1.bias"
     save_file({k: v for k, v in weights.items() if k != dropped}, tmp_path / "missing.safetensors")
     with pytest.raises(ConversionError, match=r"projector\.heads\.image\.proj_out\.1\.bias"):
-        convert_official(tmp_path / "missing.safetensors", FIXTURE / "params.json", tmp_path / "b", tokenizer, **options)
+        convert_official(
+            tmp_path / "missing.safetensors", FIXTURE / "params.json", tmp_path / "b", tokenizer, **options
+        )
 
 
 def test_cli_converts_and_answers_mistakes_in_one_line(tmp_path):
@@ -205,10 +213,22 @@ def test_cli_converts_and_answers_mistakes_in_one_line(tmp_path):
     import sys
 
     tokenizer = stand_in_tokenizer(tmp_path / "tok")
-    base = [sys.executable, "-m", "onellm.cli", "convert", "official", str(FIXTURE / "weights.safetensors"),
-            "--params", str(FIXTURE / "params.json"), "--tokenizer", str(tokenizer),
-            "--clip-head-width", str(constants()["clip_head_width"]),
-            "--expert-heads", str(constants()["expert_heads"])]
+    base = [
+        sys.executable,
+        "-m",
+        "onellm.cli",
+        "convert",
+        "official",
+        str(FIXTURE / "weights.safetensors"),
+        "--params",
+        str(FIXTURE / "params.json"),
+        "--tokenizer",
+        str(tokenizer),
+        "--clip-head-width",
+        str(constants()["clip_head_width"]),
+        "--expert-heads",
+        str(constants()["expert_heads"]),
+    ]
     done = subprocess.run([*base, "--out", str(tmp_path / "out")], capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 0, done.stderr
     assert "converted" in done.stdout and (tmp_path / "out" / "config.json").is_file()
@@ -224,14 +244,35 @@ def test_other_dimensions_convert_and_run(tmp_path):
     vocabulary, voxel and point-group counts (a .pth, as released) converts, and the model reads every modality."""
     from official_fixture import official_state
 
-    state = official_state(dim=96, layers=3, vocab=1000, ffn=256, clip_width=64, clip_layers=1, patch=16, grid=4,
-                           experts=2, depth=1, queries=6, expert_hidden=96, voxels=50, point_groups=16, seed=3)
+    state = official_state(
+        dim=96,
+        layers=3,
+        vocab=1000,
+        ffn=256,
+        clip_width=64,
+        clip_layers=1,
+        patch=16,
+        grid=4,
+        experts=2,
+        depth=1,
+        queries=6,
+        expert_hidden=96,
+        voxels=50,
+        point_groups=16,
+        seed=3,
+    )
     torch.save(state, tmp_path / "consolidated.00-of-01.pth")
     (tmp_path / "params.json").write_text(json.dumps({"dim": 96, "n_heads": 4, "n_layers": 3, "norm_eps": 1e-5}))
     stand_in_tokenizer(tmp_path / "tok", 1000)
     out = tmp_path / "out"
-    convert_official(tmp_path / "consolidated.00-of-01.pth", tmp_path / "params.json", out, tmp_path / "tok",
-                     clip_head_width=16, expert_heads=4)
+    convert_official(
+        tmp_path / "consolidated.00-of-01.pth",
+        tmp_path / "params.json",
+        out,
+        tmp_path / "tok",
+        clip_head_width=16,
+        expert_heads=4,
+    )
     model = OneLLMForConditionalGeneration.from_pretrained(out).eval()
     config = model.config
     assert (config.text_config.hidden_size, config.text_config.num_hidden_layers) == (96, 3)

@@ -155,7 +155,9 @@ def test_build_opts_into_more_modalities_and_names_an_unknown_one(tmp_path):
     assert len(config["modality_configs"]) == 14 and "graph" in config["modality_token_ids"]
     done = onellm(tmp_path, "build", "tiny", "--out", "x", "--modalities", "image,smell")
     assert_one_line(done, "unknown modality 'smell'; known: image, video", "(or all, default, onellm, extended")
-    done = onellm(tmp_path, "build", "7b", "--out", "x", "--llm-path", "a", "--encoder-path", "b", "--modalities", "all")
+    done = onellm(
+        tmp_path, "build", "7b", "--out", "x", "--llm-path", "a", "--encoder-path", "b", "--modalities", "all"
+    )
     assert_one_line(done, "the 7b preset is the official layout: OneLLM's eight modalities")
 
 

@@ -123,7 +123,9 @@ def test_demo_writes_report_json_per_modality_and_stage(demo_runs):
             assert row["projector_spread"] >= 0 and (row["captions"], row["questions"]) == (2, 2)
             assert set(row["targets"]) == {"projector_spread", "qa_over_baseline", "distinct_caption_fraction"}
             kinds = row["qa_kinds"]  # every question counted under its kind, each kind beside its own baseline
-            assert sum(k["n"] for k in kinds.values()) == row["questions"] and all(0 <= k["blind"] <= 1 for k in kinds.values())
+            assert sum(k["n"] for k in kinds.values()) == row["questions"] and all(
+                0 <= k["blind"] <= 1 for k in kinds.values()
+            )
     assert set(data["mean_cider"]) == {"value", "target", "met", "short_by"}
     assert data["eval_seconds"]["total"] > 0 and set(data["eval_seconds"]) == {*STAGES, "total"}
     assert any("short by" in line for line in data["missed"])
@@ -161,7 +163,9 @@ def test_data_step_rewrites_a_corpus_of_another_size(tmp_path):
     info = json.loads((tmp_path / "data" / "synth_info.json").read_text(encoding="utf-8"))
     assert info["per_modality"] == 4
     # A corpus written by another generator version holds other text for the same seed: it is rewritten, not reused.
-    (tmp_path / "data" / "synth_info.json").write_text(json.dumps({**info, "generator_version": "0.9"}), encoding="utf-8")
+    (tmp_path / "data" / "synth_info.json").write_text(
+        json.dumps({**info, "generator_version": "0.9"}), encoding="utf-8"
+    )
     assert prepare_data(tmp_path / "data", per_modality=4, seed=0) == "ran"
 
 

@@ -24,7 +24,9 @@ def build(kind):
         return CLIPVisionModel(CLIPVisionConfig(**SMALL, image_size=32, patch_size=8)).eval()
     if kind == "siglip":
         return SiglipVisionModel(SiglipVisionConfig(**SMALL, image_size=32, patch_size=8)).eval()
-    config = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2, image_size=32, patch_size=8)
+    config = Dinov2Config(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2, image_size=32, patch_size=8
+    )
     model = Dinov2Model(config).eval()
     with torch.no_grad():  # non-trivial class token and LayerScale, as in trained weights
         model.embeddings.cls_token.normal_()

@@ -121,7 +121,9 @@ def test_video_samples_frames_uniformly():
 
 
 def test_video_frames_follow_the_content(media_paths):
-    frames = get_modality("video").preprocess(media_paths["video"], image_size=32, num_frames=2, mean=(0, 0, 0), std=(1, 1, 1))
+    frames = get_modality("video").preprocess(
+        media_paths["video"], image_size=32, num_frames=2, mean=(0, 0, 0), std=(1, 1, 1)
+    )
     # The red band grows from left to right over time: later frames are redder.
     assert frames[1, 0].mean() > frames[0, 0].mean() + 0.1
 
@@ -199,8 +201,11 @@ def test_map_paired_with_its_rgb_image(tmp_path, name):
     modality = get_modality(name)
     rgb = tmp_path / "rgb.png"
     rgb.write_bytes(png_bytes((40, 40)))
-    array = np.linspace(1, 2, 32 * 32 * 3, dtype=np.float32).reshape(32, 32, 3) if name == "normal" else (
-        np.linspace(1, 2, 32 * 32, dtype=np.float32).reshape(32, 32))
+    array = (
+        np.linspace(1, 2, 32 * 32 * 3, dtype=np.float32).reshape(32, 32, 3)
+        if name == "normal"
+        else (np.linspace(1, 2, 32 * 32, dtype=np.float32).reshape(32, 32))
+    )
     options = {"image_size": 28, "rgb_pair": True}
     pair = modality.preprocess(array, extras={"rgb": str(rgb)}, **options)
     assert pair.shape == modality.input_shape(**options) == (2, 3, 28, 28)
@@ -213,7 +218,9 @@ def test_map_paired_with_its_rgb_image(tmp_path, name):
 
 def test_official_tokenizer_options_give_official_token_counts():
     """IMU stride 1 without bias, fMRI interleaved, point grouped on colour: token counts and class positions."""
-    imu = get_modality("imu").build_tokenizer(16, 8, num_samples=40, kernel=10, stride=1, bias=False, class_position=True)
+    imu = get_modality("imu").build_tokenizer(
+        16, 8, num_samples=40, kernel=10, stride=1, bias=False, class_position=True
+    )
     assert imu.conv.bias is None and imu(torch.zeros(2, 6, 40), None).shape == (2, 31, 16)
     assert imu.class_position.shape == (16,)
     fmri = get_modality("fmri").build_tokenizer(16, 8, num_voxels=20, layout="interleaved", tokens=4)
@@ -251,7 +258,12 @@ BAD_INPUTS = [
     ("audio", "cut.wav", _truncated_wav, "truncated WAV"),
     ("audio", "noise.wav", lambda: b"RIFX" + b"\x01" * 200, "not a decodable audio"),
     ("video", "bad.mp4", lambda: b"\x00\x00\x00\x18ftypmp42" + b"\x07" * 100, "not a decodable video"),
-    ("point", "four.npy", lambda: npy_bytes(np.zeros((100, 4), np.float32)), r"\[P, 3\].*\[P, 6\].*found shape \[100, 4\]"),
+    (
+        "point",
+        "four.npy",
+        lambda: npy_bytes(np.zeros((100, 4), np.float32)),
+        r"\[P, 3\].*\[P, 6\].*found shape \[100, 4\]",
+    ),
     ("imu", "nan.npy", lambda: npy_bytes(np.full((50, 6), np.nan, np.float32)), "NaN"),
     ("imu", "five.npy", lambda: npy_bytes(np.zeros((50, 5), np.float32)), r"\[T, 6\]"),
     ("fmri", "short.npy", lambda: npy_bytes(np.zeros(2000, np.float32)), "expected 2048 voxels, found 2000"),

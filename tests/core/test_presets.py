@@ -39,10 +39,16 @@ def test_7b_shapes_follow_the_paper():
     assert sorted(config.modality_token_ids.values()) == list(range(32000, 32008))
     assert config.text_config.hidden_size == 4096 and config.text_config.num_hidden_layers == 32
     assert config.vision_config.hidden_size == 1024 and config.vision_config.patch_size == 14
-    assert (config.projector_config["num_experts"], config.projector_config["depth"], config.projector_config["num_queries"]) == (3, 8, 30)
+    assert (
+        config.projector_config["num_experts"],
+        config.projector_config["depth"],
+        config.projector_config["num_queries"],
+    ) == (3, 8, 30)
     # OneLLM's token arithmetic: 10 s of audio at 10 ms frames, kernel 16, stride 10 -> 12 x 101 = 1212 tokens.
     audio = config.modality_options("audio")
-    assert ((128 - audio["kernel"]) // audio["stride"] + 1) * ((audio["target_length"] - audio["kernel"]) // audio["stride"] + 1) == 1212
+    assert ((128 - audio["kernel"]) // audio["stride"] + 1) * (
+        (audio["target_length"] - audio["kernel"]) // audio["stride"] + 1
+    ) == 1212
 
 
 def test_7b_needs_local_folders(tmp_path):

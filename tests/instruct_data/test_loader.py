@@ -114,7 +114,9 @@ def test_stats_count_modalities_tasks_and_tokens(corpus, tiny):
     assert stats.by_modality["image"] == 4 and stats.by_modality["fmri"] == 2  # good, missing, broken, long
     assert stats.by_task == {"caption": 13}
     assert stats.answer_words["max"] == 200
-    assert stats.answer_words["min"] <= stats.answer_words["p50"] <= stats.answer_words["p90"] <= stats.answer_words["max"]
+    assert (
+        stats.answer_words["min"] <= stats.answer_words["p50"] <= stats.answer_words["p90"] <= stats.answer_words["max"]
+    )
     assert stats.answer_vocabulary > 0
     assert stats.tokens["min"] > processor.num_placeholder_tokens
     assert "by modality" in stats.summary()

@@ -198,7 +198,9 @@ ORACLE = {
     ("hyperspectral", "patch"): lambda a, q: a["patch"],
     ("hyperspectral", "position"): lambda a, q: a["position"],
     ("hyperspectral", "size"): lambda a, q: a["size"],
-    ("hyperspectral", "presence"): lambda a, q: "yes" if any(f" {m} in" in q for m in (a["background"], a["patch"])) else "no",
+    ("hyperspectral", "presence"): lambda a, q: (
+        "yes" if any(f" {m} in" in q for m in (a["background"], a["patch"])) else "no"
+    ),
     ("timeseries", "channels"): lambda a, q: str(a["channels"]),
     ("timeseries", "trend"): lambda a, q: a["trend"],
     ("timeseries", "spikes"): lambda a, q: str(a["spikes"]),
@@ -207,7 +209,9 @@ ORACLE = {
     ("tabular", "largest"): lambda a, q: max((f for f in a["fields"] if isinstance(f[1], int)), key=lambda f: f[1])[0],
     ("tabular", "smallest"): lambda a, q: min((f for f in a["fields"] if isinstance(f[1], int)), key=lambda f: f[1])[0],
     ("tabular", "count"): lambda a, q: str(len(a["fields"])),
-    ("tabular", "category"): lambda a, q: next(v for n, v in a["fields"] if q.startswith(f"<tabular>\nWhat is the {n}?")),
+    ("tabular", "category"): lambda a, q: next(
+        v for n, v in a["fields"] if q.startswith(f"<tabular>\nWhat is the {n}?")
+    ),
     ("tabular", "compare"): lambda a, q: _compare(dict(a["fields"]), q),
     ("tabular", "threshold"): lambda a, q: next(
         ("yes" if v > 50 else "no") for n, v in a["fields"] if f"the {n} above" in q
@@ -226,7 +230,7 @@ def _phrase(position: str) -> str:
 
 
 def _asked_cell(question: str) -> str:
-    """"Is there a hot spot at the top left?" -> "top left"; "... in the center?" -> "center"."""
+    """ "Is there a hot spot at the top left?" -> "top left"; "... in the center?" -> "center"."""
     where = re.fullmatch(r"<infrared>\nIs there a hot spot (.+)\? .*", question).group(1)
     return "center" if where == "in the center" else where.removeprefix("at the ")
 
@@ -286,7 +290,10 @@ def _caption_words(modality, attrs) -> list[str]:
     if modality == "tabular":
         return [value for _, value in attrs["fields"] if isinstance(value, str)]
     if modality == "graph":
-        return ["with a cycle" if _graph_has_cycle(attrs) else "without cycles", attrs["colours"][int(np.argmax(_graph_degrees(attrs)))]]
+        return [
+            "with a cycle" if _graph_has_cycle(attrs) else "without cycles",
+            attrs["colours"][int(np.argmax(_graph_degrees(attrs)))],
+        ]
     return [attrs["shape"], attrs["colour"]]  # video, point, fmri
 
 
@@ -506,7 +513,9 @@ def test_hyperspectral_patch_has_its_material_spectrum(extended):
         assert cube.shape == (24, 24, attrs["bands"]) and cube.dtype == np.float32
         x, y = POSITIONS[attrs["position"]]
         inside = cube[y + attrs["dy"], x + attrs["dx"]] / attrs["illumination"]
-        corner = {"left": (23, 0), "right": (0, 0), "top": (0, 23), "bottom": (0, 0), "center": (0, 0)}[attrs["position"]]
+        corner = {"left": (23, 0), "right": (0, 0), "top": (0, 23), "bottom": (0, 0), "center": (0, 0)}[
+            attrs["position"]
+        ]
         outside = cube[corner] / attrs["illumination"]
         for pixel, material in ((inside, attrs["patch"]), (outside, attrs["background"])):
             assert np.abs(pixel - spectrum(material, attrs["bands"])).max() < 0.06, (path, attrs, material)

@@ -11,7 +11,13 @@ from onellm.projectors import UniversalProjectionModule, expand_experts, placeho
 def make(num_experts=3, router="pooled", modalities=("image", "audio")):
     torch.manual_seed(0)
     return UniversalProjectionModule(
-        list(modalities), in_width=32, out_width=48, num_experts=num_experts, depth=2, num_queries=5, num_heads=4,
+        list(modalities),
+        in_width=32,
+        out_width=48,
+        num_experts=num_experts,
+        depth=2,
+        num_queries=5,
+        num_heads=4,
         router=router,
     )
 
@@ -110,8 +116,16 @@ def test_mlp_expert_with_pooled_queries_passes_each_region_through():
     queries the input could not reach the output at all, so the output ignores the input."""
     torch.manual_seed(0)
     upm = UniversalProjectionModule(
-        ["image"], in_width=8, out_width=12, num_experts=2, depth=2, num_queries=4, num_heads=2,
-        expert="mlp", queries="pooled", router="query",
+        ["image"],
+        in_width=8,
+        out_width=12,
+        num_experts=2,
+        depth=2,
+        num_queries=4,
+        num_heads=2,
+        expert="mlp",
+        queries="pooled",
+        router="query",
     ).eval()
     tokens = torch.randn(1, 17, 8)
     changed = tokens.clone()
@@ -125,7 +139,13 @@ def test_mlp_expert_with_pooled_queries_passes_each_region_through():
 def lexical_upm(num_experts=1):
     torch.manual_seed(0)
     return UniversalProjectionModule(
-        ["image", "audio"], in_width=32, out_width=48, num_experts=num_experts, depth=2, num_queries=5, num_heads=4,
+        ["image", "audio"],
+        in_width=32,
+        out_width=48,
+        num_experts=num_experts,
+        depth=2,
+        num_queries=5,
+        num_heads=4,
         end_tag="lexical",
     )
 
@@ -203,8 +223,9 @@ def test_expanded_lexical_upm_equals_the_one_expert_projector():
 
 def test_region_words_add_each_query_outputs_own_words_to_its_soft_token():
     torch.manual_seed(0)
-    kwargs = dict(in_width=32, out_width=48, num_experts=1, depth=2, num_queries=4, num_heads=4, queries="pooled",
-                  expert="mlp")
+    kwargs = dict(
+        in_width=32, out_width=48, num_experts=1, depth=2, num_queries=4, num_heads=4, queries="pooled", expert="mlp"
+    )
     plain = UniversalProjectionModule(["image"], **kwargs)
     worded = UniversalProjectionModule(["image"], **kwargs, region_words="add")
     worded.load_state_dict(plain.state_dict(), strict=False)  # the same projector, plus the region words
@@ -223,5 +244,7 @@ def test_region_words_add_each_query_outputs_own_words_to_its_soft_token():
     # a new modality's region words start fresh, as its end tag does
     upm = expand_experts(worded, 3, ["image", "audio"])
     torch.testing.assert_close(upm(features, "image", vocab), out)
-    assert not torch.equal(upm.heads["audio"].region_words.tag.proj.weight, worded.heads["image"].region_words.tag.proj.weight)
+    assert not torch.equal(
+        upm.heads["audio"].region_words.tag.proj.weight, worded.heads["image"].region_words.tag.proj.weight
+    )
     assert [type(t).__name__ for t in upm.heads["audio"].word_tags()] == ["LexicalTag"]

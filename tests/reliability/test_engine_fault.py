@@ -69,9 +69,7 @@ def read_until_killed(http: httpx.Client, worker: psutil.Process) -> tuple[list[
 def test_a_killed_worker_fails_requests_and_the_server_exits(checkpoint, kit, tmp_path):
     pytest.importorskip("vllm")
     port = kit.free_port()
-    server = kit.start_server(
-        kit.onellm_serve(checkpoint, "vllm", port), tmp_path / "server.log", port, timeout=300
-    )
+    server = kit.start_server(kit.onellm_serve(checkpoint, "vllm", port), tmp_path / "server.log", port, timeout=300)
     try:
         worker = vllm_worker(server.process.pid)
         with httpx.Client(base_url=server.url, timeout=ERROR_WITHIN_S) as http:

@@ -23,10 +23,16 @@ def official(tmp_path_factory):
 
 def requests(media, parts) -> dict[str, dict]:
     return {
-        "image": {"messages": parts.user(parts.image(media["png"]), text="What is it?"), "max_tokens": MAX_TOKENS,
-                  "adapter": None},
-        "audio": {"messages": parts.user(parts.audio(media["wav"]), text="What is it?"), "max_tokens": MAX_TOKENS,
-                  "adapter": None},
+        "image": {
+            "messages": parts.user(parts.image(media["png"]), text="What is it?"),
+            "max_tokens": MAX_TOKENS,
+            "adapter": None,
+        },
+        "audio": {
+            "messages": parts.user(parts.audio(media["wav"]), text="What is it?"),
+            "max_tokens": MAX_TOKENS,
+            "adapter": None,
+        },
     }
 
 
@@ -44,7 +50,9 @@ def test_official_layout_in_the_prompt(official, hf_tokens):
     for name in ("image", "audio"):
         ids = hf_tokens[name]["prompt_ids"]
         marker = processor.token_id(name)
-        assert ids[0] == 1 and ids[1 : 1 + processor.num_placeholder_tokens] == [marker] * processor.num_placeholder_tokens
+        assert (
+            ids[0] == 1 and ids[1 : 1 + processor.num_placeholder_tokens] == [marker] * processor.num_placeholder_tokens
+        )
         assert marker not in ids[1 + processor.num_placeholder_tokens :]
         assert len(hf_tokens[name]["token_ids"]) == MAX_TOKENS or hf_tokens[name]["token_ids"][-1] == 2
     assert hf_tokens["image"]["token_ids"] != hf_tokens["audio"]["token_ids"]
@@ -70,7 +78,10 @@ def test_stock_vllm_server_matches_hf(official, hf_tokens, media, parts, kit, tm
         client = OpenAI(base_url=f"{server.url}/v1", api_key=kit.API_KEY, max_retries=0, timeout=120)
         for name, request in requests(media, parts).items():
             response = client.chat.completions.create(
-                model="onellm-official", messages=request["messages"], max_tokens=MAX_TOKENS, temperature=0,
+                model="onellm-official",
+                messages=request["messages"],
+                max_tokens=MAX_TOKENS,
+                temperature=0,
                 extra_body={"return_token_ids": True},
             )
             got = (response.usage.prompt_tokens, response.choices[0].model_extra["token_ids"])

@@ -108,7 +108,9 @@ def test_detect_modality_by_extension_and_content(media_paths, tmp_path):
     # The shared sample files (tests/media_factory.py). An RGB normal-map PNG looks like a photo and an IMU
     # recording [T, 6] like a coloured point cloud [P, 6]: those two need the dropdown.
     expected = {m: m for m in ALL} | {"normal": "image", "imu": "point"}
-    assert {m: detect_modality(media_paths[m], ALL) for m in ALL} == expected  # the six others: test_extended_modalities
+    assert {
+        m: detect_modality(media_paths[m], ALL) for m in ALL
+    } == expected  # the six others: test_extended_modalities
     assert resolve_modality(media_paths["normal"], "normal", ALL) == "normal"
     assert resolve_modality(media_paths["imu"], "imu", ALL) == "imu"
 

@@ -122,8 +122,11 @@ def test_overrides_and_curriculum_sharing(tmp_path):
 def test_small_profiles_choose_their_end_tag():
     # `make demo`'s curriculum: the lexical end tag and its word loss in the three alignment stages; the long and
     # all-modality profiles keep OneLLM's learned tag, with which their numbers were measured (BENCHMARKS.md)
-    for name, tag, words in (("curriculum", "lexical", 0.5), ("curriculum-long", "learned", 0.0),
-                             ("curriculum-all", "learned", 0.0)):
+    for name, tag, words in (
+        ("curriculum", "lexical", 0.5),
+        ("curriculum-long", "learned", 0.0),
+        ("curriculum-all", "learned", 0.0),
+    ):
         stages = load_curriculum(REPO / f"configs/small/{name}.yaml").stages
         assert stages[0].init_from.preset_args["end_tag"] == tag, name
         assert [s.train.lexical_loss for s in stages if s.recipe == "align"][:3] == [words] * 3, name

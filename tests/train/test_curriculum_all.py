@@ -74,9 +74,14 @@ def test_the_final_checkpoint_answers_every_new_modality(run_all, media_paths):
 
     _, outputs = run_all
     merged = outputs["instruct_all"]["merged"]
-    model, processor = OneLLMForConditionalGeneration.from_pretrained(merged).eval(), OneLLMProcessor.from_pretrained(merged)
+    model, processor = (
+        OneLLMForConditionalGeneration.from_pretrained(merged).eval(),
+        OneLLMProcessor.from_pretrained(merged),
+    )
     for modality in EXTENDED:
-        prompt = processor.apply_chat_template([{"role": "user", "content": [{"type": modality}, {"type": "text", "text": "?"}]}])
+        prompt = processor.apply_chat_template(
+            [{"role": "user", "content": [{"type": modality}, {"type": "text", "text": "?"}]}]
+        )
         batch = processor(text=prompt, **{modality: [media_paths[modality]]})
         generated = model.generate(**batch, max_new_tokens=3, do_sample=False)
         assert generated.shape[1] == batch["input_ids"].shape[1] + 3, modality

@@ -127,7 +127,9 @@ def test_loss_on_label_positions_only_equals_the_models_own_loss(tiny, media_pat
     from onellm.train.loop import label_loss_sum
 
     model, processor = tiny
-    batch, inputs = image_qa_batch(processor, media_paths, [("What colour?", "red"), ("Describe the picture in detail.", "a large blue square")])
+    batch, inputs = image_qa_batch(
+        processor, media_paths, [("What colour?", "red"), ("Describe the picture in detail.", "a large blue square")]
+    )
     with torch.no_grad():
         reference = model(**inputs).loss * batch["num_label_tokens"]  # mean over label tokens -> sum
         ours = label_loss_sum(model, inputs)
@@ -143,7 +145,9 @@ def test_per_sample_loss_weighs_a_one_word_answer_as_much_as_a_caption(tiny, med
     pairs = [("What colour?", "red"), ("Describe the picture in detail.", "a large blue square on a white background")]
     batch, inputs = image_qa_batch(processor, media_paths, pairs)
     with torch.no_grad():
-        rows = [model(**image_qa_batch(processor, media_paths, [pair])[1]).loss for pair in pairs]  # each row's mean over its own label tokens
+        rows = [
+            model(**image_qa_batch(processor, media_paths, [pair])[1]).loss for pair in pairs
+        ]  # each row's mean over its own label tokens
         per_sample = label_loss_sum(model, inputs, per_sample=True)
         per_token = label_loss_sum(model, inputs)
     assert loss_units(batch, per_sample=True) == 2

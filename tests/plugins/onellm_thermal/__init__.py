@@ -26,7 +26,9 @@ class ThermalModality(ImageLikeModality):
         opts = self.options(**options)
         celsius = self.load_array(source)
         if celsius.ndim != 2:
-            raise self.fail(source, f"expected an [H, W] array of degrees Celsius, found {list(celsius.shape)}", WRONG_SHAPE)
+            raise self.fail(
+                source, f"expected an [H, W] array of degrees Celsius, found {list(celsius.shape)}", WRONG_SHAPE
+            )
         self.check_finite(source, celsius)
         unit = np.clip((celsius - opts["low"]) / (opts["high"] - opts["low"]), 0.0, 1.0).astype(np.float32)
         square = fit_square_array(unit[..., None], opts["image_size"])
