@@ -8,7 +8,7 @@ import torch
 from onellm.projectors import UniversalProjectionModule, expand_experts, placeholder_count, router_modes
 
 
-def make(num_experts=3, router="pooled", modalities=("image", "audio")):
+def make(num_experts=3, router="pooled", modalities=("image", "audio"), **kwargs):
     torch.manual_seed(0)
     return UniversalProjectionModule(
         list(modalities),
@@ -19,6 +19,7 @@ def make(num_experts=3, router="pooled", modalities=("image", "audio")):
         num_queries=5,
         num_heads=4,
         router=router,
+        **kwargs,
     )
 
 
@@ -137,17 +138,7 @@ def test_mlp_expert_with_pooled_queries_passes_each_region_through():
 
 
 def lexical_upm(num_experts=1):
-    torch.manual_seed(0)
-    return UniversalProjectionModule(
-        ["image", "audio"],
-        in_width=32,
-        out_width=48,
-        num_experts=num_experts,
-        depth=2,
-        num_queries=5,
-        num_heads=4,
-        end_tag="lexical",
-    )
+    return make(num_experts, end_tag="lexical")
 
 
 def test_lexical_end_tag_is_an_input_dependent_mixture_of_the_word_embeddings():
