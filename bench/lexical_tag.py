@@ -23,7 +23,7 @@ import time
 import torch
 
 from onellm.hardware import fast_bf16
-from onellm.projectors.upm import _KEPT, LexicalTag
+from onellm.projectors.upm import LexicalTag, forget_word_rows
 
 VOCAB, WIDTH, HIDDEN = 49_152, 576, 576  # SmolLM2-135M's text vocabulary and width; the small UPM's width
 
@@ -35,7 +35,7 @@ def batch_seconds(tags: list[LexicalTag], table: torch.Tensor, summary: torch.Te
         total = 0.0
         for tag in tags:
             if not keep:
-                _KEPT.clear()
+                forget_word_rows()
             end, _ = tag(summary, table[:VOCAB])
             total = total + end.float().square().mean()
     if grad:

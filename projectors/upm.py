@@ -154,6 +154,11 @@ def word_rows(vocab: torch.Tensor, dtype: torch.dtype, unit: bool = False) -> to
     return rows
 
 
+def forget_word_rows() -> None:
+    """Drop the kept rows (:func:`word_rows`): the next call computes them again (benchmarks, memory)."""
+    _KEPT.clear()
+
+
 def _rows(vocab: torch.Tensor, dtype: torch.dtype, unit: bool) -> torch.Tensor:
     return (nn.functional.normalize(vocab, dim=-1) if unit else vocab).to(dtype)
 

@@ -161,12 +161,16 @@ def test_lexical_end_tag_needs_the_word_embeddings_and_a_known_name():
 
 
 def test_word_rows_of_a_frozen_table_are_kept_until_the_table_changes():
-    from onellm.projectors.upm import word_rows
+    from onellm.projectors.upm import forget_word_rows, word_rows
 
     table = torch.randn(100, 48)
     rows = word_rows(table[:90], torch.float32, unit=True)
     torch.testing.assert_close(rows, table[:90] / table[:90].norm(dim=-1, keepdim=True))
     assert word_rows(table[:90], torch.float32, unit=True) is rows  # a fresh view of the same table: kept
+    forget_word_rows()  # dropped on request: computed again, equal
+    again = word_rows(table[:90], torch.float32, unit=True)
+    assert again is not rows and torch.equal(again, rows)
+    rows = again
     cast = word_rows(table[:90], torch.bfloat16)  # the plain rows in another dtype: kept beside the unit rows
     assert torch.equal(cast, table[:90].bfloat16()) and word_rows(table[:90], torch.bfloat16) is cast
     assert word_rows(table[:90], torch.float32, unit=True) is rows
