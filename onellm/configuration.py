@@ -46,6 +46,10 @@ PROJECTOR_DEFAULTS = {
     # "add": each soft token also carries a mixture of the LLM's word embeddings chosen from its own query output (its
     # region, under queries "pooled"); trained by the same word loss (projectors/upm.py, RegionWords).
     "region_words": "off",
+    # What opens them: a "learned" start tag per modality (OneLLM), or "lexical" (with end_tag "lexical"): a second
+    # word-embedding mixture, so the two tags name two words of the input, each sharply (projectors/upm.py,
+    # ModalityHead.start; the word loss names them as a set, onellm/train/lexical.py).
+    "start_tag": "learned",
 }
 
 

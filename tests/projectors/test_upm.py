@@ -216,6 +216,32 @@ def test_expanded_lexical_upm_equals_the_one_expert_projector():
     assert not torch.equal(video_words, image_words)
 
 
+def test_a_lexical_start_tag_is_a_second_word_slot():
+    upm = make(1, end_tag="lexical", start_tag="lexical")
+    vocab = 3.0 * torch.eye(48)
+    out = upm(torch.randn(4, 17, 32), "image", vocab)
+    start, end = out[:, 0], out[:, -1]
+    assert out.shape == (4, placeholder_count(5), 48)  # the same count: the start tag's place holds the slot
+    assert bool((start >= 0).all()) and torch.allclose(start.sum(-1), torch.full((4,), 3.0))
+    assert float((start[0] - start[1]).abs().max().detach()) > 1e-4  # input-dependent
+    assert float((start - end).abs().max().detach()) > 1e-4  # its own word projection, not a copy of the end tag
+    head = upm.heads["image"]
+    assert head.word_slots == 2 and head.word_tags() == [head.lexical_start, head.lexical_tag]
+    assert "start_tag" not in dict(head.named_parameters())
+    assert make(1, end_tag="lexical").heads["image"].word_slots == 1 and make(1).heads["image"].word_slots == 0
+    with pytest.raises(ValueError, match="start_tag 'lexical' needs end_tag 'lexical'"):
+        make(1, start_tag="lexical")
+    with pytest.raises(ValueError, match="start_tag 'words' is not one of"):
+        make(1, end_tag="lexical", start_tag="words")
+    with pytest.raises(ValueError, match="lexical start tag needs the LLM's input embeddings"):
+        upm(torch.randn(2, 17, 32), "image")
+    # a new modality's two slots start fresh; the image head's stay as trained
+    wide = expand_experts(upm, 3, ["image", "audio"])
+    image, audio = wide.heads["image"], wide.heads["audio"]
+    assert torch.equal(image.lexical_start.proj.weight, head.lexical_start.proj.weight)
+    assert not torch.equal(audio.lexical_start.proj.weight, head.lexical_start.proj.weight)
+
+
 def test_region_words_add_each_query_outputs_own_words_to_its_soft_token():
     torch.manual_seed(0)
     kwargs = dict(

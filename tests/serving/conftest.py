@@ -162,15 +162,15 @@ def family_model(vision_config, modalities: tuple[str, ...] = ("image", "audio")
 
 @pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory) -> Path:
-    """The tiny preset with its LLM's matrices redrawn at std 0.3 (seeded), with the lexical end tag and region words.
+    """The tiny preset with its LLM's matrices redrawn at std 0.3 (seeded), with two word slots and region words.
 
     At the preset's std (0.02) a random 2-layer LLM emits the same token whatever the input, so an engine that
     dropped the image would still "match". At 0.3 greedy continuations depend on the input, token by token.
     """
     from onellm.presets import build_preset
 
-    # vLLM must mix its own word embeddings as HF does, into the end tag and into every soft token
-    model, processor = build_preset("tiny", end_tag="lexical", region_words="add")
+    # vLLM must mix its own word embeddings as HF does, into both tags (two word slots) and into every soft token
+    model, processor = build_preset("tiny", end_tag="lexical", region_words="add", start_tag="lexical")
     input_sensitive(model, seed=1)
     folder = tmp_path_factory.mktemp("ckpt") / "tiny"
     model.save_pretrained(folder)

@@ -11,7 +11,13 @@ import torch
 
 from onellm.modeling import IGNORE_INDEX
 from onellm.presets import tiny_tokenizer
-from onellm.train.lexical import captured_word_logits, content_word_mask, lexical_loss, word_targets
+from onellm.train.lexical import (
+    captured_word_logits,
+    content_word_mask,
+    distinctive_words,
+    lexical_loss,
+    word_targets,
+)
 
 TINY = Path(__file__).resolve().parents[2] / "configs" / "tiny"
 
@@ -147,3 +153,93 @@ def test_a_stage_with_the_word_loss_logs_it_and_one_without_a_lexical_tag_is_ref
     )
     with pytest.raises(ValueError, match="no word tags"):
         run_stage(plain, accelerator)
+
+
+def test_two_word_slots_are_taught_one_distinct_word_each():
+    marker, per_input, vocab = 9, 2, 6
+    words = torch.ones(vocab, dtype=torch.bool)
+    input_ids = torch.tensor([[marker, marker, 1, 1]])
+    sure = torch.full((vocab,), -9.0)
+
+    def named(*ids):
+        return sure.index_fill(0, torch.tensor(ids), 9.0)
+
+    def value(start, end, said=(2, 3), distinctive=None):
+        labels = torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, *said]])
+        captured = {("image", 0): [start.unsqueeze(0)], ("image", 1): [end.unsqueeze(0)]}
+        return lexical_loss(captured, input_ids, labels, {"image": marker}, per_input, words, {"image": 2}, distinctive)
+
+    def loss(*args, **kwargs):
+        return float(value(*args, **kwargs))
+
+    assert loss(named(2), named(3)) < 1e-3 and loss(named(3), named(2)) < 1e-3  # either slot may take either word
+    # a blend of both words in each slot costs what a coin toss does; both slots naming one word leaves the other out
+    assert loss(named(2, 3), named(2, 3)) == pytest.approx(-torch.log(torch.tensor(0.5)).item(), abs=1e-3)
+    assert loss(named(2), named(2)) > 8
+    # one word in the row (a one-word answer): the slot that names it is enough
+    assert loss(named(2), named(5), said=(2, IGNORE_INDEX)) < 1e-3
+    # words left out of the modality's distinctive ones are not taught: here the row then teaches nothing
+    assert value(named(5), named(5), distinctive={"image": torch.arange(vocab) == 4}) is None
+    assert loss(named(3), named(5), distinctive={"image": torch.arange(vocab) >= 3}) < 1e-3  # only word 3 counts
+    # the same logits as separate tags (no slots): each is taught both words, as the single end tag is
+    labels = torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, 2, 3]])
+    captured = {("image", 0): [named(2).unsqueeze(0)], ("image", 1): [named(3).unsqueeze(0)]}
+    assert float(lexical_loss(captured, input_ids, labels, {"image": marker}, per_input, words)) > 8
+
+
+def test_distinctive_words_leave_out_what_most_inputs_say():
+    from instruct_data.schema import ModalityInput, Record, Turn
+
+    tokenizer = tiny_tokenizer()
+    words = content_word_mask(tokenizer)
+    captions = ["a small green star", "a small orange star", "a large sphere at the top", "a large cube on the left"]
+    records = []
+    for n, caption in enumerate(captions):
+        item = [ModalityInput("fmri", path=f"{n}.npy")]
+        records.append(Record(f"c{n}", item, [Turn("user", "<fmri>"), Turn("assistant", caption)]))
+        records.append(Record(f"q{n}", item, [Turn("user", "<fmri>\nstar?"), Turn("assistant", "yes star")]))
+    kept = distinctive_words(records, tokenizer, words)["fmri"]
+    names = {tokenizer.convert_ids_to_tokens(i) for i in kept.nonzero().squeeze(1).tolist()}
+    # "star" is in every input (the question rows), "small" and "large" in half; the rest in one each
+    assert {"Ġgreen", "Ġorange", "Ġsphere", "Ġtop", "Ġcube", "Ġleft"} <= names
+    assert not names & {"Ġstar", "Ġsmall", "Ġlarge"}
+    assert not bool((kept & ~words).any())
+
+
+def test_two_word_slots_learn_the_two_words_of_their_input():
+    """Each input's caption names two words; trained by the loss, its start and end tags name one each (not a blend)."""
+    from onellm.modalities import get_modality
+    from onellm.presets import build_preset
+    from onellm.train.lexical import word_slots
+
+    torch.manual_seed(0)
+    model, processor = build_preset("tiny", modalities=["image"], end_tag="lexical", start_tag="lexical", num_experts=1)
+    tokenizer = processor.tokenizer
+    words = content_word_mask(tokenizer)
+    marker, per_input = model.config.modality_token_ids["image"], model.num_placeholder_tokens
+    said = [[tokenizer.convert_tokens_to_ids(n) for n in pair] for pair in (["Ġstar", "Ġgreen"], ["Ġcube", "Ġorange"])]
+    input_ids = torch.tensor([[marker] * per_input + pair for pair in said])
+    labels = torch.tensor([[IGNORE_INDEX] * per_input + pair for pair in said])
+    image = get_modality("image")
+    values = torch.stack([image.dummy_input(**processor.options("image")) for _ in range(2)])
+    values[1] = -values[1]
+    with torch.no_grad():
+        features = model.encode("image", values)
+    head = model.projector.heads["image"]
+    assert word_slots(model) == {"image": 2}
+    optimizer = torch.optim.Adam([p for tag in head.word_tags() for p in tag.parameters()], lr=1e-2)
+    for _ in range(60):
+        with captured_word_logits(model) as captured:
+            model.embed_modality("image", features=features)
+        loss = lexical_loss(
+            captured, input_ids, labels, model.config.modality_token_ids, per_input, words, {"image": 2}
+        )
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad(), captured_word_logits(model) as captured:
+        model.embed_modality("image", features=features)
+    start, end = captured[("image", 0)][0].softmax(-1), captured[("image", 1)][0].softmax(-1)
+    for i, pair in enumerate(said):
+        assert {int(start[i].argmax()), int(end[i].argmax())} == set(pair)
+        assert float(start[i].max()) > 0.8 and float(end[i].max()) > 0.8  # sharp: one word each
