@@ -126,11 +126,15 @@ class LexicalTag(nn.Module):
 
     def forward(self, summary: torch.Tensor, vocab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``summary [..., H]`` -> (mixture ``[..., D]``, word logits ``[..., V]``): one per summary vector."""
-        query = nn.functional.normalize(self.proj(summary), dim=-1)
-        logits = self.scale * query @ word_rows(vocab, query.dtype, unit=True).T
+        logits = self.logits(summary, vocab)
         # the mixture in the dtype autocast would compute it in (it casts both sides to that dtype), else the table's
-        mix = query.dtype if torch.is_autocast_enabled(vocab.device.type) else vocab.dtype
+        mix = logits.dtype if torch.is_autocast_enabled(vocab.device.type) else vocab.dtype
         return logits.softmax(-1).to(mix) @ word_rows(vocab, mix), logits
+
+    def logits(self, summary: torch.Tensor, vocab: torch.Tensor) -> torch.Tensor:
+        """The word logits ``[..., V]`` alone (what the word loss needs; onellm/train/lexical.py)."""
+        query = nn.functional.normalize(self.proj(summary), dim=-1)
+        return self.scale * query @ word_rows(vocab, query.dtype, unit=True).T
 
 
 _KEPT: dict[bool, tuple] = {}  # unit -> (weakref to the last frozen table, its key, its rows): see word_rows

@@ -113,6 +113,12 @@ class TrainConfig:
     # the tag's word distribution learns the content words of each row's target text. 0 = off. 0.5 is what was
     # measured (BENCHMARKS.md, "A lexical end tag").
     lexical_loss: float = 0.0
+    # Word slots (projector start_tag and end_tag "lexical") fitted once more at the end of the stage, without the
+    # LLM: the stage's training inputs pass the projector once, then this many Adam steps (batches of 64, rate
+    # word_fit_lr) fit only the slots' word projections to each input's distinctive words (onellm/train/lexical.py,
+    # fit_word_slots). 0 = off. Needs train.lexical_loss (the word targets) and one process.
+    word_fit_steps: int = 0
+    word_fit_lr: float = 1.0e-2
 
     def resolved_attention(self, device_type: str) -> str | None:
         """The attention implementation to train with on ``device_type``; None keeps the model's."""

@@ -159,14 +159,82 @@ def lexical_loss(
             continue
         log_p = logits.log_softmax(dim=-1)
         if i < 0:
-            per_row.append(
-                torch.stack(
-                    [-_matched(lp[:, t.nonzero().squeeze(1)]) for lp, t in zip(log_p[keep], targets[keep], strict=True)]
-                )
-            )
+            per_row.append(slot_loss(log_p[keep], targets[keep]))
         else:
             per_row.append(-(_log_any(log_p) * targets).sum(dim=1)[keep] / counts[keep])
     return torch.cat(per_row).mean() if per_row else None
+
+
+def slot_loss(log_p: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``log p [n, K, V]`` of K word slots, ``targets [n, V]`` (bool, each row at least one) -> ``[n]``: minus the
+    mean log p of each row's best one-to-one pairing of slots and words (:func:`_matched`)."""
+    return torch.stack([-_matched(lp[:, t.nonzero().squeeze(1)]) for lp, t in zip(log_p, targets, strict=True)])
+
+
+@contextlib.contextmanager
+def captured_slot_summaries(core: nn.Module, modalities: Iterable[str]) -> Iterator[dict[str, list[torch.Tensor]]]:
+    """Inside: every forward of the word slots of ``modalities``' heads (:func:`word_slots`) appends the summary the
+    slots read (``[n, H]``, the same for all of a head's slots) to ``captured[modality]``."""
+    captured: dict[str, list[torch.Tensor]] = {}
+    heads = core.projector.heads
+    handles = [
+        heads[m]
+        .word_tags()[0]
+        .register_forward_pre_hook(
+            lambda _module, args, m=m: captured.setdefault(m, []).append(args[0].detach().float())
+        )
+        for m in modalities
+    ]
+    try:
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def fit_word_slots(
+    core: nn.Module,
+    summaries: torch.Tensor,
+    targets: torch.Tensor,
+    modality: str,
+    steps: int,
+    lr: float,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Fit the word slots of ``modality``'s head (only their word projections) to name ``targets`` (``[n, V]`` bool,
+    the distinctive words of each input's text) from ``summaries`` (``[n, H]``, what the slots read: the head's
+    detached mean query output) with :func:`slot_loss`, ``steps`` Adam steps on random batches. Without the LLM a
+    step costs a few milliseconds, so the slots can see many more inputs than the alignment stage's word loss gives
+    them. Returns the mean loss over all inputs before and after."""
+    head = core.projector.heads[modality]
+    tags = head.word_tags()[: head.word_slots]
+    vocab = core.word_embeddings().detach()
+    targets = torch.stack([_fit(row, vocab.shape[0]) for row in targets]) if targets.shape[0] else targets
+    keep = targets.any(dim=1)
+    summaries, targets = summaries[keep], targets[keep]
+    if summaries.shape[0] == 0:
+        raise ValueError(f"{modality}: no training input has a distinctive content word for its word slots")
+    params = [p for tag in tags for p in tag.parameters()]
+    optimizer = torch.optim.Adam(params, lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+
+    def loss_of(index: torch.Tensor) -> torch.Tensor:
+        logits = torch.stack([tag.logits(summaries[index], vocab) for tag in tags], dim=1).float()
+        return slot_loss(logits.log_softmax(dim=-1), targets[index]).mean()
+
+    def overall() -> float:
+        with torch.no_grad():
+            chunks = torch.arange(summaries.shape[0]).split(256)
+            return float(sum(loss_of(c) * len(c) for c in chunks) / summaries.shape[0])
+
+    before = overall()
+    for _ in range(steps):
+        index = torch.randint(summaries.shape[0], (min(batch_size, summaries.shape[0]),), generator=generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss_of(index).backward()
+        optimizer.step()
+    return before, overall()
 
 
 def _matched(log_p: torch.Tensor) -> torch.Tensor:
@@ -197,10 +265,13 @@ def _fit(words: torch.Tensor, size: int) -> torch.Tensor:
 
 __all__ = [
     "COMMON_SHARE",
+    "captured_slot_summaries",
     "captured_word_logits",
     "content_word_mask",
     "distinctive_words",
+    "fit_word_slots",
     "lexical_loss",
+    "slot_loss",
     "word_slots",
     "word_tags",
     "word_targets",

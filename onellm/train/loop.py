@@ -23,7 +23,7 @@ import contextlib
 import json
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,12 +46,15 @@ from onellm.train import checkpoint as ckpt
 from onellm.train.config import DataConfig, TrainConfig
 from onellm.train.features import FeatureCache, cache_options, cacheable_modalities
 from onellm.train.lexical import (
+    captured_slot_summaries,
     captured_word_logits,
     content_word_mask,
     distinctive_words,
+    fit_word_slots,
     lexical_loss,
     word_slots,
     word_tags,
+    word_targets,
 )
 
 SCHEDULES = {
@@ -229,6 +232,14 @@ class Trainer:
             self.slots = word_slots(core)  # heads whose tags are word slots: named as a set, from distinctive words
             if self.slots:
                 self.distinctive = distinctive_words(train_set.records, tokenizer, self.words)
+        if train.word_fit_steps:
+            if not self.slots:
+                raise ValueError(
+                    "train.word_fit_steps fits word slots, but the projector has none (build it with projector "
+                    "start_tag: lexical and end_tag: lexical) or train.lexical_loss is 0; set train.word_fit_steps: 0"
+                )
+            if self.world > 1:
+                raise ValueError("train.word_fit_steps runs on one process; set it to 0 for a distributed run")
 
         modalities = sorted({m for i in range(len(train_set)) for m in train_set.modalities(i)})
         # Under FSDP the encoder's weights are sharded and only usable inside the wrapped forward: no cache there.
@@ -345,6 +356,55 @@ class Trainer:
             return 0.0
         self.lexical_sum += float(value.detach())
         return self.cfg.lexical_loss * value
+
+    def fit_slots(self, say: Callable[[str], None]) -> None:
+        """``train.word_fit_steps``: one pass of the training inputs through the projector (no LLM) collects what
+        each head's word slots read and each input's distinctive words; then only the slots' word projections are
+        fitted to them (:func:`fit_word_slots`)."""
+        tick = time.perf_counter()
+        read = {m for i in range(len(self.train_set)) for m in self.train_set.modalities(i)}
+        heads = self.core.projector.heads
+        # the heads this stage trains (a replayed modality's frozen head keeps its slots)
+        modalities = sorted(m for m in set(self.slots) & read if heads[m].word_tags()[0].proj.weight.requires_grad)
+        summaries: dict[str, list[torch.Tensor]] = {m: [] for m in modalities}
+        targets: dict[str, list[torch.Tensor]] = {m: [] for m in modalities}
+        order = [
+            list(range(i, min(i + self.cfg.batch_size, len(self.train_set))))
+            for i in range(0, len(self.train_set), self.cfg.batch_size)
+        ]
+        loader = DataLoader(
+            self.train_set, batch_sampler=order, collate_fn=self.collator, num_workers=self.data_cfg.num_workers
+        )
+        markers, per_input = self.core.config.modality_token_ids, self.core.num_placeholder_tokens
+        self.model.eval()
+        with torch.no_grad(), self._autocast(), captured_slot_summaries(self.core, modalities) as captured:
+            for batch in loader:
+                inputs = self._forward_inputs(batch)
+                for m in modalities:
+                    if m not in inputs["mm_inputs"] and m not in inputs["mm_features"]:
+                        continue
+                    self.core.embed_modality(m, inputs["mm_inputs"].get(m), inputs["mm_features"].get(m))
+                    summaries[m].append(captured.pop(m)[-1])
+                    mask = self.distinctive.get(m, self.words)
+                    targets[m].append(word_targets(inputs["input_ids"], inputs["labels"], markers[m], per_input, mask))
+        self._train_mode()
+        for m in modalities:
+            if not summaries[m]:
+                continue
+            found = torch.cat(targets[m])
+            before, after = fit_word_slots(
+                self.core,
+                torch.cat(summaries[m]),
+                found,
+                m,
+                self.cfg.word_fit_steps,
+                self.cfg.word_fit_lr,
+                seed=self.seed,
+            )
+            say(
+                f"[{self.stage_dir.name}] {m} word slots fitted on {found.shape[0]} inputs: loss {before:.3f} -> {after:.3f}"
+            )
+        say(f"[{self.stage_dir.name}] word slots fitted in {time.perf_counter() - tick:.0f} s")
 
     # --- validation -------------------------------------------------------------------------------------------------
     def val_indices(self) -> dict[str, list[int]]:
@@ -535,6 +595,8 @@ class Trainer:
                             f"[{self.stage_dir.name}] step {step}: val loss "
                             + ", ".join(f"{k} {v:.3f}" for k, v in result.items())
                         )
+            if step == self.cfg.steps and self.cfg.word_fit_steps:
+                self.fit_slots(bar.write)
             if (self.cfg.save_interval and step % self.cfg.save_interval == 0) or step == self.cfg.steps:
                 self.save(step, samples, losses, val)
         bar.close()

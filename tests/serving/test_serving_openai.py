@@ -206,7 +206,7 @@ def test_extension_modalities(client, media, parts):
     assert len(set(outputs.values())) >= 5  # different modalities drive the LLM differently
     # several extension inputs in one message
     response, ids = greedy(client, parts.user(cases["point"], cases["imu"], cases["fmri"]), max_tokens=6)
-    assert len(ids) == 6
+    assert len(ids) == 6 or (ids and ids[-1] == 2 and response.choices[0].finish_reason == "stop")
 
 
 def test_file_url_inside_the_allowed_folder(client, media, parts, media_folder):

@@ -243,3 +243,70 @@ def test_two_word_slots_learn_the_two_words_of_their_input():
     for i, pair in enumerate(said):
         assert {int(start[i].argmax()), int(end[i].argmax())} == set(pair)
         assert float(start[i].max()) > 0.8 and float(end[i].max()) > 0.8  # sharp: one word each
+
+
+def test_word_slots_are_fitted_without_the_llm_from_what_they_read():
+    """fit_word_slots trains only the slots' word projections, from captured summaries and word targets."""
+    from onellm.modalities import get_modality
+    from onellm.presets import build_preset
+    from onellm.train.lexical import captured_slot_summaries, fit_word_slots
+
+    torch.manual_seed(0)
+    model, processor = build_preset("tiny", modalities=["image"], end_tag="lexical", start_tag="lexical", num_experts=1)
+    tokenizer = processor.tokenizer
+    pairs = (["Ġstar", "Ġgreen"], ["Ġcube", "Ġorange"], ["Ġsphere", "Ġleft"])
+    said = [[tokenizer.convert_tokens_to_ids(n) for n in pair] for pair in pairs]
+    assert tokenizer.unk_token_id not in {i for ids in said for i in ids}
+    targets = torch.zeros(3, len(tokenizer), dtype=torch.bool)
+    for row, ids in enumerate(said):
+        targets[row, ids] = True
+    image = get_modality("image")
+    values = torch.stack([image.dummy_input(**processor.options("image")) for _ in range(3)])
+    values[1], values[2] = -values[1], values[2].flip(-1) * 0.5
+    with torch.no_grad(), captured_slot_summaries(model, ["image"]) as captured:
+        model.embed_modality("image", values)
+    summaries = captured["image"][0]
+    assert summaries.shape[0] == 3
+    head = model.projector.heads["image"]
+    fitted = {id(p) for tag in head.word_tags() for p in tag.parameters()}
+    others = {n: p.detach().clone() for n, p in model.named_parameters() if id(p) not in fitted}
+    before, after = fit_word_slots(model, summaries, targets, "image", steps=80, lr=1e-2)
+    assert after < before / 4
+    assert all(torch.equal(p, others[n]) for n, p in model.named_parameters() if n in others)
+    with torch.no_grad(), captured_word_logits(model) as logits:
+        model.embed_modality("image", values)
+    start, end = logits[("image", 0)][0], logits[("image", 1)][0]
+    for i, ids in enumerate(said):
+        assert {int(start[i].argmax()), int(end[i].argmax())} == set(ids)
+    # a row without any target word cannot teach; with none at all the fit says so
+    with pytest.raises(ValueError, match="image: no training input has a distinctive content word"):
+        fit_word_slots(model, summaries, torch.zeros_like(targets), "image", steps=1, lr=1e-2)
+
+
+def test_a_stage_fits_its_word_slots_at_the_end_and_refuses_it_without_slots(
+    synth_tiny, tmp_path, quick, accelerator, capsys
+):
+    from safetensors.torch import load_file
+
+    from onellm.train.checkpoint import list_checkpoints
+    from onellm.train.config import load_stage
+    from onellm.train.recipes import run_stage
+
+    def stage(name, fit, **tags):
+        preset = {"preset": "tiny", "preset_args": {"end_tag": "lexical", **tags}, "num_experts": 1}
+        more = {"train.lexical_loss": 0.5, "train.word_fit_steps": fit, "init_from": preset}
+        return load_stage(TINY / "align_image.yaml", quick(synth_tiny, tmp_path / name, steps=2, **more))
+
+    weights = {}
+    for name, fit in (("plain", 0), ("fit", 40)):
+        trained = stage(name, fit, start_tag="lexical")
+        run_stage(trained, accelerator)
+        _, last = list_checkpoints(trained.stage_dir / "checkpoints")[-1]
+        weights[name] = load_file(str(last / "trainable.safetensors"))
+    assert "image word slots fitted on" in capsys.readouterr().out
+    # the same two steps, then only the slots' word projections changed
+    changed = {k for k, v in weights["plain"].items() if not torch.equal(v, weights["fit"][k])}
+    assert changed and all(".lexical_start.proj." in k or ".lexical_tag.proj." in k for k in changed)
+
+    with pytest.raises(ValueError, match="train.word_fit_steps fits word slots"):
+        run_stage(stage("one_tag", 40), accelerator)
