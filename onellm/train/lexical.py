@@ -22,13 +22,18 @@ each slot stays one sharp word rather than a blend of all of them; with one word
 best), and only distinctive words count: those in fewer than ``COMMON_SHARE`` of the modality's training inputs
 (:func:`distinctive_words`). Without that the slots learned the words every input has: an fMRI caption's "picture",
 or "small" / "large" (BENCHMARKS.md, "Two word slots").
+
+The stage's word loss reaches the slots through the LLM's batches only, too few inputs to make them sharp at the
+demo's budget. ``train.word_fit_steps`` fits them once more at the end of the stage, without the LLM: each distinct
+training input passes the projector once, is paired with the distinctive words of everything said about it
+(:func:`said_by_input`), and only the slots' word projections train on those pairs (:func:`fit_word_slots`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -69,17 +74,28 @@ def word_slots(core: nn.Module) -> dict[str, int]:
     return {m: head.word_slots for m, head in core.projector.heads.items() if head.word_slots >= 2}
 
 
-def distinctive_words(records: Iterable, tokenizer, words: torch.Tensor, share: float = COMMON_SHARE) -> dict:
-    """``{modality: [len(tokenizer)] bool}``: the content words (``words``) of the assistant turns that occur with
-    fewer than ``share`` of the modality's distinct inputs (a file, or a record's inline array)."""
+def input_key(record, n: int) -> str:
+    """The identity of a record's ``n``-th input: its file, or for an inline array the record and position."""
+    item = record.inputs[n]
+    return item.path if item.path is not None else f"{record.id}#{n}"
+
+
+def said_by_input(records: Iterable, tokenizer) -> dict[str, dict[str, set[int]]]:
+    """``{modality: {input key: token ids}}``: the tokens of every assistant turn of the records each distinct input
+    (:func:`input_key`) appears in, in first-seen order."""
     seen: dict[str, dict[str, set[int]]] = {}
     for record in records:
         said = {i for turn in record.conversation if turn.role == "assistant" for i in _ids(tokenizer, turn.content)}
         for n, item in enumerate(record.inputs):
-            key = item.path if item.path is not None else f"{record.id}#{n}"
-            seen.setdefault(item.modality, {}).setdefault(key, set()).update(said)
+            seen.setdefault(item.modality, {}).setdefault(input_key(record, n), set()).update(said)
+    return seen
+
+
+def distinctive_words(records: Iterable, tokenizer, words: torch.Tensor, share: float = COMMON_SHARE) -> dict:
+    """``{modality: [len(tokenizer)] bool}``: the content words (``words``) of the assistant turns that occur with
+    fewer than ``share`` of the modality's distinct inputs (:func:`said_by_input`)."""
     out = {}
-    for modality, inputs in seen.items():
+    for modality, inputs in said_by_input(records, tokenizer).items():
         counts = torch.zeros(words.shape[0])
         for ids in inputs.values():
             counts[[i for i in ids if i < counts.shape[0]]] += 1
@@ -201,18 +217,21 @@ def fit_word_slots(
     lr: float,
     batch_size: int = 64,
     seed: int = 0,
+    amp: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> tuple[float, float]:
     """Fit the word slots of ``modality``'s head (only their word projections) to name ``targets`` (``[n, V]`` bool,
     the distinctive words of each input's text) from ``summaries`` (``[n, H]``, what the slots read: the head's
     detached mean query output) with :func:`slot_loss`, ``steps`` Adam steps on random batches. Without the LLM a
     step costs a few milliseconds, so the slots can see many more inputs than the alignment stage's word loss gives
-    them. Returns the mean loss over all inputs before and after."""
+    them. ``amp``: a fresh autocast context per step (one context around all steps would keep computing with the
+    weights' first low-precision copy: autocast caches those casts until it exits). Returns the mean loss over all
+    inputs before and after."""
     head = core.projector.heads[modality]
     tags = head.word_tags()[: head.word_slots]
     vocab = core.word_embeddings().detach()
     targets = torch.stack([_fit(row, vocab.shape[0]) for row in targets]) if targets.shape[0] else targets
-    keep = targets.any(dim=1)
-    summaries, targets = summaries[keep], targets[keep]
+    keep = targets.any(dim=1).to(summaries.device)
+    summaries, targets = summaries[keep], targets.to(summaries.device)[keep]
     if summaries.shape[0] == 0:
         raise ValueError(f"{modality}: no training input has a distinctive content word for its word slots")
     params = [p for tag in tags for p in tag.parameters()]
@@ -220,7 +239,8 @@ def fit_word_slots(
     generator = torch.Generator().manual_seed(seed)
 
     def loss_of(index: torch.Tensor) -> torch.Tensor:
-        logits = torch.stack([tag.logits(summaries[index], vocab) for tag in tags], dim=1).float()
+        with amp():
+            logits = torch.stack([tag.logits(summaries[index], vocab) for tag in tags], dim=1).float()
         return slot_loss(logits.log_softmax(dim=-1), targets[index]).mean()
 
     def overall() -> float:
@@ -270,7 +290,9 @@ __all__ = [
     "content_word_mask",
     "distinctive_words",
     "fit_word_slots",
+    "input_key",
     "lexical_loss",
+    "said_by_input",
     "slot_loss",
     "word_slots",
     "word_tags",

@@ -51,10 +51,11 @@ from onellm.train.lexical import (
     content_word_mask,
     distinctive_words,
     fit_word_slots,
+    input_key,
     lexical_loss,
+    said_by_input,
     word_slots,
     word_tags,
-    word_targets,
 )
 
 SCHEDULES = {
@@ -358,51 +359,56 @@ class Trainer:
         return self.cfg.lexical_loss * value
 
     def fit_slots(self, say: Callable[[str], None]) -> None:
-        """``train.word_fit_steps``: one pass of the training inputs through the projector (no LLM) collects what
-        each head's word slots read and each input's distinctive words; then only the slots' word projections are
-        fitted to them (:func:`fit_word_slots`)."""
+        """``train.word_fit_steps``: each distinct training input of the heads this stage trains passes the
+        projector once (no LLM) to collect what its word slots read; each is paired with the distinctive words of
+        all the text said about it (:func:`said_by_input`); then only the slots' word projections are fitted to
+        them (:func:`fit_word_slots`)."""
         tick = time.perf_counter()
-        read = {m for i in range(len(self.train_set)) for m in self.train_set.modalities(i)}
+        records = self.train_set.records
+        said = said_by_input(records, self.collator.processor.tokenizer)
         heads = self.core.projector.heads
         # the heads this stage trains (a replayed modality's frozen head keeps its slots)
-        modalities = sorted(m for m in set(self.slots) & read if heads[m].word_tags()[0].proj.weight.requires_grad)
-        summaries: dict[str, list[torch.Tensor]] = {m: [] for m in modalities}
-        targets: dict[str, list[torch.Tensor]] = {m: [] for m in modalities}
-        order = [
-            list(range(i, min(i + self.cfg.batch_size, len(self.train_set))))
-            for i in range(0, len(self.train_set), self.cfg.batch_size)
-        ]
+        modalities = sorted(m for m in set(self.slots) & set(said) if heads[m].word_tags()[0].proj.weight.requires_grad)
+        first: dict[str, int] = {}  # input key -> the first record that holds it
+        for index, record in enumerate(records):
+            for n, item in enumerate(record.inputs):
+                if item.modality in modalities:
+                    first.setdefault(input_key(record, n), index)
+        chosen = sorted(set(first.values()))
+        order = [chosen[i : i + 4 * self.cfg.batch_size] for i in range(0, len(chosen), 4 * self.cfg.batch_size)]
         loader = DataLoader(
             self.train_set, batch_sampler=order, collate_fn=self.collator, num_workers=self.data_cfg.num_workers
         )
-        markers, per_input = self.core.config.modality_token_ids, self.core.num_placeholder_tokens
+        summaries: dict[str, list[torch.Tensor]] = {m: [] for m in modalities}
+        keys: dict[str, list[str]] = {m: [] for m in modalities}
         self.model.eval()
         with torch.no_grad(), self._autocast(), captured_slot_summaries(self.core, modalities) as captured:
-            for batch in loader:
+            for indices, batch in zip(order, loader, strict=True):
                 inputs = self._forward_inputs(batch)
                 for m in modalities:
-                    if m not in inputs["mm_inputs"] and m not in inputs["mm_features"]:
-                        continue
-                    self.core.embed_modality(m, inputs["mm_inputs"].get(m), inputs["mm_features"].get(m))
-                    summaries[m].append(captured.pop(m)[-1])
-                    mask = self.distinctive.get(m, self.words)
-                    targets[m].append(word_targets(inputs["input_ids"], inputs["labels"], markers[m], per_input, mask))
+                    if m in inputs["mm_inputs"] or m in inputs["mm_features"]:
+                        self.core.embed_modality(m, inputs["mm_inputs"].get(m), inputs["mm_features"].get(m))
+                        summaries[m].append(captured.pop(m)[-1])
+                        held = [(records[i], n) for i in indices for n, item in enumerate(records[i].inputs)]
+                        keys[m] += [input_key(record, n) for record, n in held if record.inputs[n].modality == m]
         self._train_mode()
         for m in modalities:
-            if not summaries[m]:
-                continue
-            found = torch.cat(targets[m])
+            mask = self.distinctive.get(m, self.words)
+            targets = torch.zeros(len(keys[m]), mask.shape[0], dtype=torch.bool)
+            for row, key in enumerate(keys[m]):
+                targets[row, [i for i in said[m][key] if i < mask.shape[0]]] = True
             before, after = fit_word_slots(
                 self.core,
                 torch.cat(summaries[m]),
-                found,
+                targets & mask,
                 m,
                 self.cfg.word_fit_steps,
                 self.cfg.word_fit_lr,
                 seed=self.seed,
+                amp=self._autocast,
             )
             say(
-                f"[{self.stage_dir.name}] {m} word slots fitted on {found.shape[0]} inputs: loss {before:.3f} -> {after:.3f}"
+                f"[{self.stage_dir.name}] {m} word slots fitted on {len(keys[m])} inputs: loss {before:.3f} -> {after:.3f}"
             )
         say(f"[{self.stage_dir.name}] word slots fitted in {time.perf_counter() - tick:.0f} s")
 

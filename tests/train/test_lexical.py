@@ -4,6 +4,7 @@ words each input is taught, that the loss trains the tag, and that a stage with 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from onellm.train.lexical import (
     content_word_mask,
     distinctive_words,
     lexical_loss,
+    said_by_input,
     word_targets,
 )
 
@@ -198,6 +200,10 @@ def test_distinctive_words_leave_out_what_most_inputs_say():
         item = [ModalityInput("fmri", path=f"{n}.npy")]
         records.append(Record(f"c{n}", item, [Turn("user", "<fmri>"), Turn("assistant", caption)]))
         records.append(Record(f"q{n}", item, [Turn("user", "<fmri>\nstar?"), Turn("assistant", "yes star")]))
+    said = said_by_input(records, tokenizer)["fmri"]
+    assert list(said) == ["0.npy", "1.npy", "2.npy", "3.npy"]  # one entry per input: its caption and its answer
+    ids = [set(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in ("a small green star", "yes star")]
+    assert said["0.npy"] == ids[0] | ids[1]
     kept = distinctive_words(records, tokenizer, words)["fmri"]
     names = {tokenizer.convert_ids_to_tokens(i) for i in kept.nonzero().squeeze(1).tolist()}
     # "star" is in every input (the question rows), "small" and "large" in half; the rest in one each
@@ -245,8 +251,13 @@ def test_two_word_slots_learn_the_two_words_of_their_input():
         assert float(start[i].max()) > 0.8 and float(end[i].max()) > 0.8  # sharp: one word each
 
 
-def test_word_slots_are_fitted_without_the_llm_from_what_they_read():
-    """fit_word_slots trains only the slots' word projections, from captured summaries and word targets."""
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_word_slots_are_fitted_without_the_llm_from_what_they_read(precision):
+    """fit_word_slots trains only the slots' word projections, from captured summaries and word targets; under bf16
+    autocast too (one autocast context around every step would keep the first bf16 copy of the weights)."""
+    import contextlib
+
+    amp = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" else contextlib.nullcontext
     from onellm.modalities import get_modality
     from onellm.presets import build_preset
     from onellm.train.lexical import captured_slot_summaries, fit_word_slots
@@ -270,7 +281,7 @@ def test_word_slots_are_fitted_without_the_llm_from_what_they_read():
     head = model.projector.heads["image"]
     fitted = {id(p) for tag in head.word_tags() for p in tag.parameters()}
     others = {n: p.detach().clone() for n, p in model.named_parameters() if id(p) not in fitted}
-    before, after = fit_word_slots(model, summaries, targets, "image", steps=80, lr=1e-2)
+    before, after = fit_word_slots(model, summaries, targets, "image", steps=80, lr=1e-2, amp=amp)
     assert after < before / 4
     assert all(torch.equal(p, others[n]) for n, p in model.named_parameters() if n in others)
     with torch.no_grad(), captured_word_logits(model) as logits:
@@ -303,7 +314,8 @@ def test_a_stage_fits_its_word_slots_at_the_end_and_refuses_it_without_slots(
         run_stage(trained, accelerator)
         _, last = list_checkpoints(trained.stage_dir / "checkpoints")[-1]
         weights[name] = load_file(str(last / "trainable.safetensors"))
-    assert "image word slots fitted on" in capsys.readouterr().out
+    fitted = re.search(r"image word slots fitted on (\d+) inputs: loss ([\d.]+) -> ([\d.]+)", capsys.readouterr().out)
+    assert fitted and float(fitted[3]) < float(fitted[2])
     # the same two steps, then only the slots' word projections changed
     changed = {k for k, v in weights["plain"].items() if not torch.equal(v, weights["fit"][k])}
     assert changed and all(".lexical_start.proj." in k or ".lexical_tag.proj." in k for k in changed)
