@@ -180,7 +180,15 @@ def test_the_all_profile_opts_into_fourteen_modalities(tmp_path):
     path, per_modality = PROFILES["all"]
     curriculum = load_demo_curriculum(REPO / path, tmp_path, {})
     assert curriculum_modalities(curriculum) == MODALITIES + extended and per_modality == DEFAULT_PER_MODALITY
-    assert curriculum.stages[0].init_from.preset_args == {"modalities": "all", "end_tag": "learned"}
+    # measured with OneLLM's learned tags and no word loss: it keeps them (the default curriculum builds word slots)
+    assert curriculum.stages[0].init_from.preset_args == {
+        "modalities": "all",
+        "end_tag": "learned",
+        "start_tag": "learned",
+    }
+    assert default.stages[0].init_from.preset_args == {"end_tag": "lexical", "start_tag": "lexical"}
+    assert [s.train.word_fit_steps for s in default.stages if s.recipe == "align"] == [200, 200, 200]
+    assert all(not s.train.word_fit_steps for s in curriculum.stages if s.train is not None)
     assert [s.name for s in curriculum.stages][-2:] == ["align_extended", "instruct_all"]
     assert curriculum.stages[-1].modalities == MODALITIES + extended  # scored after the last stage: 28 tasks
     assert len(load_tasks([f"synth_{m}_{kind}" for m in MODALITIES + extended for kind in ("caption", "qa")])) == 28
