@@ -13,6 +13,7 @@ Each caller raises its own subclass of :class:`YamlConfigError` (``ConfigError``
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 
 T = TypeVar("T")
+_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 class YamlConfigError(ValueError):
@@ -128,6 +130,8 @@ def convert(value: Any, kind: Any, key: str) -> Any:
         return value
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if kind is float and isinstance(value, str) and _EXPONENT.fullmatch(value.strip()):
+        return float(value)  # YAML 1.1 (PyYAML) reads 5e-4, without a dot, as a string
     if kind in (int, float) and isinstance(value, bool) or not isinstance(value, kind):
         raise YamlConfigError(f"{key}: expected {_type_name(kind)}, got {value!r}")
     return value

@@ -314,11 +314,19 @@ def build_data(stage: StageConfig, processor: OneLLMProcessor, accelerator) -> S
     def fits(record: Record) -> bool:
         return len(encode_conversation(processor, record.conversation)[0]) <= cfg.max_length
 
-    def source(label: str, manifest: str, modalities: list[str], tasks: list[str] | None, weight: float) -> Source:
+    def source(
+        label: str,
+        manifest: str,
+        modalities: list[str],
+        tasks: list[str] | None,
+        weight: float,
+        kinds: list[str] | None = None,
+    ) -> Source:
         def keep(i: int) -> bool:
             mods = {item.modality for item in records[i].inputs}
             task_ok = tasks is None or records[i].task in tasks
-            return origin[i] == manifest and bool(mods) and mods <= set(modalities) and task_ok
+            kind_ok = kinds is None or (records[i].meta or {}).get("question_kind") in kinds
+            return origin[i] == manifest and bool(mods) and mods <= set(modalities) and task_ok and kind_ok
 
         indices = select(len(records), keep)
         if not indices:
@@ -329,7 +337,7 @@ def build_data(stage: StageConfig, processor: OneLLMProcessor, accelerator) -> S
             indices = list(range(start, len(records) + len(merged)))
         return Source(label, indices, weight)
 
-    main = [source(s.label, s.manifest, s.modalities, s.tasks, s.weight) for s in cfg.sources]
+    main = [source(s.label, s.manifest, s.modalities, s.tasks, s.weight, s.kinds) for s in cfg.sources]
     replay_cfg = cfg.replay
     replay = [source(m, replay_cfg.manifest, [m], replay_cfg.tasks, 1.0) for m in replay_cfg.modalities]
     lengths = None
@@ -343,13 +351,16 @@ def build_data(stage: StageConfig, processor: OneLLMProcessor, accelerator) -> S
     if cfg.val is not None and (root / cfg.val).is_file():
         val_report = validated(root / cfg.val, stage, processor, accelerator)
         reports.append(val_report)
-        # the validation records that some training source (or replay) would draw: same modalities, same tasks
-        specs = [(set(s.modalities), s.tasks) for s in cfg.sources]
-        specs += [({m}, replay_cfg.tasks) for m in replay_cfg.modalities]
+        # the validation records that some training source (or replay) would draw: same modalities, tasks, kinds
+        specs = [(set(s.modalities), s.tasks, s.kinds) for s in cfg.sources]
+        specs += [({m}, replay_cfg.tasks, None) for m in replay_cfg.modalities]
 
         def wanted(record: Record) -> bool:
             mods = {item.modality for item in record.inputs}
-            return any(mods and mods <= m and (t is None or record.task in t) for m, t in specs)
+            kind = (record.meta or {}).get("question_kind")
+            return any(
+                mods and mods <= m and (t is None or record.task in t) and (k is None or kind in k) for m, t, k in specs
+            )
 
         val = ManifestDataset([r for r in val_report.kept if wanted(r)], root, processor)
     return StageData(train=dataset, val=val, mixture=mixture, reports=reports)

@@ -47,6 +47,7 @@ class SourceConfig:
     weight: float = 1.0
     manifest: str = "train.jsonl"
     tasks: list[str] | None = None  # e.g. [caption]; None = every task
+    kinds: list[str] | None = None  # records whose meta.question_kind is one of these (e.g. [presence]); None = all
     name: str | None = None  # default: the modalities joined by "+"
 
     @property

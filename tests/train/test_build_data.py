@@ -59,3 +59,22 @@ def test_a_stage_with_group_by_length_pads_its_batches_less(synth_tiny, tmp_path
     assert grouped < plain and grouped < 1.05, (plain, grouped)
     with pytest.raises(ConfigError, match="group_by_length"):
         load_stage(TINY / "align_image.yaml", {**overrides, "data.group_by_length": -1})
+
+
+def test_a_source_with_kinds_draws_only_those_questions(synth_tiny, tmp_path, quick, accelerator):
+    from onellm.train.common import build_data, load_start
+    from onellm.train.config import load_stage
+
+    sources = [
+        {"modalities": ["image"]},
+        {"modalities": ["image"], "kinds": ["presence", "count"], "weight": 2.0, "name": "checks"},
+    ]
+    stage = load_stage(TINY / "align_image.yaml", quick(synth_tiny, tmp_path, **{"data.sources": sources}))
+    _, processor = load_start(stage)
+    data = build_data(stage, processor, accelerator)
+    everything, checks = data.mixture.sources
+    kinds = [(data.train.records[i].meta or {}).get("question_kind") for i in checks.indices]
+    assert set(kinds) == {"presence", "count"}
+    every_kind = [(data.train.records[i].meta or {}).get("question_kind") for i in everything.indices]
+    assert len(checks.indices) == sum(kind in ("presence", "count") for kind in every_kind) < len(everything.indices)
+    assert checks.weight == 2.0

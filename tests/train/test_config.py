@@ -101,6 +101,14 @@ def test_errors_name_the_key(changes, message):
     assert message in str(caught.value)
 
 
+def test_a_learning_rate_written_5e_4_is_a_float():
+    # YAML 1.1 (PyYAML) reads 5e-4 without a dot as a string; a float field takes it, a word stays an error
+    stage = stage_from_dict(broken(trainable={"projector.*": "5e-4"}, train__max_grad_norm="1E+0"), "stage.yaml")
+    assert stage.trainable == {"projector.*": 5e-4} and stage.train.max_grad_norm == 1.0
+    with pytest.raises(ConfigError, match="trainable.projector.*: expected float, got 'e-4'"):
+        stage_from_dict(broken(trainable={"projector.*": "e-4"}), "stage.yaml")
+
+
 def test_overrides_and_curriculum_sharing(tmp_path):
     assert parse_overrides(["train.steps=5", "data.root=/x", "train.cache_features=false"]) == {
         "train.steps": 5,
