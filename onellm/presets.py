@@ -256,6 +256,8 @@ def build_small(
     """
     from onellm.weights import dinov2_small_path, smollm2_path
 
+    if tokenizer_init not in ("random", "encoder"):  # before the weights load
+        raise ValueError(f"tokenizer_init must be 'random' or 'encoder', got {tokenizer_init!r}")
     llm_dir, vision_dir = smollm2_path(cache_dir), dinov2_small_path(cache_dir)
     tokenizer = AutoTokenizer.from_pretrained(llm_dir)
     llm = AutoModelForCausalLM.from_pretrained(llm_dir, dtype=torch.float32)
@@ -281,8 +283,6 @@ def build_small(
     model, processor = assemble(
         llm.config, vision.config, tokenizer, projector, chosen, llm=llm, vision=vision, vision_feature_layers=layers
     )
-    if tokenizer_init not in ("random", "encoder"):
-        raise ValueError(f"tokenizer_init must be 'random' or 'encoder', got {tokenizer_init!r}")
     if tokenizer_init == "encoder":
         for part in model.mm_tokenizers.values():
             if hasattr(part, "init_from_encoder"):

@@ -296,6 +296,18 @@ def _parsable_records(manifest: Path) -> list[Record]:
     return records
 
 
+def drawn_by(record: Record, modalities: list[str], tasks: list[str] | None, kinds: list[str] | None) -> bool:
+    """Whether a data source (or replay) of these ``modalities``, ``tasks`` and question ``kinds`` takes the record:
+    all its inputs in ``modalities``, its task and its ``meta.question_kind`` listed (None: any)."""
+    mods = {item.modality for item in record.inputs}
+    return (
+        bool(mods)
+        and mods <= set(modalities)
+        and (tasks is None or record.task in tasks)
+        and (kinds is None or (record.meta or {}).get("question_kind") in kinds)
+    )
+
+
 def build_data(stage: StageConfig, processor: OneLLMProcessor, accelerator) -> StageData:
     """Validated records of the stage's manifests -> dataset + weighted mixture (with balanced replay) + val set."""
     cfg = stage.data
@@ -322,13 +334,9 @@ def build_data(stage: StageConfig, processor: OneLLMProcessor, accelerator) -> S
         weight: float,
         kinds: list[str] | None = None,
     ) -> Source:
-        def keep(i: int) -> bool:
-            mods = {item.modality for item in records[i].inputs}
-            task_ok = tasks is None or records[i].task in tasks
-            kind_ok = kinds is None or (records[i].meta or {}).get("question_kind") in kinds
-            return origin[i] == manifest and bool(mods) and mods <= set(modalities) and task_ok and kind_ok
-
-        indices = select(len(records), keep)
+        indices = select(
+            len(records), lambda i: origin[i] == manifest and drawn_by(records[i], modalities, tasks, kinds)
+        )
         if not indices:
             raise ValueError(f"{stage.source}: data source {label!r} matched no valid record in {root / manifest}")
         if cfg.turns_per_input > 1:
@@ -352,15 +360,11 @@ def build_data(stage: StageConfig, processor: OneLLMProcessor, accelerator) -> S
         val_report = validated(root / cfg.val, stage, processor, accelerator)
         reports.append(val_report)
         # the validation records that some training source (or replay) would draw: same modalities, tasks, kinds
-        specs = [(set(s.modalities), s.tasks, s.kinds) for s in cfg.sources]
-        specs += [({m}, replay_cfg.tasks, None) for m in replay_cfg.modalities]
+        specs = [(s.modalities, s.tasks, s.kinds) for s in cfg.sources]
+        specs += [([m], replay_cfg.tasks, None) for m in replay_cfg.modalities]
 
         def wanted(record: Record) -> bool:
-            mods = {item.modality for item in record.inputs}
-            kind = (record.meta or {}).get("question_kind")
-            return any(
-                mods and mods <= m and (t is None or record.task in t) and (k is None or kind in k) for m, t, k in specs
-            )
+            return any(drawn_by(record, *spec) for spec in specs)
 
         val = ManifestDataset([r for r in val_report.kept if wanted(r)], root, processor)
     return StageData(train=dataset, val=val, mixture=mixture, reports=reports)
