@@ -108,7 +108,7 @@ def path_features(model, values: torch.Tensor, batch_size: int = 32) -> dict[str
         seq = torch.cat([queries, x], dim=1)
         weights = head.router(x, head.queries)
         mixed = sum(weights[..., k : k + 1] * expert(seq)[:, : upm.num_queries] for k, expert in enumerate(upm.experts))
-        soft = model.embed_modality("image", features=features)[:, 1:-1]
+        soft = upm.query_positions(model.embed_modality("image", features=features))
         for name, tokens in (
             ("encoder regions", pooled.flatten(1, 2)),
             ("projector queries", queries),

@@ -50,6 +50,9 @@ PROJECTOR_DEFAULTS = {
     # word-embedding mixture, so the two tags name two words of the input, each sharply (projectors/upm.py,
     # ModalityHead.start; the word loss names them as a set, onellm/train/lexical.py).
     "start_tag": "learned",
+    # Further word slots after the end tag (with start_tag and end_tag "lexical"): each input then names 2 + this many
+    # of its words; every input occupies N + 2 + extra_slots positions (projectors/upm.py, placeholder_count).
+    "extra_slots": 0,
 }
 
 

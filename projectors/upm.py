@@ -17,6 +17,8 @@ Per input of modality m, with encoder features ``[B, S, C]`` (S = 1 + L_m):
                                                                                embeddings [V, D] (see LexicalTag)
     start   = start[m]                                           [B, 1, D]     start tag "learned" (OneLLM)
             = the same with its own Linear                                     "lexical": a second word slot
+    out     = [start ; ... ; end ; slot_1 ; ... ; slot_X]        [B, N+2+X, D] extra_slots X: more word slots,
+                                                                               each with its own Linear
 
 Why the default standardises instead of layer-normalising (measured on the small preset, issue 11): the encoder's
 features of different inputs share a large common component. With a LayerNorm after each projection, the first
@@ -44,12 +46,15 @@ from onellm.projectors.queries import build_queries, query_source
 from onellm.projectors.routers import Router
 
 
-def placeholder_count(num_queries: int) -> int:
-    """Embeddings one modality input contributes to the LLM sequence: N queries + start tag + end tag.
+def placeholder_count(num_queries: int, extra_slots: int = 0) -> int:
+    """Embeddings one modality input contributes to the LLM sequence: N queries + start tag + end tag, then the
+    ``extra_slots`` further word slots (projector ``extra_slots``; :class:`ModalityHead`).
 
     This is THE counting function: the processor, the data collator, the model and the vLLM plugin all call it.
     """
-    return num_queries + 2
+    if extra_slots < 0:
+        raise ValueError(f"extra_slots must be >= 0, got {extra_slots}")
+    return num_queries + 2 + extra_slots
 
 
 class FeatureStandardizer(nn.Module):
@@ -235,8 +240,14 @@ class ModalityHead(nn.Module):
         end_tag: str = "learned",
         region_words: str = "off",
         start_tag: str = "learned",
+        extra_slots: int = 0,
     ):
         super().__init__()
+        if extra_slots and start_tag != "lexical":
+            raise ValueError(
+                f"projector extra_slots {extra_slots} needs start_tag 'lexical' and end_tag 'lexical' (they add word "
+                "slots to the two tags)"
+            )
         if start_tag not in START_TAGS:
             raise ValueError(f"projector start_tag {start_tag!r} is not one of {START_TAGS}")
         if start_tag == "lexical" and end_tag != "lexical":
@@ -263,6 +274,9 @@ class ModalityHead(nn.Module):
             self.lexical_tag = LexicalTag(width, out_width)
         else:
             self.end_tag = nn.Parameter(torch.randn(1, 1, out_width) * 0.02)
+        # Word slots after the end tag: with start and end tag, 2 + extra_slots words of each input, named as a set
+        # (a point cloud's two slots named its colour and size, and its shape only with a third: BENCHMARKS.md).
+        self.extra_slots = nn.ModuleList([LexicalTag(width, out_width) for _ in range(extra_slots)])
         if region_words == "add":
             self.region_words = RegionWords(width, out_width)
 
@@ -272,14 +286,15 @@ class ModalityHead(nn.Module):
 
     @property
     def word_slots(self) -> int:
-        """How many of :meth:`word_tags` (the first ones) are tags named as a set: 2 with a lexical start tag, else
-        1 with a lexical end tag, else 0."""
-        return 2 if hasattr(self, "lexical_start") else int(self.lexical)
+        """How many of :meth:`word_tags` (the first ones) are tags named as a set: 2 + ``extra_slots`` with a lexical
+        start tag, else 1 with a lexical end tag, else 0."""
+        return 2 + len(self.extra_slots) if hasattr(self, "lexical_start") else int(self.lexical)
 
     def word_tags(self) -> list[nn.Module]:
         """The head's :class:`LexicalTag` modules (start tag, end tag, region words): what the word loss trains."""
         tags = [self.lexical_start] if hasattr(self, "lexical_start") else []
         tags += [self.lexical_tag] if self.lexical else []
+        tags += list(self.extra_slots)
         return tags + ([self.region_words.tag] if hasattr(self, "region_words") else [])
 
     def soft_tokens(self, mixed: torch.Tensor, vocab: torch.Tensor | None) -> torch.Tensor:
@@ -316,13 +331,19 @@ class ModalityHead(nn.Module):
         # BENCHMARKS.md, "A lexical end tag").
         return self.lexical_tag(mixed.mean(1).detach(), vocab)[0].unsqueeze(1)
 
+    def after(self, mixed: torch.Tensor, vocab: torch.Tensor | None) -> list[torch.Tensor]:
+        """The extra word slots after the end tag, each ``[B, 1, D]`` (none without them); they read what the two
+        tags read, detached as in :meth:`end`."""
+        summary = mixed.mean(1).detach()
+        return [slot(summary, vocab)[0].unsqueeze(1) for slot in self.extra_slots]
+
     def project_in(self, features: torch.Tensor) -> torch.Tensor:
         """Encoder features ``[B, S, C]`` -> ``[B, S, H]``."""
         return self.proj_in(self.standardize(features))
 
 
 class UniversalProjectionModule(nn.Module):
-    """K shared experts + one :class:`ModalityHead` per modality. ``[B, S, C] -> [B, N+2, D]``."""
+    """K shared experts + one :class:`ModalityHead` per modality. ``[B, S, C] -> [B, N+2+extra_slots, D]``."""
 
     def __init__(
         self,
@@ -346,11 +367,13 @@ class UniversalProjectionModule(nn.Module):
         end_tag: str = "learned",
         region_words: str = "off",
         start_tag: str = "learned",
+        extra_slots: int = 0,
     ):
         super().__init__()
         query_source(queries)  # an unknown name fails here, not on the first forward
         width = width or in_width
         self.num_queries = num_queries
+        self.num_extra_slots = extra_slots
         self.query_source = queries
         self.experts = nn.ModuleList(
             [build_expert(expert, width, depth, num_heads, mlp_ratio, expert_hidden) for _ in range(num_experts)]
@@ -371,6 +394,7 @@ class UniversalProjectionModule(nn.Module):
                     end_tag,
                     region_words,
                     start_tag,
+                    extra_slots,
                 )
                 for m in modalities
             }
@@ -382,7 +406,11 @@ class UniversalProjectionModule(nn.Module):
 
     @property
     def num_tokens(self) -> int:
-        return placeholder_count(self.num_queries)
+        return placeholder_count(self.num_queries, self.num_extra_slots)
+
+    def query_positions(self, embeds: torch.Tensor) -> torch.Tensor:
+        """This projector's output ``[B, num_tokens, D]`` -> its N soft tokens ``[B, N, D]`` (tags and slots left out)."""
+        return embeds[:, 1 : 1 + self.num_queries]
 
     def routing_weights(self, features: torch.Tensor, modality: str) -> torch.Tensor:
         """Mixture weights ``[B|1, 1|N, K]`` for ``features`` ``[B, S, C]``."""
@@ -395,7 +423,7 @@ class UniversalProjectionModule(nn.Module):
         return self.heads[modality]
 
     def forward(self, features: torch.Tensor, modality: str, vocab: torch.Tensor | None = None) -> torch.Tensor:
-        """``features [B, S, C] -> [B, N+2, D]``; ``vocab``: the LLM's input embeddings ``[V, D]`` (lexical end tag)."""
+        """``features [B, S, C] -> [B, N+2+extra_slots, D]``; ``vocab``: the LLM's input embeddings ``[V, D]`` (lexical end tag)."""
         head = self.head(modality)
         x = head.project_in(features)
         seq = torch.cat([build_queries(self.query_source, head.queries, x), x], dim=1)
@@ -404,7 +432,7 @@ class UniversalProjectionModule(nn.Module):
             weights[..., k : k + 1] * expert(seq)[:, : self.num_queries] for k, expert in enumerate(self.experts)
         )
         out = head.soft_tokens(mixed, vocab)
-        return torch.cat([head.start(mixed, vocab), out, head.end(mixed, vocab)], dim=1)
+        return torch.cat([head.start(mixed, vocab), out, head.end(mixed, vocab), *head.after(mixed, vocab)], dim=1)
 
 
 def expand_experts(

@@ -144,10 +144,12 @@ class OneLLMProcessingInfo(BaseProcessingInfo):
 
     @property
     def num_placeholder_tokens(self) -> int:
-        return placeholder_count(self.get_hf_config().projector_config["num_queries"])
+        projector = self.get_hf_config().projector_config
+        return placeholder_count(projector["num_queries"], projector["extra_slots"])
 
     def get_mm_max_tokens_per_item(self, seq_len: int, mm_counts: Mapping[str, int]) -> Mapping[str, int]:
-        # Every input of every modality occupies the same N+2 positions (the UPM's queries + start/end tags).
+        # Every input of every modality occupies the same N+2 positions (the UPM's queries + start/end tags; + the
+        # projector's extra word slots).
         return {m: self.num_placeholder_tokens for m in self.get_hf_config().modalities}
 
 

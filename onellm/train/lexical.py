@@ -32,6 +32,7 @@ training input passes the projector once, is paired with the distinctive words o
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 from collections.abc import Callable, Iterable, Iterator
 
@@ -258,15 +259,21 @@ def fit_word_slots(
 
 
 def _matched(log_p: torch.Tensor) -> torch.Tensor:
-    """``log p [K, T]`` of K slots for the row's T words -> the mean log p of the best one-to-one pairing of slots
-    and words (min(K, T) pairs): each slot one word, no word twice."""
-    slots, count = log_p.shape
+    """``log p [K, T]`` of K slots for the row's T words -> the mean log p of the best pairing of slots and words:
+    each slot one word, no word twice; with fewer words than slots, every word at least once and the other slots one
+    of them each (a slot left without a word names a random blend, which the LLM reads as words of the input)."""
+    words = _pairings(*log_p.shape).to(log_p.device)  # [P, K]: the word of each slot, for every allowed pairing
+    return log_p.gather(1, words.T).mean(dim=0).max()
+
+
+@functools.lru_cache(maxsize=64)
+def _pairings(slots: int, count: int) -> torch.Tensor:
+    """``[P, slots]``: every allowed assignment of ``count`` words to the slots (see :func:`_matched`), computed once
+    per shape (building them per row took most of a word fit's time)."""
     if count >= slots:
-        pairs = [[(k, w) for k, w in enumerate(p)] for p in itertools.permutations(range(count), slots)]
-    else:
-        pairs = [[(k, w) for w, k in enumerate(p)] for p in itertools.permutations(range(slots), count)]
-    index = torch.tensor(pairs, device=log_p.device)  # [P, min(K, T), 2]
-    return log_p[index[..., 0], index[..., 1]].mean(dim=1).max()
+        return torch.tensor(list(itertools.permutations(range(count), slots)))
+    onto = [p for p in itertools.product(range(count), repeat=slots) if len(set(p)) == count]
+    return torch.tensor(onto)
 
 
 def _log_any(log_p: torch.Tensor) -> torch.Tensor:

@@ -242,6 +242,33 @@ def test_a_lexical_start_tag_is_a_second_word_slot():
     assert not torch.equal(audio.lexical_start.proj.weight, head.lexical_start.proj.weight)
 
 
+def test_extra_word_slots_follow_the_end_tag_and_are_counted():
+    upm = make(1, end_tag="lexical", start_tag="lexical", extra_slots=2)
+    vocab = 3.0 * torch.eye(48)
+    out = upm(torch.randn(4, 17, 32), "image", vocab)
+    assert out.shape == (4, placeholder_count(5, 2), 48) == (4, 9, 48) and upm.num_tokens == 9
+    head = upm.heads["image"]
+    assert head.word_slots == 4
+    assert head.word_tags() == [head.lexical_start, head.lexical_tag, *head.extra_slots]
+    slots = [out[:, 0], out[:, -3], out[:, -2], out[:, -1]]
+    for slot in slots:  # each a mixture of word embeddings, input-dependent
+        assert bool((slot >= 0).all()) and torch.allclose(slot.sum(-1), torch.full((4,), 3.0))
+        assert float((slot[0] - slot[1]).abs().max().detach()) > 1e-4
+    assert all(float((a - b).abs().max().detach()) > 1e-4 for i, a in enumerate(slots) for b in slots[i + 1 :])
+    assert torch.equal(upm.query_positions(out), out[:, 1:6])
+    # without extra slots the output is what it was
+    plain = make(1, end_tag="lexical", start_tag="lexical")
+    assert plain(torch.randn(2, 17, 32), "image", vocab).shape == (2, 7, 48)
+    with pytest.raises(ValueError, match="extra_slots 1 needs start_tag 'lexical'"):
+        make(1, end_tag="lexical", extra_slots=1)
+    with pytest.raises(ValueError, match="extra_slots must be >= 0"):
+        placeholder_count(5, -1)
+    # a new modality's slots start fresh under expand_experts, as the two tags do
+    wide = expand_experts(upm, 3, ["image", "audio"])
+    assert torch.equal(wide.heads["image"].extra_slots[1].proj.weight, head.extra_slots[1].proj.weight)
+    assert not torch.equal(wide.heads["audio"].extra_slots[1].proj.weight, head.extra_slots[1].proj.weight)
+
+
 def test_region_words_add_each_query_outputs_own_words_to_its_soft_token():
     torch.manual_seed(0)
     kwargs = dict(

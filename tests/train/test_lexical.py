@@ -178,11 +178,12 @@ def test_two_word_slots_are_taught_one_distinct_word_each():
     # a blend of both words in each slot costs what a coin toss does; both slots naming one word leaves the other out
     assert loss(named(2, 3), named(2, 3)) == pytest.approx(-torch.log(torch.tensor(0.5)).item(), abs=1e-3)
     assert loss(named(2), named(2)) > 8
-    # one word in the row (a one-word answer): the slot that names it is enough
-    assert loss(named(2), named(5), said=(2, IGNORE_INDEX)) < 1e-3
+    # one word in the row (a one-word answer): both slots name it; a slot left free would name a random blend
+    assert loss(named(2), named(2), said=(2, IGNORE_INDEX)) < 1e-3
+    assert loss(named(2), named(5), said=(2, IGNORE_INDEX)) > 8
     # words left out of the modality's distinctive ones are not taught: here the row then teaches nothing
     assert value(named(5), named(5), distinctive={"image": torch.arange(vocab) == 4}) is None
-    assert loss(named(3), named(5), distinctive={"image": torch.arange(vocab) >= 3}) < 1e-3  # only word 3 counts
+    assert loss(named(3), named(3), distinctive={"image": torch.arange(vocab) >= 3}) < 1e-3  # only word 3 counts
     # the same logits as separate tags (no slots): each is taught both words, as the single end tag is
     labels = torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, 2, 3]])
     captured = {("image", 0): [named(2).unsqueeze(0)], ("image", 1): [named(3).unsqueeze(0)]}
@@ -322,3 +323,59 @@ def test_a_stage_fits_its_word_slots_at_the_end_and_refuses_it_without_slots(
 
     with pytest.raises(ValueError, match="train.word_fit_steps fits word slots"):
         run_stage(stage("one_tag", 40), accelerator)
+
+
+def test_three_word_slots_are_counted_saved_and_fitted_to_three_words(tmp_path):
+    """``extra_slots: 1``: every input occupies N + 3 positions in the model, the processor and a saved copy of both,
+    and the three slots are fitted to three distinct words each (the set matching over three)."""
+    from onellm.modalities import get_modality
+    from onellm.modeling import OneLLMForConditionalGeneration
+    from onellm.presets import build_preset
+    from onellm.processing import OneLLMProcessor
+    from onellm.train.lexical import captured_slot_summaries, fit_word_slots, word_slots
+
+    torch.manual_seed(0)
+    model, processor = build_preset(
+        "tiny", modalities=["image"], end_tag="lexical", start_tag="lexical", extra_slots=1, num_experts=1
+    )
+    assert model.num_placeholder_tokens == processor.num_placeholder_tokens == 4 + 3
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    loaded = OneLLMForConditionalGeneration.from_pretrained(tmp_path)
+    assert loaded.num_placeholder_tokens == OneLLMProcessor.from_pretrained(tmp_path).num_placeholder_tokens == 7
+    assert word_slots(model) == {"image": 3}
+    tokenizer = processor.tokenizer
+    triples = (["Ġstar", "Ġgreen", "Ġtop"], ["Ġcube", "Ġorange", "Ġleft"], ["Ġsphere", "Ġleft", "Ġgreen"])
+    said = [[tokenizer.convert_tokens_to_ids(n) for n in triple] for triple in triples]
+    targets = torch.zeros(3, len(tokenizer), dtype=torch.bool)
+    for row, ids in enumerate(said):
+        targets[row, ids] = True
+    image = get_modality("image")
+    values = torch.stack([image.dummy_input(**processor.options("image")) for _ in range(3)])
+    values[1], values[2] = -values[1], values[2].flip(-1) * 0.5
+    with torch.no_grad(), captured_slot_summaries(model, ["image"]) as captured:
+        embeds = model.embed_modality("image", values)
+    assert embeds.shape[1] == 7
+    before, after = fit_word_slots(model, captured["image"][0], targets, "image", steps=120, lr=1e-2)
+    assert after < before / 4
+    with torch.no_grad(), captured_word_logits(model) as logits:
+        model.embed_modality("image", values)
+    named = torch.stack([logits[("image", k)][0].argmax(-1) for k in range(3)], dim=1)  # [3 inputs, 3 slots]
+    for i, ids in enumerate(said):
+        assert set(named[i].tolist()) == set(ids)
+
+
+def test_three_slots_for_two_words_name_both_and_the_third_slot_one_of_them():
+    marker, per_input, vocab = 9, 3, 6
+    words = torch.ones(vocab, dtype=torch.bool)
+    input_ids = torch.tensor([[marker] * per_input + [1, 1]])
+    labels = torch.tensor([[IGNORE_INDEX] * per_input + [2, 3]])
+
+    def loss(*named):
+        sure = torch.full((1, vocab), -9.0)
+        captured = {("image", k): [sure.index_fill(1, torch.tensor([i]), 9.0)] for k, i in enumerate(named)}
+        return float(lexical_loss(captured, input_ids, labels, {"image": marker}, per_input, words, {"image": 3}))
+
+    assert loss(2, 3, 2) < 1e-3 and loss(3, 3, 2) < 1e-3  # every word named, the third slot repeats one
+    assert loss(2, 2, 2) > 5  # word 3 left out
+    assert loss(2, 3, 5) > 5  # the third slot names a word the row does not say
