@@ -30,8 +30,14 @@ from onellm.diagnose import distinct_caption_fraction
 REPO = Path(__file__).resolve().parents[1]
 ONELLM = [sys.executable, "-m", "onellm.cli"]
 
-# OneLLM's learned end tag in place of the default's lexical one, and no word loss.
-_LEARNED = ["init_from.preset_args.end_tag=learned", "train.lexical_loss=0.0"]
+# OneLLM's learned start and end tags in place of the default's word slots, and no word loss.
+_LEARNED = [
+    "init_from.preset_args.end_tag=learned",
+    "init_from.preset_args.start_tag=learned",
+    "init_from.preset_args.extra_slots=0",
+    "train.lexical_loss=0.0",
+    "train.word_fit_steps=0",
+]
 
 # name -> (what it is, stage overrides). "default" is the small preset as shipped.
 ALIGN_VARIANTS: dict[str, tuple[str, list[str]]] = {
@@ -114,8 +120,12 @@ ALIGN_VARIANTS: dict[str, tuple[str, list[str]]] = {
     # The default closes the soft tokens with the lexical end tag (since the demo's two-seed comparison); the rows
     # above that BENCHMARKS.md dates before 2026-12-04 evening were measured beside the learned tag.
     "learned": (
-        "default with OneLLM's learned end tag instead of the lexical one (no word loss)",
+        "default with OneLLM's learned start and end tags instead of the word slots (no word loss)",
         _LEARNED,
+    ),
+    "two_slots": (
+        "default with two word slots (the start and end tags) instead of three",
+        ["init_from.preset_args.extra_slots=0"],
     ),
     "words1": ("default, the lexical tag's word loss at 1.0 instead of 0.5", ["train.lexical_loss=1.0"]),
     "words2": ("default, the lexical tag's word loss at 2.0 instead of 0.5", ["train.lexical_loss=2.0"]),
