@@ -226,6 +226,16 @@ def small_checkpoint(tmp_path_factory) -> Path:
     """A checkpoint the training recipes write from the REAL small preset (SmolLM2-135M-Instruct + DINOv2
     ViT-S/14): ``configs/small/align_image.yaml`` (one image expert), 2 steps of 2 samples on a synthetic image
     corpus -> ``<out>/align_image/final``. About a minute on 2 cores."""
+    return train_small_checkpoint(tmp_path_factory, {})
+
+
+@pytest.fixture(scope="session")
+def small_three_slot_checkpoint(tmp_path_factory) -> Path:
+    """:func:`small_checkpoint` with a third word slot (preset argument ``extra_slots: 1``): N + 3 positions per input."""
+    return train_small_checkpoint(tmp_path_factory, {"init_from.preset_args.extra_slots": 1})
+
+
+def train_small_checkpoint(tmp_path_factory, extra: dict) -> Path:
     import contextlib
     import io
 
@@ -246,6 +256,7 @@ def small_checkpoint(tmp_path_factory) -> Path:
         "train.eval_samples": 2,
         "train.save_interval": 2,
         "train.log_interval": 1,
+        **extra,
     }
     stage = load_stage(REPO / "configs" / "small" / "align_image.yaml", overrides)
     with contextlib.redirect_stderr(io.StringIO()):

@@ -62,7 +62,7 @@ def test_onellm_serve_answers_the_readme_openai_snippet(served, small_checkpoint
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour is the shape?"}]}]
     )
     expected = processor.expand_placeholders(processor.tokenizer(rendered, add_special_tokens=False)["input_ids"])
-    assert reply.usage.prompt_tokens == len(expected) and processor.num_placeholder_tokens == 16 + 2 + 1
+    assert reply.usage.prompt_tokens == len(expected) and processor.num_placeholder_tokens == 18
 
 
 def test_the_answer_depends_on_the_image(served, kit):
@@ -91,3 +91,47 @@ def test_the_answer_depends_on_the_image(served, kit):
         )
         firsts.append({t.token: t.logprob for t in reply.choices[0].logprobs.content[0].top_logprobs})
     assert firsts[0] != pytest.approx(firsts[1], abs=1e-3), firsts
+
+
+def test_vllm_serves_a_checkpoint_with_a_third_word_slot(small_three_slot_checkpoint, kit, tmp_path):
+    """``extra_slots: 1`` (BENCHMARKS.md, "The demo", 2026-12-05 midday): the vLLM plugin expands each marker to the
+    UPM's N + 3 positions, as the processor counts them, and the answer still depends on the image."""
+    pytest.importorskip("vllm")
+    from onellm.processing import OneLLMProcessor
+
+    processor = OneLLMProcessor.from_pretrained(str(small_three_slot_checkpoint))
+    assert processor.num_placeholder_tokens == 16 + 2 + 1
+    port = kit.free_port()
+    command = [sys.executable, "-m", "onellm.cli", "serve", str(small_three_slot_checkpoint), "--port", str(port)]
+    server = kit.start_server(command, tmp_path / "serve.log", port, timeout=300)
+    try:
+        client = OpenAI(base_url=f"{server.url}/v1", api_key="unused")
+        rendered = processor.apply_chat_template(
+            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe it."}]}]
+        )
+        expected = processor.expand_placeholders(processor.tokenizer(rendered, add_special_tokens=False)["input_ids"])
+        firsts = []
+        for png in (black_png(), png_bytes(size=(112, 112), seed=5)):
+            url = f"data:image/png;base64,{base64.b64encode(png).decode()}"
+            reply = client.chat.completions.create(
+                model="final",
+                messages=[
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "image_url", "image_url": {"url": url}},
+                            {"type": "text", "text": "Describe it."},
+                        ],
+                    }
+                ],
+                max_tokens=1,
+                temperature=0,
+                logprobs=True,
+                top_logprobs=5,
+            )
+            assert reply.usage.prompt_tokens == len(expected)
+            firsts.append({t.token: t.logprob for t in reply.choices[0].logprobs.content[0].top_logprobs})
+        assert firsts[0] != pytest.approx(firsts[1], abs=1e-3), firsts
+        assert "engine vllm ready" in server.log.read_text()
+    finally:
+        kit.stop_server(server)
