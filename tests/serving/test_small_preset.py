@@ -70,27 +70,24 @@ def test_the_answer_depends_on_the_image(served, kit):
     dropped the image, or fed the LLM the same embeddings for every image, would give both the same log-probabilities.
     (Greedy tokens are not compared: a checkpoint trained for two steps may well answer both alike.)"""
     client = OpenAI(base_url=f"{served.url}/v1", api_key=kit.API_KEY)
-    firsts = []
-    for png in (black_png(), png_bytes(size=(112, 112), seed=5)):
-        url = f"data:image/png;base64,{base64.b64encode(png).decode()}"
-        reply = client.chat.completions.create(
-            model="final",
-            messages=[
-                {
-                    "role": "user",
-                    "content": [
-                        {"type": "image_url", "image_url": {"url": url}},
-                        {"type": "text", "text": "Describe it."},
-                    ],
-                }
-            ],
-            max_tokens=1,
-            temperature=0,
-            logprobs=True,
-            top_logprobs=5,
-        )
-        firsts.append({t.token: t.logprob for t in reply.choices[0].logprobs.content[0].top_logprobs})
+    firsts = [first_token(client, png)[0] for png in (black_png(), png_bytes(size=(112, 112), seed=5))]
     assert firsts[0] != pytest.approx(firsts[1], abs=1e-3), firsts
+
+
+def first_token(client: OpenAI, png: bytes) -> tuple[dict[str, float], int]:
+    """ "Describe it." about ``png``, one greedy token: (its top-5 log-probabilities, the prompt's token count)."""
+    url = f"data:image/png;base64,{base64.b64encode(png).decode()}"
+    content = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "Describe it."}]
+    reply = client.chat.completions.create(
+        model="final",
+        messages=[{"role": "user", "content": content}],
+        max_tokens=1,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=5,
+    )
+    top = {t.token: t.logprob for t in reply.choices[0].logprobs.content[0].top_logprobs}
+    return top, reply.usage.prompt_tokens
 
 
 def test_vllm_serves_a_checkpoint_with_a_third_word_slot(small_three_slot_checkpoint, kit, tmp_path):
@@ -110,28 +107,11 @@ def test_vllm_serves_a_checkpoint_with_a_third_word_slot(small_three_slot_checkp
             [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe it."}]}]
         )
         expected = processor.expand_placeholders(processor.tokenizer(rendered, add_special_tokens=False)["input_ids"])
-        firsts = []
-        for png in (black_png(), png_bytes(size=(112, 112), seed=5)):
-            url = f"data:image/png;base64,{base64.b64encode(png).decode()}"
-            reply = client.chat.completions.create(
-                model="final",
-                messages=[
-                    {
-                        "role": "user",
-                        "content": [
-                            {"type": "image_url", "image_url": {"url": url}},
-                            {"type": "text", "text": "Describe it."},
-                        ],
-                    }
-                ],
-                max_tokens=1,
-                temperature=0,
-                logprobs=True,
-                top_logprobs=5,
-            )
-            assert reply.usage.prompt_tokens == len(expected)
-            firsts.append({t.token: t.logprob for t in reply.choices[0].logprobs.content[0].top_logprobs})
-        assert firsts[0] != pytest.approx(firsts[1], abs=1e-3), firsts
+        (black, black_count), (noise, noise_count) = (
+            first_token(client, png) for png in (black_png(), png_bytes(size=(112, 112), seed=5))
+        )
+        assert black_count == noise_count == len(expected)
+        assert black != pytest.approx(noise, abs=1e-3), (black, noise)
         assert "engine vllm ready" in server.log.read_text()
     finally:
         kit.stop_server(server)

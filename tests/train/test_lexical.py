@@ -252,22 +252,12 @@ def test_two_word_slots_learn_the_two_words_of_their_input():
         assert float(start[i].max()) > 0.8 and float(end[i].max()) > 0.8  # sharp: one word each
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_word_slots_are_fitted_without_the_llm_from_what_they_read(precision):
-    """fit_word_slots trains only the slots' word projections, from captured summaries and word targets; under bf16
-    autocast too (one autocast context around every step would keep the first bf16 copy of the weights)."""
-    import contextlib
-
-    amp = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" else contextlib.nullcontext
+def three_inputs_saying(processor, words: tuple[list[str], ...]):
+    """Three different image inputs and what is said about each: (token ids, ``[3, V]`` bool targets, the inputs)."""
     from onellm.modalities import get_modality
-    from onellm.presets import build_preset
-    from onellm.train.lexical import captured_slot_summaries, fit_word_slots
 
-    torch.manual_seed(0)
-    model, processor = build_preset("tiny", modalities=["image"], end_tag="lexical", start_tag="lexical", num_experts=1)
     tokenizer = processor.tokenizer
-    pairs = (["Ġstar", "Ġgreen"], ["Ġcube", "Ġorange"], ["Ġsphere", "Ġleft"])
-    said = [[tokenizer.convert_tokens_to_ids(n) for n in pair] for pair in pairs]
+    said = [[tokenizer.convert_tokens_to_ids(n) for n in names] for names in words]
     assert tokenizer.unk_token_id not in {i for ids in said for i in ids}
     targets = torch.zeros(3, len(tokenizer), dtype=torch.bool)
     for row, ids in enumerate(said):
@@ -275,6 +265,24 @@ def test_word_slots_are_fitted_without_the_llm_from_what_they_read(precision):
     image = get_modality("image")
     values = torch.stack([image.dummy_input(**processor.options("image")) for _ in range(3)])
     values[1], values[2] = -values[1], values[2].flip(-1) * 0.5
+    return said, targets, values
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_word_slots_are_fitted_without_the_llm_from_what_they_read(precision):
+    """fit_word_slots trains only the slots' word projections, from captured summaries and word targets; under bf16
+    autocast too (one autocast context around every step would keep the first bf16 copy of the weights)."""
+    import contextlib
+
+    amp = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" else contextlib.nullcontext
+    from onellm.presets import build_preset
+    from onellm.train.lexical import captured_slot_summaries, fit_word_slots
+
+    torch.manual_seed(0)
+    model, processor = build_preset("tiny", modalities=["image"], end_tag="lexical", start_tag="lexical", num_experts=1)
+    said, targets, values = three_inputs_saying(
+        processor, (["Ġstar", "Ġgreen"], ["Ġcube", "Ġorange"], ["Ġsphere", "Ġleft"])
+    )
     with torch.no_grad(), captured_slot_summaries(model, ["image"]) as captured:
         model.embed_modality("image", values)
     summaries = captured["image"][0]
@@ -328,7 +336,6 @@ def test_a_stage_fits_its_word_slots_at_the_end_and_refuses_it_without_slots(
 def test_three_word_slots_are_counted_saved_and_fitted_to_three_words(tmp_path):
     """``extra_slots: 1``: every input occupies N + 3 positions in the model, the processor and a saved copy of both,
     and the three slots are fitted to three distinct words each (the set matching over three)."""
-    from onellm.modalities import get_modality
     from onellm.modeling import OneLLMForConditionalGeneration
     from onellm.presets import build_preset
     from onellm.processing import OneLLMProcessor
@@ -344,15 +351,9 @@ def test_three_word_slots_are_counted_saved_and_fitted_to_three_words(tmp_path):
     loaded = OneLLMForConditionalGeneration.from_pretrained(tmp_path)
     assert loaded.num_placeholder_tokens == OneLLMProcessor.from_pretrained(tmp_path).num_placeholder_tokens == 7
     assert word_slots(model) == {"image": 3}
-    tokenizer = processor.tokenizer
-    triples = (["Ġstar", "Ġgreen", "Ġtop"], ["Ġcube", "Ġorange", "Ġleft"], ["Ġsphere", "Ġleft", "Ġgreen"])
-    said = [[tokenizer.convert_tokens_to_ids(n) for n in triple] for triple in triples]
-    targets = torch.zeros(3, len(tokenizer), dtype=torch.bool)
-    for row, ids in enumerate(said):
-        targets[row, ids] = True
-    image = get_modality("image")
-    values = torch.stack([image.dummy_input(**processor.options("image")) for _ in range(3)])
-    values[1], values[2] = -values[1], values[2].flip(-1) * 0.5
+    said, targets, values = three_inputs_saying(
+        processor, (["Ġstar", "Ġgreen", "Ġtop"], ["Ġcube", "Ġorange", "Ġleft"], ["Ġsphere", "Ġleft", "Ġgreen"])
+    )
     with torch.no_grad(), captured_slot_summaries(model, ["image"]) as captured:
         embeds = model.embed_modality("image", values)
     assert embeds.shape[1] == 7
