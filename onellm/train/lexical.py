@@ -16,10 +16,11 @@ reads text.
 Content words are whole-word tokens (the tokenizer's word-start marker, then three or more letters) other than
 function words and "yes": a yes/no answer says nothing about the input by itself.
 
-Two word slots (a head with ``start_tag: lexical`` and ``end_tag: lexical``) are named as a set instead: each slot
-is taught one content word of the row, the pair of distinct words the two slots already name best (a matching, so
-each slot stays one sharp word rather than a blend of all of them; with one word in the row, the slot that names it
-best), and only distinctive words count: those in fewer than ``COMMON_SHARE`` of the modality's training inputs
+Word slots (a head with ``start_tag: lexical`` and ``end_tag: lexical``, and its ``extra_slots``) are named as a set
+instead: each slot is taught one content word of the row, the distinct words the slots already name best (a matching,
+so each slot stays one sharp word rather than a blend of all of them; with fewer words than slots, every word and
+each spare slot one of them: a spare slot left untaught named a random blend, BENCHMARKS.md "The demo" 2026-12-05
+midday), and only distinctive words count: those in fewer than ``COMMON_SHARE`` of the modality's training inputs
 (:func:`distinctive_words`). Without that the slots learned the words every input has: an fMRI caption's "picture",
 or "small" / "large" (BENCHMARKS.md, "Two word slots").
 
