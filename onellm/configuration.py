@@ -14,6 +14,7 @@ from transformers.models.auto import CONFIG_MAPPING
 
 from onellm.modalities import get_modality
 from onellm.projectors.routers import router_modes, router_norms
+from onellm.projectors.upm import placeholder_count
 
 PROJECTOR_DEFAULTS = {
     "num_experts": 3,
@@ -107,6 +108,11 @@ class OneLLMConfig(PreTrainedConfig):
     @property
     def hidden_size(self) -> int:
         return self.text_config.hidden_size
+
+    @property
+    def num_placeholder_tokens(self) -> int:
+        """Positions each modality input occupies in the LLM sequence (the HF model and the vLLM plugin read this)."""
+        return placeholder_count(self.projector_config["num_queries"], self.projector_config["extra_slots"])
 
     @property
     def vocab_size(self) -> int:

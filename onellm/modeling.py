@@ -20,7 +20,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from onellm.configuration import OneLLMConfig
 from onellm.encoder import UniversalEncoder
 from onellm.modalities import get_modality
-from onellm.projectors.upm import UniversalProjectionModule, placeholder_count
+from onellm.projectors.upm import UniversalProjectionModule
 
 IGNORE_INDEX = -100
 
@@ -105,8 +105,7 @@ class OneLLMForConditionalGeneration(OneLLMPreTrainedModel, GenerationMixin):
 
     @property
     def num_placeholder_tokens(self) -> int:
-        projector = self.config.projector_config
-        return placeholder_count(projector["num_queries"], projector["extra_slots"])
+        return self.config.num_placeholder_tokens
 
     # --- the modality path --------------------------------------------------------------------
     def encode(self, modality: str, values: torch.Tensor) -> torch.Tensor:

@@ -63,7 +63,6 @@ from onellm.modalities import MediaError, get_modality
 from onellm.modeling import OneLLMForConditionalGeneration as HFOneLLM
 from onellm.modeling import build_modality_parts, mask_placeholder_logits
 from onellm.processing import OneLLMProcessor
-from onellm.projectors import placeholder_count
 from onellm.serving.checkpoint_names import CheckpointKeyError, CheckpointNames
 
 
@@ -144,8 +143,7 @@ class OneLLMProcessingInfo(BaseProcessingInfo):
 
     @property
     def num_placeholder_tokens(self) -> int:
-        projector = self.get_hf_config().projector_config
-        return placeholder_count(projector["num_queries"], projector["extra_slots"])
+        return self.get_hf_config().num_placeholder_tokens
 
     def get_mm_max_tokens_per_item(self, seq_len: int, mm_counts: Mapping[str, int]) -> Mapping[str, int]:
         # Every input of every modality occupies the same N+2 positions (the UPM's queries + start/end tags; + the
