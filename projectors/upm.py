@@ -142,6 +142,13 @@ class LexicalTag(nn.Module):
         return self.scale * query @ word_rows(vocab, query.dtype, unit=True).T
 
 
+def slot_logits(tags: list[LexicalTag], summary: torch.Tensor, vocab: torch.Tensor) -> torch.Tensor:
+    """The word logits ``[..., K, V]`` of K tags reading one ``summary [..., H]``: each tag's :meth:`LexicalTag.logits`,
+    stacked, from one matmul against the vocabulary (the table read once instead of K times)."""
+    query = nn.functional.normalize(torch.stack([tag.proj(summary) for tag in tags], dim=-2), dim=-1)
+    return LexicalTag.scale * query @ word_rows(vocab, query.dtype, unit=True).T
+
+
 _KEPT: dict[bool, tuple] = {}  # unit -> (weakref to the last frozen table, its key, its rows): see word_rows
 
 

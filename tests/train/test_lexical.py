@@ -380,3 +380,36 @@ def test_three_slots_for_two_words_name_both_and_the_third_slot_one_of_them():
     assert loss(2, 3, 2) < 1e-3 and loss(3, 3, 2) < 1e-3  # every word named, the third slot repeats one
     assert loss(2, 2, 2) > 5  # word 3 left out
     assert loss(2, 3, 5) > 5  # the third slot names a word the row does not say
+
+
+@pytest.mark.parametrize("slots", [2, 3])
+def test_slot_loss_of_a_batch_is_each_rows_best_pairing_by_brute_force(slots):
+    """slot_loss matches rows with equal word counts together; each row's value and gradient must be what
+    enumerating that row's pairings gives."""
+    import itertools
+
+    from onellm.train.lexical import slot_loss
+
+    torch.manual_seed(0)
+    rows, vocab = 9, 40
+    logits = torch.randn(rows, slots, vocab, requires_grad=True)
+    targets = torch.zeros(rows, vocab, dtype=torch.bool)
+    for r in range(rows):  # 1 to 5 words: fewer, as many and more words than slots
+        targets[r, torch.randperm(vocab)[: 1 + r % 5]] = True
+
+    def brute(log_p, words):
+        if len(words) >= slots:
+            pairings = itertools.permutations(words, slots)
+        else:  # every word named, the spare slots repeat some
+            pairings = (p for p in itertools.product(words, repeat=slots) if set(p) == set(words))
+        return -max(sum(log_p[k, w] for k, w in enumerate(p)) / slots for p in pairings)
+
+    log_p = logits.log_softmax(dim=-1)
+    expected = torch.stack([brute(log_p[r], targets[r].nonzero().squeeze(1).tolist()) for r in range(rows)])
+    got = slot_loss(log_p, targets)
+    assert torch.allclose(got, expected, atol=1e-5)
+    (want_grad,) = torch.autograd.grad(expected.sum(), logits, retain_graph=True)
+    (got_grad,) = torch.autograd.grad(got.sum(), logits)
+    assert torch.allclose(got_grad, want_grad, atol=1e-6)
+    with pytest.raises(ValueError, match="at least one target word"):
+        slot_loss(log_p, torch.zeros_like(targets))
