@@ -455,6 +455,9 @@ class Trainer:
     def _train_mode(self) -> None:
         self.model.train()
         self.core.encoder.eval()  # frozen: its outputs must not depend on the mode (and the cache assumes so)
+        for head in self.core.projector.heads.values():
+            if not any(p.requires_grad for p in head.parameters()):
+                head.eval()  # a frozen head stays as it is: its feature statistics no longer move either
 
     # --- checkpoints ------------------------------------------------------------------------------------------------
     def _state(self, step: int, samples: int, losses, val) -> dict[str, Any]:

@@ -191,3 +191,32 @@ def test_a_stage_with_a_warm_cache_decodes_no_media(synth_tiny, tmp_path, quick,
     assert decoded == []
     summary = (stage.stage_dir / "summary.md").read_text()
     assert " 0 misses this run" in summary, summary
+
+
+
+
+def test_a_frozen_projector_stays_as_the_checkpoint_keeps_it(synth_tiny, tmp_path, quick, accelerator):
+    """With LoRA alone training (the small curriculum's instruct) the UPM's heads are frozen, and a checkpoint keeps
+    only what trains: a frozen head's running feature statistics must not move during the stage either, or LoRA
+    learns on a projector other than the one saved (and a resumed run on another again). They did move: a frozen
+    head in training mode kept folding every batch into its standardiser."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    from onellm.train.common import add_lora, build_data, freeze, load_start
+    from onellm.train.config import load_stage
+    from onellm.train.recipes import build_trainer
+
+    config = Path(__file__).resolve().parents[2] / "configs/tiny/instruct.yaml"
+    overrides = quick(synth_tiny, tmp_path, steps=3, **{"init_from.stage": None, "init_from.preset": "tiny"})
+    stage = load_stage(config, {**overrides, "trainable": {"lora": 2.0e-3}})
+    model, processor = load_start(stage)
+    wrapped = add_lora(model, stage.lora, stage.seed)
+    _, groups = freeze(wrapped, stage.trainable)
+    data = build_data(stage, processor, accelerator)
+    trainer = build_trainer(stage, accelerator, wrapped, model, processor, replace(data, val=None), groups, False)
+    before = {k: v.clone() for k, v in model.projector.state_dict().items()}
+    trainer.fit()
+    after = model.projector.state_dict()
+    moved = [k for k in before if not torch.equal(before[k], after[k])]
+    assert not moved, f"the frozen projector changed during the stage: {moved}"
