@@ -193,8 +193,6 @@ def test_a_stage_with_a_warm_cache_decodes_no_media(synth_tiny, tmp_path, quick,
     assert " 0 misses this run" in summary, summary
 
 
-
-
 def test_a_frozen_projector_stays_as_the_checkpoint_keeps_it(synth_tiny, tmp_path, quick, accelerator):
     """With LoRA alone training (the small curriculum's instruct) the UPM's heads are frozen, and a checkpoint keeps
     only what trains: a frozen head's running feature statistics must not move during the stage either, or LoRA
