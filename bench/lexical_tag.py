@@ -1,6 +1,7 @@
-"""Seconds of the lexical end tags of one batch, a frozen word table's rows kept (``word_rows``) or made per call.
+"""Seconds of the lexical end tags of one batch, a frozen word table's rows kept (``word_rows``) or made per call;
+and of a head's word slots, each tag's own forward or all computed together (``slot_words``).
 
-    .venv/bin/python bench/lexical_tag.py [--heads 8] [--batch 8] [--repeats 20] [--json out.json]
+    .venv/bin/python bench/lexical_tag.py [--heads 8] [--batch 8] [--slots 2] [--repeats 20] [--json out.json]
 
 An instruct batch of the small curriculum calls up to eight heads' ``LexicalTag`` (one per modality in the batch),
 each against SmolLM2-135M's word table (49,152 x 576; random values of its RMS here: the time does not depend on
@@ -9,6 +10,10 @@ the mixture, as before the cache. "kept" is the shipped path. Two settings: ``tr
 tag's projection) and ``no_grad`` (instruct with the UPM frozen, evaluation). Precision as training picks it
 (``precision: auto``: bf16 autocast where native). Both sides alternate within each repeat, so a drift of the host's
 speed falls on both; medians.
+
+The second table: each head with ``--slots`` word slots (the small preset: two; ``extra_slots: 1``: three).
+"separate" calls each slot's ``LexicalTag`` (two vocabulary matmuls each, forward; two more backward); "together"
+is the shipped :func:`slot_words` (two for all of a head's slots).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import time
 import torch
 
 from onellm.hardware import fast_bf16
-from onellm.projectors.upm import LexicalTag, forget_word_rows
+from onellm.projectors.upm import LexicalTag, forget_word_rows, slot_words
 
 VOCAB, WIDTH, HIDDEN = 49_152, 576, 576  # SmolLM2-135M's text vocabulary and width; the small UPM's width
 
@@ -43,10 +48,27 @@ def batch_seconds(tags: list[LexicalTag], table: torch.Tensor, summary: torch.Te
     return time.perf_counter() - start
 
 
+def slots_seconds(heads: list[list[LexicalTag]], table, summary, grad: bool, together: bool) -> float:
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if fast_bf16("cpu") else contextlib.nullcontext()
+    start = time.perf_counter()
+    with autocast, torch.set_grad_enabled(grad):
+        total = 0.0
+        for tags in heads:
+            if together:
+                words = slot_words(tags, summary, table[:VOCAB])
+            else:
+                words = torch.stack([tag(summary, table[:VOCAB])[0] for tag in tags], dim=1)
+            total = total + words.float().square().mean()
+    if grad:
+        total.backward()
+    return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--batch", type=int, default=8, help="inputs per head")
+    parser.add_argument("--slots", type=int, default=2, help="word slots per head (second table)")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--json", help="write the results here too")
     args = parser.parse_args()
@@ -64,6 +86,19 @@ def main() -> None:
                     times[name].append(seconds)
         recompute, kept = statistics.median(times["recompute"]), statistics.median(times["kept"])
         rows.append({"setting": setting, "recompute_s": recompute, "kept_s": kept, "ratio": kept / recompute})
+    heads = [[LexicalTag(HIDDEN, WIDTH) for _ in range(args.slots)] for _ in range(args.heads)]
+    slot_rows = []
+    for setting, grad in (("train", True), ("no_grad", False)):
+        times = {"separate": [], "together": []}
+        for repeat in range(args.repeats + 2):
+            for name in ("separate", "together") if repeat % 2 else ("together", "separate"):
+                seconds = slots_seconds(heads, table, summary, grad, together=name == "together")
+                if repeat >= 2:
+                    times[name].append(seconds)
+        separate, together = statistics.median(times["separate"]), statistics.median(times["together"])
+        slot_rows.append(
+            {"setting": setting, "separate_s": separate, "together_s": together, "ratio": together / separate}
+        )
     print(
         f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
         f"bf16 autocast: {fast_bf16('cpu')}; {args.heads} heads x {args.batch} inputs, {args.repeats} repeats"
@@ -71,9 +106,13 @@ def main() -> None:
     print("| setting | recompute (s) | kept (s) | ratio kept/recompute |\n|---|---:|---:|---:|")
     for row in rows:
         print(f"| {row['setting']} | {row['recompute_s']:.4f} | {row['kept_s']:.4f} | {row['ratio']:.3f} |")
+    print(f"\n{args.slots} word slots per head\n| setting | separate (s) | together (s) | ratio together/separate |")
+    print("|---|---:|---:|---:|")
+    for row in slot_rows:
+        print(f"| {row['setting']} | {row['separate_s']:.4f} | {row['together_s']:.4f} | {row['ratio']:.3f} |")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+            json.dump({"word_rows": rows, "slots": slot_rows}, f, indent=1)
 
 
 if __name__ == "__main__":

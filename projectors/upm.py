@@ -35,8 +35,10 @@ Stage-1 alignment trains a one-expert, image-only UPM ("the image projector");
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import weakref
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -132,9 +134,8 @@ class LexicalTag(nn.Module):
     def forward(self, summary: torch.Tensor, vocab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``summary [..., H]`` -> (mixture ``[..., D]``, word logits ``[..., V]``): one per summary vector."""
         logits = self.logits(summary, vocab)
-        # the mixture in the dtype autocast would compute it in (it casts both sides to that dtype), else the table's
-        mix = logits.dtype if torch.is_autocast_enabled(vocab.device.type) else vocab.dtype
-        return logits.softmax(-1).to(mix) @ word_rows(vocab, mix), logits
+        _heard(self, summary, logits)
+        return _mixture(logits, vocab), logits
 
     def logits(self, summary: torch.Tensor, vocab: torch.Tensor) -> torch.Tensor:
         """The word logits ``[..., V]`` alone (what the word loss needs; onellm/train/lexical.py)."""
@@ -142,11 +143,47 @@ class LexicalTag(nn.Module):
         return self.scale * query @ word_rows(vocab, query.dtype, unit=True).T
 
 
+def slot_words(tags: list[LexicalTag], summary: torch.Tensor, vocab: torch.Tensor) -> torch.Tensor:
+    """The word mixtures ``[..., K, D]`` of K tags reading one ``summary [..., H]``: what each tag's forward gives,
+    from one vocabulary matmul for all logits and one for all mixtures (the table read twice, not 2K times, forward
+    and backward alike: bench/lexical_tag.py). Word listeners hear each tag's logits as from its forward."""
+    logits = slot_logits(tags, summary, vocab)
+    for k, tag in enumerate(tags):
+        _heard(tag, summary, logits[..., k, :])
+    return _mixture(logits, vocab)
+
+
 def slot_logits(tags: list[LexicalTag], summary: torch.Tensor, vocab: torch.Tensor) -> torch.Tensor:
     """The word logits ``[..., K, V]`` of K tags reading one ``summary [..., H]``: each tag's :meth:`LexicalTag.logits`,
     stacked, from one matmul against the vocabulary (the table read once instead of K times)."""
     query = nn.functional.normalize(torch.stack([tag.proj(summary) for tag in tags], dim=-2), dim=-1)
     return LexicalTag.scale * query @ word_rows(vocab, query.dtype, unit=True).T
+
+
+def _mixture(logits: torch.Tensor, vocab: torch.Tensor) -> torch.Tensor:
+    # in the dtype autocast would compute it in (it casts both sides to that dtype), else the table's
+    mix = logits.dtype if torch.is_autocast_enabled(vocab.device.type) else vocab.dtype
+    return logits.softmax(-1).to(mix) @ word_rows(vocab, mix)
+
+
+_LISTENERS: list[Callable[[LexicalTag, torch.Tensor, torch.Tensor], None]] = []
+
+
+@contextlib.contextmanager
+def word_listener(listener: Callable[[LexicalTag, torch.Tensor, torch.Tensor], None]) -> Iterator[None]:
+    """Inside: ``listener(tag, summary, logits)`` after each :class:`LexicalTag` computes its word logits, in its own
+    forward or among a head's word slots (:func:`slot_words`). How the word loss and the word-slot fit collect what
+    the tags read and name (onellm/train/lexical.py); module hooks would miss the slots computed together."""
+    _LISTENERS.append(listener)
+    try:
+        yield
+    finally:
+        _LISTENERS.remove(listener)
+
+
+def _heard(tag: LexicalTag, summary: torch.Tensor, logits: torch.Tensor) -> None:
+    for listener in _LISTENERS:
+        listener(tag, summary, logits)
 
 
 _KEPT: dict[bool, tuple] = {}  # unit -> (weakref to the last frozen table, its key, its rows): see word_rows
@@ -311,38 +348,34 @@ class ModalityHead(nn.Module):
             return out
         if vocab is None:
             raise ValueError("a projector with region words needs the LLM's input embeddings (vocab=...)")
-        # detached for the reason the end tag's summary is (see end())
+        # detached for the reason the end tag's summary is (see tags())
         return out + self.region_words(mixed.detach(), vocab)[0].to(out.dtype)
 
-    def start(self, mixed: torch.Tensor, vocab: torch.Tensor | None) -> torch.Tensor:
-        """The start tag ``[B, 1, D]`` before the soft tokens: learned (OneLLM), or under ``start_tag: lexical`` a
-        second word slot beside the lexical end tag. One mixture blends the input's words (a point cloud's end tag
+    def tags(self, mixed: torch.Tensor, vocab: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The tags around the soft tokens, from the mixed query outputs ``[B, N, H]``: (before ``[B, 1, D]``, after
+        ``[B, 1 + X, D]``); ``vocab``: the LLM's input embeddings ``[V, D]``, needed by lexical tags only.
+
+        Learned (OneLLM): one vector per modality on each side. ``end_tag: lexical``: the end tag is a
+        :class:`LexicalTag` reading the mean of ``mixed``, detached: its word loss and the LM loss through it left the
+        soft tokens worse for the LLM (align_rest validation loss 1.044 against 0.800 detached; BENCHMARKS.md, "A
+        lexical end tag"). ``start_tag: lexical`` as well: start and end tag (and the ``extra_slots`` X after the end
+        tag) are word slots reading the same summary. One mixture blends the input's words (a point cloud's end tag
         named "blue" 0.25 and its shape far lower), and the LLM cannot check a word of the question against a blend:
-        with two separate words where one blend stood, LoRA learned to answer "Is this a cube?" (BENCHMARKS.md,
-        "Two word slots")."""
-        if not hasattr(self, "lexical_start"):
-            return self.start_tag.expand(mixed.shape[0], -1, -1)
-        if vocab is None:
-            raise ValueError("a projector with the lexical start tag needs the LLM's input embeddings (vocab=...)")
-        return self.lexical_start(mixed.mean(1).detach(), vocab)[0].unsqueeze(1)  # detached as in end()
-
-    def end(self, mixed: torch.Tensor, vocab: torch.Tensor | None) -> torch.Tensor:
-        """The end tag ``[B, 1, D]`` after the mixed query outputs ``[B, N, H]``; ``vocab``: the LLM's input
-        embeddings ``[V, D]``, needed by the lexical tag only."""
-        if not self.lexical:
-            return self.end_tag.expand(mixed.shape[0], -1, -1)
-        if vocab is None:
-            raise ValueError("a projector with the lexical end tag needs the LLM's input embeddings (vocab=...)")
-        # The tag reads the head's features but sends no gradient back into them: its word loss and the LM loss
-        # through it left the soft tokens worse for the LLM (align_rest validation loss 1.044 against 0.800 detached;
-        # BENCHMARKS.md, "A lexical end tag").
-        return self.lexical_tag(mixed.mean(1).detach(), vocab)[0].unsqueeze(1)
-
-    def after(self, mixed: torch.Tensor, vocab: torch.Tensor | None) -> list[torch.Tensor]:
-        """The extra word slots after the end tag, each ``[B, 1, D]`` (none without them); they read what the two
-        tags read, detached as in :meth:`end`."""
-        summary = mixed.mean(1).detach()
-        return [slot(summary, vocab)[0].unsqueeze(1) for slot in self.extra_slots]
+        with two separate words where one blend stood, LoRA learned to answer "Is this a cube?" (BENCHMARKS.md, "Two
+        word slots"); a third slot named a point cloud's shape beside its colour and size.
+        """
+        batch = mixed.shape[0]
+        if self.word_slots >= 2 or self.lexical:
+            if vocab is None:
+                raise ValueError("a projector with lexical tags needs the LLM's input embeddings (vocab=...)")
+            summary = mixed.mean(1).detach()
+        if self.word_slots >= 2:
+            words = slot_words(self.word_tags()[: self.word_slots], summary, vocab)  # [B, 2 + X, D]
+            return words[:, :1], words[:, 1:]
+        start = self.start_tag.expand(batch, -1, -1)
+        if self.lexical:
+            return start, self.lexical_tag(summary, vocab)[0].unsqueeze(1)
+        return start, self.end_tag.expand(batch, -1, -1)
 
     def project_in(self, features: torch.Tensor) -> torch.Tensor:
         """Encoder features ``[B, S, C]`` -> ``[B, S, H]``."""
@@ -438,8 +471,8 @@ class UniversalProjectionModule(nn.Module):
         mixed = sum(
             weights[..., k : k + 1] * expert(seq)[:, : self.num_queries] for k, expert in enumerate(self.experts)
         )
-        out = head.soft_tokens(mixed, vocab)
-        return torch.cat([head.start(mixed, vocab), out, head.end(mixed, vocab), *head.after(mixed, vocab)], dim=1)
+        before, after = head.tags(mixed, vocab)
+        return torch.cat([before, head.soft_tokens(mixed, vocab), after], dim=1)
 
 
 def expand_experts(

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from onellm.modeling import IGNORE_INDEX
-from onellm.projectors.upm import slot_logits
+from onellm.projectors.upm import slot_logits, word_listener
 
 # Word-start markers of byte-level BPE (GPT-2, SmolLM2: "Ġ") and SentencePiece (LLaMA: "▁") vocabularies.
 WORD_STARTS = ("\u0120", "\u2581")
@@ -115,15 +115,14 @@ def captured_word_logits(core: nn.Module) -> Iterator[dict[tuple[str, int], list
     """Inside: every forward of a word tag appends its word logits ``[n, V]`` or ``[n, N, V]`` to
     ``captured[(modality, i)]`` (see :func:`word_tags`)."""
     captured: dict[tuple[str, int], list[torch.Tensor]] = {}
-    handles = [
-        tag.register_forward_hook(lambda _module, _args, out, key=key: captured.setdefault(key, []).append(out[1]))
-        for key, tag in word_tags(core).items()
-    ]
-    try:
+    keys = {id(tag): key for key, tag in word_tags(core).items()}
+
+    def listen(tag, _summary, logits):
+        if id(tag) in keys:
+            captured.setdefault(keys[id(tag)], []).append(logits)
+
+    with word_listener(listen):
         yield captured
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def word_targets(
@@ -210,20 +209,14 @@ def captured_slot_summaries(core: nn.Module, modalities: Iterable[str]) -> Itera
     """Inside: every forward of the word slots of ``modalities``' heads (:func:`word_slots`) appends the summary the
     slots read (``[n, H]``, the same for all of a head's slots) to ``captured[modality]``."""
     captured: dict[str, list[torch.Tensor]] = {}
-    heads = core.projector.heads
-    handles = [
-        heads[m]
-        .word_tags()[0]
-        .register_forward_pre_hook(
-            lambda _module, args, m=m: captured.setdefault(m, []).append(args[0].detach().float())
-        )
-        for m in modalities
-    ]
-    try:
+    firsts = {id(core.projector.heads[m].word_tags()[0]): m for m in modalities}
+
+    def listen(tag, summary, _logits):
+        if id(tag) in firsts:
+            captured.setdefault(firsts[id(tag)], []).append(summary.detach().float())
+
+    with word_listener(listen):
         yield captured
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def fit_word_slots(

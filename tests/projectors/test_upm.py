@@ -233,13 +233,36 @@ def test_a_lexical_start_tag_is_a_second_word_slot():
         make(1, start_tag="lexical")
     with pytest.raises(ValueError, match="start_tag 'words' is not one of"):
         make(1, end_tag="lexical", start_tag="words")
-    with pytest.raises(ValueError, match="lexical start tag needs the LLM's input embeddings"):
+    with pytest.raises(ValueError, match="lexical tags needs the LLM's input embeddings"):
         upm(torch.randn(2, 17, 32), "image")
     # a new modality's two slots start fresh; the image head's stay as trained
     wide = expand_experts(upm, 3, ["image", "audio"])
     image, audio = wide.heads["image"], wide.heads["audio"]
     assert torch.equal(image.lexical_start.proj.weight, head.lexical_start.proj.weight)
     assert not torch.equal(audio.lexical_start.proj.weight, head.lexical_start.proj.weight)
+
+
+def test_word_slots_computed_together_are_each_tags_own_forward():
+    """A head's word slots share one vocabulary matmul for their logits and one for their mixtures (slot_words):
+    each slot must still be exactly its own tag's forward on the summary, and a word listener hears each tag's logits,
+    forward and backward as before."""
+    from types import SimpleNamespace
+
+    from onellm.train.lexical import captured_slot_summaries, captured_word_logits
+
+    upm = make(1, end_tag="lexical", start_tag="lexical", extra_slots=1)
+    head, vocab = upm.heads["image"], torch.randn(48, 48)
+    core = SimpleNamespace(projector=upm)
+    with captured_slot_summaries(core, ["image"]) as summaries, captured_word_logits(core) as logits:
+        out = upm(torch.randn(4, 17, 32), "image", vocab)
+    (summary,) = summaries["image"]
+    assert sorted(logits) == [("image", 0), ("image", 1), ("image", 2)]
+    for i, (tag, position) in enumerate(zip(head.word_tags(), (0, -2, -1), strict=True)):
+        words, own_logits = tag(summary, vocab)
+        assert torch.allclose(out[:, position], words, atol=1e-5)
+        assert torch.allclose(logits[("image", i)][0], own_logits, atol=1e-4)
+    out[:, [0, -2, -1]].square().sum().backward()
+    assert all(tag.proj.weight.grad is not None and tag.proj.weight.grad.abs().sum() > 0 for tag in head.word_tags())
 
 
 def test_extra_word_slots_follow_the_end_tag_and_are_counted():
