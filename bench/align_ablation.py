@@ -123,9 +123,9 @@ ALIGN_VARIANTS: dict[str, tuple[str, list[str]]] = {
         "default with OneLLM's learned start and end tags instead of the word slots (no word loss)",
         _LEARNED,
     ),
-    "three_slots": (
-        "default + a third word slot after the end tag (extra_slots 1)",
-        ["init_from.preset_args.extra_slots=1"],
+    "two_slots": (
+        "default with two word slots (the start and end tags) instead of three (extra_slots 0)",
+        ["init_from.preset_args.extra_slots=0"],
     ),
     "words1": ("default, the lexical tag's word loss at 1.0 instead of 0.5", ["train.lexical_loss=1.0"]),
     "words2": ("default, the lexical tag's word loss at 2.0 instead of 0.5", ["train.lexical_loss=2.0"]),

@@ -11,7 +11,7 @@ tag's projection) and ``no_grad`` (instruct with the UPM frozen, evaluation). Pr
 (``precision: auto``: bf16 autocast where native). Both sides alternate within each repeat, so a drift of the host's
 speed falls on both; medians.
 
-The second table: each head with ``--slots`` word slots (the small preset: two; ``extra_slots: 1``: three).
+The second table: each head with ``--slots`` word slots (the small curriculum: three, ``extra_slots: 1``; two without).
 "separate" calls each slot's ``LexicalTag`` (two vocabulary matmuls each, forward; two more backward); "together"
 is the shipped :func:`slot_words` (two for all of a head's slots).
 """

@@ -230,9 +230,9 @@ def small_checkpoint(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def small_three_slot_checkpoint(tmp_path_factory) -> Path:
-    """:func:`small_checkpoint` with a third word slot (preset argument ``extra_slots: 1``): N + 3 positions per input."""
-    return train_small_checkpoint(tmp_path_factory, {"init_from.preset_args.extra_slots": 1})
+def small_two_slot_checkpoint(tmp_path_factory) -> Path:
+    """:func:`small_checkpoint` with two word slots (preset argument ``extra_slots: 0``): N + 2 positions per input."""
+    return train_small_checkpoint(tmp_path_factory, {"init_from.preset_args.extra_slots": 0})
 
 
 def train_small_checkpoint(tmp_path_factory, extra: dict) -> Path:

@@ -62,7 +62,7 @@ def test_onellm_serve_answers_the_readme_openai_snippet(served, small_checkpoint
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour is the shape?"}]}]
     )
     expected = processor.expand_placeholders(processor.tokenizer(rendered, add_special_tokens=False)["input_ids"])
-    assert reply.usage.prompt_tokens == len(expected) and processor.num_placeholder_tokens == 18
+    assert reply.usage.prompt_tokens == len(expected) and processor.num_placeholder_tokens == 16 + 2 + 1
 
 
 def test_the_answer_depends_on_the_image(served, kit):
@@ -90,16 +90,16 @@ def first_token(client: OpenAI, png: bytes) -> tuple[dict[str, float], int]:
     return top, reply.usage.prompt_tokens
 
 
-def test_vllm_serves_a_checkpoint_with_a_third_word_slot(small_three_slot_checkpoint, kit, tmp_path):
-    """``extra_slots: 1`` (BENCHMARKS.md, "The demo", 2026-12-05 midday): the vLLM plugin expands each marker to the
-    UPM's N + 3 positions, as the processor counts them, and the answer still depends on the image."""
+def test_vllm_serves_a_checkpoint_with_two_word_slots(small_two_slot_checkpoint, kit, tmp_path):
+    """``extra_slots: 0`` (the small curriculum before 2026-12-05 late morning; each input N + 2 positions): the vLLM
+    plugin expands each marker as the processor counts, and the answer still depends on the image."""
     pytest.importorskip("vllm")
     from onellm.processing import OneLLMProcessor
 
-    processor = OneLLMProcessor.from_pretrained(str(small_three_slot_checkpoint))
-    assert processor.num_placeholder_tokens == 16 + 2 + 1
+    processor = OneLLMProcessor.from_pretrained(str(small_two_slot_checkpoint))
+    assert processor.num_placeholder_tokens == 16 + 2
     port = kit.free_port()
-    command = [sys.executable, "-m", "onellm.cli", "serve", str(small_three_slot_checkpoint), "--port", str(port)]
+    command = [sys.executable, "-m", "onellm.cli", "serve", str(small_two_slot_checkpoint), "--port", str(port)]
     server = kit.start_server(command, tmp_path / "serve.log", port, timeout=300)
     try:
         client = OpenAI(base_url=f"{server.url}/v1", api_key="unused")
