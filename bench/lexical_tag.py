@@ -1,7 +1,7 @@
 """Seconds of the lexical end tags of one batch, a frozen word table's rows kept (``word_rows``) or made per call;
 and of a head's word slots, each tag's own forward or all computed together (``slot_words``).
 
-    .venv/bin/python bench/lexical_tag.py [--heads 8] [--batch 8] [--slots 2] [--repeats 20] [--json out.json]
+    .venv/bin/python bench/lexical_tag.py [--heads 8] [--batch 8] [--slots 3] [--repeats 20] [--json out.json]
 
 An instruct batch of the small curriculum calls up to eight heads' ``LexicalTag`` (one per modality in the batch),
 each against SmolLM2-135M's word table (49,152 x 576; random values of its RMS here: the time does not depend on
@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import platform
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -31,6 +33,26 @@ from onellm.hardware import fast_bf16
 from onellm.projectors.upm import LexicalTag, forget_word_rows, slot_words
 
 VOCAB, WIDTH, HIDDEN = 49_152, 576, 576  # SmolLM2-135M's text vocabulary and width; the small UPM's width
+
+
+def word_table() -> torch.Tensor:
+    """A random table of SmolLM2-135M's text vocabulary and width at its embedding RMS (times do not depend on the
+    values)."""
+    torch.manual_seed(0)
+    return torch.randn(VOCAB, WIDTH) * 0.136
+
+
+def alternating_medians(sides: dict[str, Callable[[], float]], repeats: int, warmup: int) -> dict[str, float]:
+    """Median seconds of each side's call over ``repeats``, after ``warmup`` untimed rounds; the sides alternate
+    their order every round, so a drift of the host's speed falls on all of them."""
+    times: dict[str, list[float]] = {name: [] for name in sides}
+    order = list(sides)
+    for round_ in range(warmup + repeats):
+        for name in order if round_ % 2 else order[::-1]:
+            seconds = sides[name]()
+            if round_ >= warmup:
+                times[name].append(seconds)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def batch_seconds(tags: list[LexicalTag], table: torch.Tensor, summary: torch.Tensor, grad: bool, keep: bool) -> float:
@@ -68,37 +90,37 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--batch", type=int, default=8, help="inputs per head")
-    parser.add_argument("--slots", type=int, default=2, help="word slots per head (second table)")
+    parser.add_argument("--slots", type=int, default=3, help="word slots per head (second table; the small curriculum: 3)")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--json", help="write the results here too")
     args = parser.parse_args()
-    torch.manual_seed(0)
-    table = torch.randn(VOCAB, WIDTH) * 0.136  # SmolLM2's embedding RMS
+    table = word_table()
     tags = [LexicalTag(HIDDEN, WIDTH) for _ in range(args.heads)]
     summary = torch.randn(args.batch, HIDDEN)
-    rows = []
-    for setting, grad in (("train", True), ("no_grad", False)):
-        times: dict[str, list[float]] = {"recompute": [], "kept": []}
-        for repeat in range(args.repeats + 2):  # the first two warm up
-            for name in ("recompute", "kept") if repeat % 2 else ("kept", "recompute"):
-                seconds = batch_seconds(tags, table, summary, grad, keep=name == "kept")
-                if repeat >= 2:
-                    times[name].append(seconds)
-        recompute, kept = statistics.median(times["recompute"]), statistics.median(times["kept"])
-        rows.append({"setting": setting, "recompute_s": recompute, "kept_s": kept, "ratio": kept / recompute})
     heads = [[LexicalTag(HIDDEN, WIDTH) for _ in range(args.slots)] for _ in range(args.heads)]
-    slot_rows = []
+    rows, slot_rows = [], []
     for setting, grad in (("train", True), ("no_grad", False)):
-        times = {"separate": [], "together": []}
-        for repeat in range(args.repeats + 2):
-            for name in ("separate", "together") if repeat % 2 else ("together", "separate"):
-                seconds = slots_seconds(heads, table, summary, grad, together=name == "together")
-                if repeat >= 2:
-                    times[name].append(seconds)
-        separate, together = statistics.median(times["separate"]), statistics.median(times["together"])
-        slot_rows.append(
-            {"setting": setting, "separate_s": separate, "together_s": together, "ratio": together / separate}
+        kept = alternating_medians(
+            {
+                "recompute": functools.partial(batch_seconds, tags, table, summary, grad, keep=False),
+                "kept": functools.partial(batch_seconds, tags, table, summary, grad, keep=True),
+            },
+            args.repeats,
+            warmup=2,
         )
+        rows.append(
+            {"setting": setting, **{f"{k}_s": v for k, v in kept.items()}, "ratio": kept["kept"] / kept["recompute"]}
+        )
+        slots = alternating_medians(
+            {
+                "separate": functools.partial(slots_seconds, heads, table, summary, grad, together=False),
+                "together": functools.partial(slots_seconds, heads, table, summary, grad, together=True),
+            },
+            args.repeats,
+            warmup=2,
+        )
+        ratio = slots["together"] / slots["separate"]
+        slot_rows.append({"setting": setting, **{f"{k}_s": v for k, v in slots.items()}, "ratio": ratio})
     print(
         f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
         f"bf16 autocast: {fast_bf16('cpu')}; {args.heads} heads x {args.batch} inputs, {args.repeats} repeats"

@@ -1,7 +1,7 @@
 """Seconds per step of the word-slot fit (``train.word_fit_steps``; onellm/train/lexical.py, ``fit_word_slots``):
 the shipped loss beside the plain one it replaced, alternating within each repeat.
 
-    .venv/bin/python bench/slot_fit.py [--slots 2] [--batch 64] [--steps 20] [--repeats 5] [--json out.json]
+    .venv/bin/python bench/slot_fit.py [--slots 3] [--batch 64] [--steps 20] [--repeats 5] [--json out.json]
 
 One step = the slots' word logits for a batch of summaries, the set-matching loss (:func:`slot_loss`), backward and
 an Adam step on the slots' word projections, against SmolLM2-135M's word table (49,152 x 576; random values of its
@@ -21,16 +21,14 @@ import argparse
 import contextlib
 import json
 import platform
-import statistics
 import time
 
 import torch
+from lexical_tag import HIDDEN, VOCAB, WIDTH, alternating_medians, word_table  # bench/, beside this script
 
 from onellm.hardware import fast_bf16
 from onellm.projectors.upm import LexicalTag, slot_logits
 from onellm.train.lexical import _pairings, slot_loss
-
-VOCAB, WIDTH, HIDDEN = 49_152, 576, 576  # SmolLM2-135M's text vocabulary and width; the small UPM's width
 
 
 def plain_loss(tags, summary, table, targets) -> torch.Tensor:
@@ -61,28 +59,28 @@ def step_seconds(loss_fn, tags, optimizer, table, summary, targets, steps: int) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--slots", type=int, default=2)
+    parser.add_argument("--slots", type=int, default=3, help="word slots (the small curriculum: three)")
     parser.add_argument("--batch", type=int, default=64, help="inputs per step (train.word_fit_steps' batch)")
     parser.add_argument("--steps", type=int, default=20, help="steps per timing")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", help="write the results here too")
     args = parser.parse_args()
-    torch.manual_seed(0)
-    table = torch.randn(VOCAB, WIDTH) * 0.136  # SmolLM2's embedding RMS
+    table = word_table()
     tags = [LexicalTag(HIDDEN, WIDTH) for _ in range(args.slots)]
     optimizer = torch.optim.Adam([p for tag in tags for p in tag.parameters()], lr=1e-3)
     summary = torch.randn(args.batch, HIDDEN)
     targets = torch.zeros(args.batch, VOCAB, dtype=torch.bool)
     for row in range(args.batch):  # 1 to 6 distinctive words per input, as the demo's corpus says
         targets[row, torch.randperm(2000)[: 1 + row % 6]] = True
-    times: dict[str, list[float]] = {"plain": [], "shipped": []}
-    for repeat in range(args.repeats + 1):  # the first warms up
-        for name in ("plain", "shipped") if repeat % 2 else ("shipped", "plain"):
-            loss_fn = plain_loss if name == "plain" else shipped_loss
-            seconds = step_seconds(loss_fn, tags, optimizer, table, summary, targets, args.steps)
-            if repeat:
-                times[name].append(seconds)
-    plain, shipped = statistics.median(times["plain"]), statistics.median(times["shipped"])
+    medians = alternating_medians(
+        {
+            name: lambda loss_fn=loss_fn: step_seconds(loss_fn, tags, optimizer, table, summary, targets, args.steps)
+            for name, loss_fn in (("plain", plain_loss), ("shipped", shipped_loss))
+        },
+        args.repeats,
+        warmup=1,
+    )
+    plain, shipped = medians["plain"], medians["shipped"]
     print(
         f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
         f"bf16 autocast: {fast_bf16('cpu')}; {args.slots} slots, batch {args.batch}, {args.steps} steps x "
