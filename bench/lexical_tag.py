@@ -90,7 +90,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--batch", type=int, default=8, help="inputs per head")
-    parser.add_argument("--slots", type=int, default=3, help="word slots per head (second table; the small curriculum: 3)")
+    parser.add_argument(
+        "--slots", type=int, default=3, help="word slots per head (second table; the small curriculum: 3)"
+    )
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--json", help="write the results here too")
     args = parser.parse_args()
