@@ -120,6 +120,12 @@ class TrainConfig:
     # fit_word_slots). 0 = off. Needs train.lexical_loss (the word targets) and one process.
     word_fit_steps: int = 0
     word_fit_lr: float = 1.0e-2
+    # Word slots are taught only the words said of fewer than this share of the modality's distinct training inputs
+    # (onellm/train/lexical.py, distinctive_words): a word most inputs have says little about any one of them, and
+    # without the limit the slots learned those (an fMRI caption's "picture", in every input). On the synthetic corpus
+    # colours are in about 1/8 of the inputs, shapes 1/6, and each of a two-valued attribute's words ("small" /
+    # "large") in about half: at 0.45 those are left out too.
+    slot_word_share: float = 0.45
 
     def resolved_attention(self, device_type: str) -> str | None:
         """The attention implementation to train with on ``device_type``; None keeps the model's."""
@@ -265,6 +271,8 @@ def _check_stage(stage: StageConfig) -> None:
     for key in ("warmup_steps", "eval_interval", "eval_samples", "save_interval"):
         if getattr(train, key) < 0:
             raise ConfigError(f"train.{key}: must be >= 0, got {getattr(train, key)}")
+    if not 0 < train.slot_word_share <= 1:
+        raise ConfigError(f"train.slot_word_share: must be in (0, 1], got {train.slot_word_share}")
     if train.warmup_steps >= train.steps:
         raise ConfigError(f"train.warmup_steps: {train.warmup_steps} must be < train.steps ({train.steps})")
     if data.max_length < 8:

@@ -20,7 +20,7 @@ Word slots (a head with ``start_tag: lexical`` and ``end_tag: lexical``, and its
 instead: each slot is taught one content word of the row, the distinct words the slots already name best (a matching,
 so each slot stays one sharp word rather than a blend of all of them; with fewer words than slots, every word and
 each spare slot one of them: a spare slot left untaught named a random blend, BENCHMARKS.md "The demo" 2026-12-05
-midday), and only distinctive words count: those in fewer than ``COMMON_SHARE`` of the modality's training inputs
+midday), and only distinctive words count: those in fewer than ``train.slot_word_share`` of the modality's training inputs
 (:func:`distinctive_words`). Without that the slots learned the words every input has: an fMRI caption's "picture",
 or "small" / "large" (BENCHMARKS.md, "Two word slots").
 
@@ -49,12 +49,6 @@ STOP_WORDS = frozenset(
     "the and with that this these those are was were for from its has have had there their what which who whom how "
     "why when where not but all any can does did into onto than then yes one also been being very".split()
 )
-
-
-# A word in at least this share of a modality's training inputs says little about any one of them: word slots are not
-# taught it. Measured on the synthetic corpus: an fMRI caption's "picture" is in every input, "small" and "large"
-# in about half (each input has one size); colours are in 1/8, shapes in 1/6 of them.
-COMMON_SHARE = 0.45
 
 
 def content_word_mask(tokenizer) -> torch.Tensor:
@@ -94,7 +88,7 @@ def said_by_input(records: Iterable, tokenizer) -> dict[str, dict[str, set[int]]
     return seen
 
 
-def distinctive_words(records: Iterable, tokenizer, words: torch.Tensor, share: float = COMMON_SHARE) -> dict:
+def distinctive_words(records: Iterable, tokenizer, words: torch.Tensor, share: float) -> dict:
     """``{modality: [len(tokenizer)] bool}``: the content words (``words``) of the assistant turns that occur with
     fewer than ``share`` of the modality's distinct inputs (:func:`said_by_input`)."""
     out = {}
@@ -304,7 +298,6 @@ def _fit(words: torch.Tensor, size: int) -> torch.Tensor:
 
 
 __all__ = [
-    "COMMON_SHARE",
     "captured_slot_summaries",
     "captured_word_logits",
     "content_word_mask",

@@ -232,7 +232,7 @@ class Trainer:
             self.words = content_word_mask(tokenizer)
             self.slots = word_slots(core)  # heads whose tags are word slots: named as a set, from distinctive words
             if self.slots:
-                self.distinctive = distinctive_words(train_set.records, tokenizer, self.words)
+                self.distinctive = distinctive_words(train_set.records, tokenizer, self.words, train.slot_word_share)
         if train.word_fit_steps:
             if not self.slots:
                 raise ValueError(

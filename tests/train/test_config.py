@@ -92,6 +92,7 @@ def broken(**changes):
         ({"recipe": "pretrain"}, "recipe: expected one of"),
         ({"lora": {"r": 4}}, "lora: only the instruct recipe"),
         ({"train__warmup_steps": 10}, "train.warmup_steps: 10 must be < train.steps"),
+        ({"train__slot_word_share": 0}, "train.slot_word_share: must be in (0, 1]"),
     ],
 )
 def test_errors_name_the_key(changes, message):

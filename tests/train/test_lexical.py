@@ -205,7 +205,7 @@ def test_distinctive_words_leave_out_what_most_inputs_say():
     assert list(said) == ["0.npy", "1.npy", "2.npy", "3.npy"]  # one entry per input: its caption and its answer
     ids = [set(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in ("a small green star", "yes star")]
     assert said["0.npy"] == ids[0] | ids[1]
-    kept = distinctive_words(records, tokenizer, words)["fmri"]
+    kept = distinctive_words(records, tokenizer, words, share=0.45)["fmri"]
     names = {tokenizer.convert_ids_to_tokens(i) for i in kept.nonzero().squeeze(1).tolist()}
     # "star" is in every input (the question rows), "small" and "large" in half; the rest in one each
     assert {"Ġgreen", "Ġorange", "Ġsphere", "Ġtop", "Ġcube", "Ġleft"} <= names
