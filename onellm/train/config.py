@@ -124,7 +124,8 @@ class TrainConfig:
     # (onellm/train/lexical.py, distinctive_words): a word most inputs have says little about any one of them, and
     # without the limit the slots learned those (an fMRI caption's "picture", in every input). On the synthetic corpus
     # colours are in about 1/8 of the inputs, shapes 1/6, and each of a two-valued attribute's words ("small" /
-    # "large") in about half: at 0.45 those are left out too.
+    # "large") in about half: at 0.45 those are left out too. 0.6 on the small curriculum (BENCHMARKS.md, "The demo",
+    # 2026-12-05 11:30): distance and size questions rose, normal's captions fell onto fewer sentences; one run.
     slot_word_share: float = 0.45
 
     def resolved_attention(self, device_type: str) -> str | None:
