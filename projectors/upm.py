@@ -139,8 +139,7 @@ class LexicalTag(nn.Module):
 
     def logits(self, summary: torch.Tensor, vocab: torch.Tensor) -> torch.Tensor:
         """The word logits ``[..., V]`` alone (what the word loss needs; onellm/train/lexical.py)."""
-        query = nn.functional.normalize(self.proj(summary), dim=-1)
-        return self.scale * query @ word_rows(vocab, query.dtype, unit=True).T
+        return _cosine_logits(self.proj(summary), vocab)
 
 
 def slot_words(tags: list[LexicalTag], summary: torch.Tensor, vocab: torch.Tensor) -> torch.Tensor:
@@ -156,7 +155,12 @@ def slot_words(tags: list[LexicalTag], summary: torch.Tensor, vocab: torch.Tenso
 def slot_logits(tags: list[LexicalTag], summary: torch.Tensor, vocab: torch.Tensor) -> torch.Tensor:
     """The word logits ``[..., K, V]`` of K tags reading one ``summary [..., H]``: each tag's :meth:`LexicalTag.logits`,
     stacked, from one matmul against the vocabulary (the table read once instead of K times)."""
-    query = nn.functional.normalize(torch.stack([tag.proj(summary) for tag in tags], dim=-2), dim=-1)
+    return _cosine_logits(torch.stack([tag.proj(summary) for tag in tags], dim=-2), vocab)
+
+
+def _cosine_logits(projected: torch.Tensor, vocab: torch.Tensor) -> torch.Tensor:
+    """``LexicalTag.scale`` x the cosine of each projected summary ``[..., D]`` with every word row ``[V, D]``."""
+    query = nn.functional.normalize(projected, dim=-1)
     return LexicalTag.scale * query @ word_rows(vocab, query.dtype, unit=True).T
 
 
@@ -365,7 +369,7 @@ class ModalityHead(nn.Module):
         word slots"); a third slot named a point cloud's shape beside its colour and size.
         """
         batch = mixed.shape[0]
-        if self.word_slots >= 2 or self.lexical:
+        if self.lexical:  # (word slots need the lexical end tag too)
             if vocab is None:
                 raise ValueError("a projector with lexical tags needs the LLM's input embeddings (vocab=...)")
             summary = mixed.mean(1).detach()
