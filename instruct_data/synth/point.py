@@ -1,4 +1,4 @@
-"""Synthetic point clouds: one coloured primitive of a given size/elongation (.npy float32 [2048, 6]: xyz + rgb)."""
+"""Synthetic point clouds: one coloured primitive of given proportions (.npy float32 [2048, 6]: xyz + rgb)."""
 
 from __future__ import annotations
 
@@ -11,16 +11,19 @@ from onellm.instruct_data.synth.base import COLOURS, QA, Generator, article, reg
 
 NUM_POINTS = 2048
 SHAPES = ("sphere", "cube", "cylinder", "cone", "torus")
-# (x, y, z) scale of the unit primitive (z up). Elongated forms only for shapes where they read as such.
+# (x, y, z) scale of the unit primitive (z up), named by its proportions ("regular": as built, no word in the text). Only
+# proportions: every point cloud is centred and scaled to the unit sphere before the encoder (onellm/modalities/
+# point.py, as in OneLLM and Point-BERT), so an absolute size ("small" / "large", corpus 1.1) reached the model as the
+# same input and its captions and size questions could only be guessed (size answers at the blind baseline in every
+# measured run). Elongated forms only for shapes where they read as such.
 FORMS = {
-    "small": (0.5, 0.5, 0.5),
-    "large": (1.0, 1.0, 1.0),
+    "regular": (1.0, 1.0, 1.0),
     "tall thin": (0.4, 0.4, 1.2),
     "short wide": (1.1, 1.1, 0.35),
 }
 FORMS_FOR = {
-    "sphere": ("small", "large"),
-    "torus": ("small", "large"),
+    "sphere": ("regular",),
+    "torus": ("regular",),
     "cube": tuple(FORMS),
     "cylinder": tuple(FORMS),
     "cone": tuple(FORMS),
@@ -106,13 +109,17 @@ class PointGenerator(Generator):
 
     def captions(self, attrs: dict[str, Any], rng: np.random.Generator) -> tuple[str, list[str]]:
         shape, colour, form = attrs["shape"], attrs["colour"], attrs["form"]
-        caption = f"{article(form)} {form} {colour} {shape}"
+        named = colour if form == "regular" else f"{form} {colour}"
+        caption = f"{article(named)} {named} {shape}"
+        looks = f"{article(colour)} {colour} object shaped like {article(shape)} {shape}"
+        if form == "regular":
+            return caption, [f"a 3D point cloud of {caption}", f"{article(shape)} {shape} colored {colour}", looks]
         predicate = form.replace(" ", " and ")  # "tall thin" -> "tall and thin"
         return caption, [
             f"a 3D point cloud of {caption}",
             f"{article(form)} {form} {shape} colored {colour}",
             f"{article(colour)} {colour} {shape} that is {predicate}",
-            f"{article(colour)} {colour} object shaped like {article(shape)} {shape}, {predicate}",
+            f"{looks}, {predicate}",
         ]
 
     def questions(self, attrs: dict[str, Any], rng: np.random.Generator) -> list[QA]:
@@ -122,8 +129,6 @@ class PointGenerator(Generator):
             QA("color", "What color is the object?", colour),
             QA("tall", "Is the object tall and thin?", "yes" if form == "tall thin" else "no"),
         ]
-        if form in ("small", "large"):
-            questions.append(QA("size", "Is the object small or large?", form))
         other = [s for s in SHAPES if s != shape][int(rng.integers(len(SHAPES) - 1))]
         asked = shape if rng.random() < 0.5 else other
         questions.append(QA("presence", f"Is this {article(asked)} {asked}?", "yes" if asked == shape else "no"))

@@ -11,6 +11,7 @@ import av
 import numpy as np
 import pytest
 import soundfile
+import torch
 from PIL import Image
 
 from onellm.instruct_data.cli import main as data_cli
@@ -18,7 +19,8 @@ from onellm.instruct_data.schema import read_manifest
 from onellm.instruct_data.synth import SPLITS, generator_names, get_generator, synthesize
 from onellm.instruct_data.synth.base import BACKGROUNDS, COLOURS
 from onellm.instruct_data.synth.corpus import QA_PER_ITEM
-from onellm.modalities import default_modality_names, marker, modality_names
+from onellm.instruct_data.synth.point import FORMS, point_cloud
+from onellm.modalities import default_modality_names, get_modality, marker, modality_names
 
 PER_MODALITY = 5
 SEED = 7
@@ -171,6 +173,7 @@ ORACLE = {
     ("point", "shape"): lambda a, q: a["shape"],
     ("point", "color"): lambda a, q: a["colour"],
     ("point", "presence"): lambda a, q: "yes" if f" {a['shape']}?" in q else "no",
+    ("point", "tall"): lambda a, q: "yes" if a["form"] == "tall thin" else "no",
     ("depth", "shape"): lambda a, q: a["shape"],
     ("depth", "distance"): lambda a, q: a["distance"],
     ("depth", "side"): lambda a, q: a["side"],
@@ -411,6 +414,27 @@ def test_geometry_media(corpus, records):
     assert cloud.shape == (2048, 6) and cloud.dtype == np.float32
     assert cloud[:, 3:].min() >= 0 and cloud[:, 3:].max() <= 1
     assert np.allclose(cloud[:, 3:].mean(0), np.array(COLOURS[point.meta["attributes"]["colour"]]) / 255, atol=0.03)
+
+
+def test_point_forms_survive_the_encoders_normalisation():
+    """The encoder sees a cloud centred and scaled to the unit sphere, so the words a point caption uses must name
+    what survives that: proportions, not absolute sizes (a cloud twice as large is the same input)."""
+    point = get_modality("point")
+
+    def seen(form: str, scale: float = 1.0) -> torch.Tensor:
+        attrs = {"shape": "cylinder", "colour": "red", "form": form, "yaw": 0, "pitch": 0}
+        cloud = point_cloud(attrs, np.random.default_rng(0))
+        cloud[:, :3] *= scale
+        return point.preprocess(cloud, num_points=512)
+
+    assert torch.allclose(seen("regular"), seen("regular", scale=2.0), atol=1e-5)  # why sizes are not named
+
+    def height_over_width(cloud: torch.Tensor) -> float:
+        xyz = cloud[:, :3]
+        return float((xyz[:, 2].max() - xyz[:, 2].min()) / (xyz[:, 0].max() - xyz[:, 0].min()))
+
+    ratios = {form: height_over_width(seen(form)) for form in FORMS}
+    assert ratios["tall thin"] > 2.0 > ratios["regular"] > 0.6 > ratios["short wide"], ratios
 
 
 def test_imu_and_fmri_signals(tmp_path):
