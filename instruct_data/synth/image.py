@@ -32,20 +32,17 @@ POSITIONS: dict[str, tuple[int, int]] = {
     "bottom": (64, 104),
     "center": (64, 64),
 }
-POSITION_PHRASES = {
-    "left": "on the left",
-    "right": "on the right",
-    "top": "at the top",
-    "bottom": "at the bottom",
-    "center": "in the center",
-}
+# One preposition for every place: a caption then commits to a place at its word ("left", "center"), not at the
+# preposition before it ("on" / "in" / "at"), which a greedy decoder must choose first (BENCHMARKS.md, "One preposition
+# for every place").
+POSITION_PHRASES = {position: f"at the {position}" for position in POSITIONS}
 RADII = {"small": 9, "large": 17}
 JITTER = (-3, 0, 3)  # pixels; part of the content key (different jitter = different picture)
 MAX_OBJECTS = 3
 
 
 def object_phrase(obj: dict[str, Any], with_position: bool = True) -> str:
-    """{"shape": "circle", "colour": "red", "size": "large", "position": "left"} -> "a large red circle on the left"."""
+    """{"shape": "circle", "colour": "red", "size": "large", "position": "left"} -> "a large red circle at the left"."""
     text = f"{article(obj['size'])} {obj['size']} {obj['colour']} {obj['shape']}"
     return f"{text} {POSITION_PHRASES[obj['position']]}" if with_position else text
 

@@ -126,7 +126,7 @@ def render_scene(attrs: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 
 DISTANCE_PHRASES = {"close": "close to the camera", "far": "far from the camera"}
-SIDE_PHRASES = {"left": "on the left", "right": "on the right", "center": "in the center"}
+SIDE_PHRASES = {side: f"at the {side}" for side in SIDES}  # one preposition for every side (image.POSITION_PHRASES)
 
 
 class SceneGenerator(Generator):

@@ -134,13 +134,7 @@ def _object(attrs, question):
     """The image object a question refers to: by shape type, by position or by colour+shape."""
     objs = attrs["objects"]
     for obj in objs:
-        where = {
-            "left": "on the left",
-            "right": "on the right",
-            "top": "at the top",
-            "bottom": "at the bottom",
-            "center": "in the center",
-        }[obj["position"]]
+        where = f"at the {obj['position']}"
         if where in question or f"the {obj['colour']} {obj['shape']}" in question:
             return obj
     matches = [o for o in objs if f"the {o['shape']}" in question]
@@ -228,8 +222,7 @@ ORACLE = {
 
 
 def _phrase(position: str) -> str:
-    return {"left": "on the left", "right": "on the right", "top": "at the top", "bottom": "at the bottom",
-            "center": "in the center"}[position]  # fmt: skip
+    return f"at the {position}"
 
 
 def _asked_cell(question: str) -> str:
