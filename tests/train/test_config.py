@@ -141,6 +141,21 @@ def test_small_profiles_choose_their_end_tag():
         assert [s.train.lexical_loss for s in stages if s.recipe == "align"][:3] == [words] * 3, name
 
 
+def test_long_profile_builds_the_default_word_slots():
+    # the long profile runs the default stages with more steps: the same preset (lexical start and end tags, one more
+    # word slot) and the same word fit in every alignment stage (BENCHMARKS.md, "The long profile", 2026-12-05 evening)
+    default, long = (
+        load_curriculum(REPO / f"configs/small/{name}.yaml").stages for name in ("curriculum", "curriculum-long")
+    )
+    assert long[0].init_from.preset_args == default[0].init_from.preset_args
+    assert (
+        default[0].init_from.preset_args["start_tag"] == "lexical"
+        and default[0].init_from.preset_args["extra_slots"] == 1
+    )
+    fits = [[s.train.word_fit_steps for s in stages if s.recipe == "align"] for stages in (default, long)]
+    assert fits[0] == fits[1] == [200, 200, 200]
+
+
 def test_curriculum_entries_can_override_one_stage(tmp_path):
     # the long profile: the same stage files, each with its own step count; the command line still wins
     long = load_curriculum(REPO / "configs/small/curriculum-long.yaml")
