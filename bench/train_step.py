@@ -5,14 +5,16 @@
 For each preset and each of two stages, on image records of a small synthetic corpus:
 
 - ``align_image``: ours = the recipe's model (one-expert UPM; LLM and encoder frozen) through ``Trainer.step``,
-  with the frozen-feature cache on (steady state: every image already cached, as from the second epoch on) and off;
+  with the frozen-feature cache on (steady state: every image already cached, as from the second epoch on) and off,
+  both with the LLM's decoder layers compiled (``train.compile``), and eagerly with the cache on ("ours eager");
   LLaVA = ``LlavaForConditionalGeneration`` with the same LLM and vision weights, its 2-layer MLP projector trains.
 - ``instruct``: ours = LoRA (the stage's r and targets) on the LLM + the K-expert UPM trainable; LLaVA = the same
   LoRA on its LLM + its projector trainable.
 
 Both sides see the same samples, batch size, precision (the stage's: bf16 autocast where native, the LLM's frozen
 linear weights held in bf16), attention kernel in the LLM and the vision model (``train.attention``: eager on a CPU) and
-optimizer (AdamW). The difference in work: our
+optimizer (AdamW); LLaVA runs eagerly, so "LLaVA/ours-eager" compares like with like and "compile speedup" is
+ours eager / ours compiled (cache on). The difference in work: our
 UPM hands the LLM N+2 tokens per image (tiny: 6, small: 10), LLaVA hands it one token per patch (tiny: 16,
 small: 64). Data loading is outside the timed step for both (batches are built beforehand) and timed on its own:
 "batch build" = dataset + collator for one batch in the steady state; with the cache on, inputs whose features are
@@ -53,11 +55,12 @@ def timed(step, batches, warmup: int, steps: int) -> float:
     return statistics.median(times)
 
 
-def stage_config(preset: str, name: str, corpus: Path, out: Path, cache: bool):
+def stage_config(preset: str, name: str, corpus: Path, out: Path, cache: bool, compiled: bool):
     overrides = {
         "data.root": str(corpus),
         "output_dir": str(out),
         "train.cache_features": cache,
+        "train.compile": compiled,
         # image records only: the LLaVA side takes images and nothing else
         "data.sources": [{"modalities": ["image"]}],
         "data.replay": {"modalities": [], "fraction": 0.0},
@@ -79,8 +82,8 @@ def ours(stage, accelerator, warmup: int, steps: int) -> tuple[float, float, int
     size = stage.train.batch_size
     rows = [[(i * size + j) % len(data.train) for j in range(size)] for i in range(3)]
     batches = [trainer.collator([data.train[k] for k in row]) for row in rows]
-    # warm the cache with every batch first: the timed steps are the steady state (all hits)
-    with trainer.training_attention(), trainer.frozen_llm_in_bf16():  # as the training loop runs them
+    # warm the cache with every batch first: the timed steps are the steady state (all hits; compiled, if so)
+    with trainer.training_attention(), trainer.frozen_llm_in_bf16(), trainer.compiled_llm():  # as the loop runs them
         seconds = timed(lambda b: trainer.step([b]), batches, max(warmup, len(batches)), steps)
     # building a batch: with the cache on, the dataset skips decoding what the cache holds (issue 14)
     loading = timed(lambda row: trainer.collator([data.train[k] for k in row]), rows, warmup, steps)
@@ -195,13 +198,20 @@ def main() -> None:
         for preset in args.presets:
             for name in args.stages:
                 row = {"preset": preset, "stage": name}
-                for cache in (True, False):
-                    stage = stage_config(preset, name, corpus, Path(tmp) / f"{preset}-{name}-{cache}", cache)
+                # eager with the cache on, then compiled (train.compile) with the cache on and off (the first warm-up
+                # step of a compiled run compiles); LLaVA takes the last run's batches, whose images are decoded
+                for key, cache, compiled in (
+                    ("eager", True, False),
+                    ("cache_on", True, True),
+                    ("cache_off", False, True),
+                ):
+                    out = Path(tmp) / f"{preset}-{name}-{key}"
+                    stage = stage_config(preset, name, corpus, out, cache, compiled)
                     seconds, loading, batch, trainer = ours(stage, accelerator, args.warmup, args.steps)
-                    row["cache_on" if cache else "cache_off"] = seconds
-                    row["load_on" if cache else "load_off"] = loading
-                    row["batch"] = batch
-                row["llava"] = llava(stage, trainer, args.warmup, args.steps)
+                    row[key], row["batch"] = seconds, batch
+                    if key != "eager":
+                        row["load_on" if cache else "load_off"] = loading
+                row["llava"] = llava(stage, trainer, args.warmup, args.steps)  # eager
                 rows.append(row)
                 print(format_row(row), flush=True)
                 del trainer
@@ -220,18 +230,18 @@ def main() -> None:
 
 def header() -> str:
     return (
-        f"{'preset':<7}{'stage':<13}{'batch':>6}{'ours cache on':>16}{'ours cache off':>16}{'LLaVA':>14}"
-        f"{'samples/s (on/off/LLaVA)':>28}{'LLaVA/ours-on':>15}{'LLaVA/ours-off':>16}{'cache speedup':>15}"
-        f"{'batch build on':>16}{'batch build off':>17}{'build speedup':>15}"
+        f"{'preset':<7}{'stage':<13}{'batch':>6}{'ours cache on':>16}{'ours cache off':>16}{'ours eager':>13}"
+        f"{'LLaVA':>14}{'samples/s (on/off/eager/LLaVA)':>33}{'compile speedup':>17}{'LLaVA/ours-eager':>18}"
+        f"{'cache speedup':>15}{'batch build on':>16}{'batch build off':>17}{'build speedup':>15}"
     )
 
 
 def format_row(row: dict) -> str:
-    b, on, off, ll = row["batch"], row["cache_on"], row["cache_off"], row["llava"]
-    rates = f"{b / on:.1f} / {b / off:.1f} / {b / ll:.1f}"
+    b, on, off, eager, ll = row["batch"], row["cache_on"], row["cache_off"], row["eager"], row["llava"]
+    rates = f"{b / on:.1f} / {b / off:.1f} / {b / eager:.1f} / {b / ll:.1f}"
     return (
-        f"{row['preset']:<7}{row['stage']:<13}{b:>6}{on:>14.3f} s{off:>14.3f} s{ll:>12.3f} s{rates:>28}"
-        f"{ll / on:>14.2f}x{ll / off:>15.2f}x{off / on:>14.2f}x"
+        f"{row['preset']:<7}{row['stage']:<13}{b:>6}{on:>14.3f} s{off:>14.3f} s{eager:>11.3f} s{ll:>12.3f} s"
+        f"{rates:>33}{eager / on:>16.2f}x{ll / eager:>17.2f}x{off / on:>14.2f}x"
         f"{row['load_on']:>14.4f} s{row['load_off']:>15.4f} s{row['load_off'] / row['load_on']:>14.1f}x"
     )
 

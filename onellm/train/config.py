@@ -110,6 +110,10 @@ class TrainConfig:
     # backward took 27 % of a small-preset alignment step; eager: 1.18 -> 0.87 s, BENCHMARKS.md), the model's own
     # elsewhere. Checkpoints and inference keep the model's own kernel.
     attention: Literal["auto", "eager", "sdpa"] = "auto"
+    # torch.compile the LLM's decoder layers for the training steps (inductor; on a CPU it builds C++ kernels with
+    # the system's compiler, so the first step takes the compilation: ~40 s cold for the small preset). It fuses
+    # what autocast and the norms spend between the matrix products.
+    compile: bool = False
     # Weight of the auxiliary word loss of a lexical end tag (projector end_tag "lexical"; onellm/train/lexical.py):
     # the tag's word distribution learns the content words of each row's target text. 0 = off. 0.5 is what was
     # measured (BENCHMARKS.md, "A lexical end tag").

@@ -22,6 +22,8 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -118,7 +120,8 @@ def label_loss_sum(model: nn.Module, inputs: dict[str, Any], per_sample: bool = 
     inputs = dict(inputs)
     targets = inputs.pop("labels")[:, 1:]  # position t predicts token t+1
     keep = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)
-    logits = model(**inputs, logits_to_keep=keep).logits.float()  # [B, len(keep), V]
+    # no KV cache: a training pass never decodes on, and building one cost copies (and compiled layers a recompile)
+    logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits.float()  # [B, len(keep), V]
     kept = targets[:, keep]
     if not per_sample:
         return nn.functional.cross_entropy(
@@ -169,6 +172,27 @@ def frozen_linear_weights_in_bf16(*models: nn.Module):
     finally:
         for param, data in originals.values():
             param.data = data
+
+
+@contextlib.contextmanager
+def compiled_layers(*models: nn.Module, dynamic: bool = True):
+    """Inside: each repeated block of the HF models (the classes a model names in ``_no_split_modules``: SmolLM2's
+    decoder layers) runs through ``torch.compile`` (inductor); afterwards, eagerly again. The blocks share one code
+    object, so one compilation serves all of them; ``dynamic``: sequence lengths and batch sizes vary without
+    recompiling. State dicts are unchanged (the modules are compiled in place, not wrapped)."""
+    blocks = [
+        module
+        for model in models
+        for module in model.modules()
+        if type(module).__name__ in set(getattr(model, "_no_split_modules", None) or ())
+    ]
+    for block in blocks:
+        block.compile(dynamic=dynamic)
+    try:
+        yield
+    finally:
+        for block in blocks:
+            block._compiled_call_impl = None
 
 
 class Trainer:
@@ -289,6 +313,19 @@ class Trainer:
         finally:
             for model, own in changed:
                 model.set_attn_implementation(own)
+
+    def compiled_llm(self):
+        """:func:`compiled_layers` for the LLM where ``train.compile`` asks for it (not sharded)."""
+        llm = getattr(self.core, "language_model", None)
+        if not self.cfg.compile or self.sharded or llm is None:
+            return contextlib.nullcontext()
+        compiler = os.environ.get("CXX", "g++")
+        if self.acc.device.type == "cpu" and shutil.which(compiler) is None:
+            self.log(
+                f"note: train.compile needs a C++ compiler on a CPU and {compiler} is not on PATH: training eagerly"
+            )
+            return contextlib.nullcontext()
+        return compiled_layers(llm)
 
     def frozen_llm_in_bf16(self):
         """:func:`frozen_linear_weights_in_bf16` for the LLM under bf16 training, unless sharded. (Not the encoder:
@@ -432,6 +469,10 @@ class Trainer:
         # shares cannot deadlock), then the sums are reduced. Sharded: every process runs the whole subset through
         # the wrapped model (its forward gathers the shards in lockstep).
         model = self.model if self.sharded else self.core
+        with torch.compiler.set_stance("force_eager"):  # a few batches: not worth compiling the no-grad graph
+            return self._evaluate(model)
+
+    def _evaluate(self, model: nn.Module) -> dict[str, float]:
         out: dict[str, float] = {}
         total_loss = total_tokens = 0.0
         for name, indices in self.val_indices().items():
@@ -540,7 +581,7 @@ class Trainer:
 
     # --- the loop ---------------------------------------------------------------------------------------------------
     def fit(self) -> LoopResult:
-        with self.training_attention(), self.frozen_llm_in_bf16():
+        with self.training_attention(), self.frozen_llm_in_bf16(), self.compiled_llm():
             return self._fit()
 
     def _fit(self) -> LoopResult:
@@ -650,6 +691,7 @@ RESUMABLE_CHANGES = (
     "train.eval_samples",
     "train.save_interval",
     "train.save_limit",
+    "train.compile",  # how fast the steps run, not what they train
     "data.num_workers",
     "data.on_error",
 )
@@ -682,6 +724,7 @@ __all__ = [
     "LoopResult",
     "SCHEDULES",
     "Trainer",
+    "compiled_layers",
     "frozen_linear_weights_in_bf16",
     "label_loss_sum",
     "loss_units",

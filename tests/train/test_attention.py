@@ -1,5 +1,6 @@
 """What the training loop changes about the frozen models while it trains, on the real small preset: the attention
-kernel (``train.attention``: eager on a CPU) and, under bf16, frozen linear weights held in bf16."""
+kernel (``train.attention``: eager on a CPU), under bf16 frozen linear weights held in bf16, and with
+``train.compile`` the LLM's decoder layers compiled."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch
 from onellm.instruct_data.collator import Collator
 from onellm.train.common import load_start
 from onellm.train.config import load_stage
-from onellm.train.loop import Trainer
+from onellm.train.loop import Trainer, label_loss_sum
 
 SMALL = Path(__file__).resolve().parents[2] / "configs" / "small"
 
@@ -101,3 +102,57 @@ def test_bf16_training_holds_frozen_linear_weights_in_bf16_with_the_numbers_of_a
     trainer.cfg = fp32.train
     with Trainer.frozen_llm_in_bf16(trainer):  # fp32 training touches nothing
         assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_compiled_training_steps_give_the_eager_loss_and_gradients_and_are_undone_after_training(tmp_path):
+    """``train.compile`` (the small curriculum's stages): SmolLM2's decoder layers run through torch.compile while
+    the stage trains, with autocast's numbers up to bf16 rounding, and run eagerly again afterwards."""
+    stage = load_stage(
+        SMALL / "align_image.yaml", {"output_dir": str(tmp_path), "train.precision": "bf16", "train.compile": True}
+    )
+    model, processor = load_start(stage)
+    model.requires_grad_(False)
+    model.projector.requires_grad_(True)
+    layers = model.language_model.get_decoder().layers
+    pixels = torch.rand(2, 3, 112, 112, generator=torch.Generator().manual_seed(0))
+    records = [
+        {
+            "conversation": [
+                {"role": "user", "content": f"<image>\n{question}"},
+                {"role": "assistant", "content": answer},
+            ],
+            "media": [("image", pixels[i])],
+        }
+        for i, (question, answer) in enumerate([("What colour is the star?", "blue"), ("Describe it.", "a red disc")])
+    ]
+    inputs = {**Collator(processor)(records)}
+    inputs = {k: inputs[k] for k in ("input_ids", "attention_mask", "labels", "mm_inputs")}
+    trainer = SimpleNamespace(
+        core=model, cfg=stage.train, acc=SimpleNamespace(device=torch.device("cpu")), sharded=False
+    )
+
+    def loss_and_grads():
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = label_loss_sum(model, inputs) / int((inputs["labels"] != -100).sum())
+        loss.backward()
+        return loss.detach(), torch.cat([p.grad.flatten() for p in model.projector.parameters() if p.grad is not None])
+
+    with Trainer.training_attention(trainer), Trainer.frozen_llm_in_bf16(trainer):
+        reference, reference_grads = loss_and_grads()
+        with Trainer.compiled_llm(trainer):
+            assert all(layer._compiled_call_impl is not None for layer in layers)
+            loss, grads = loss_and_grads()
+            inputs["input_ids"], inputs["labels"] = inputs["input_ids"][:1], inputs["labels"][:1]  # another shape:
+            inputs["attention_mask"] = inputs["attention_mask"][:1]  # dynamic, no recompilation error
+            inputs["mm_inputs"] = {"image": inputs["mm_inputs"]["image"][:1]}
+            assert torch.isfinite(loss_and_grads()[0])
+    assert all(layer._compiled_call_impl is None for layer in layers)
+    assert not any("_orig_mod" in name for name in model.state_dict())  # checkpoints keep their keys
+    torch.testing.assert_close(loss, reference, rtol=2e-2, atol=0)
+    assert float(torch.nn.functional.cosine_similarity(grads, reference_grads, dim=0)) > 0.99
+    assert float(reference) > 0.5
+    off = load_stage(SMALL / "align_image.yaml", {"output_dir": str(tmp_path), "train.compile": False})
+    trainer.cfg = off.train
+    with Trainer.compiled_llm(trainer):  # compile off: nothing compiled
+        assert all(layer._compiled_call_impl is None for layer in layers)

@@ -77,6 +77,14 @@ def test_a_checkpoint_from_another_configuration_is_refused():
         ckpt.load_trainable_state(model, {"weight": torch.zeros(2, 2)})
 
 
+def test_a_run_resumes_with_compile_toggled_but_not_with_other_steps():
+    from onellm.train.loop import _changed_keys
+
+    old = {"train": {"steps": 300, "log_interval": 5}}  # written before train.compile existed
+    assert _changed_keys(old, {"train": {"steps": 300, "log_interval": 5, "compile": True}}) == []
+    assert _changed_keys(old, {"train": {"steps": 450, "log_interval": 10, "compile": True}}) == ["train.steps"]
+
+
 def test_done_marker_is_replaced_atomically(tmp_path, monkeypatch):
     """A crash while DONE is written leaves no DONE (the stage reruns), never a truncated one."""
     from types import SimpleNamespace
