@@ -111,7 +111,7 @@ class TrainConfig:
     # elsewhere. Checkpoints and inference keep the model's own kernel.
     attention: Literal["auto", "eager", "sdpa"] = "auto"
     # torch.compile the LLM's decoder layers for the training steps (inductor; on a CPU it builds C++ kernels with
-    # the system's compiler, so the first step takes the compilation: ~40 s cold for the small preset). It fuses
+    # the system's compiler, so the first step takes the compilation: 25-40 s cold for the small preset). It fuses
     # what autocast and the norms spend between the matrix products.
     compile: bool = False
     # Weight of the auxiliary word loss of a lexical end tag (projector end_tag "lexical"; onellm/train/lexical.py):
