@@ -83,7 +83,7 @@ def ours(stage, accelerator, warmup: int, steps: int) -> tuple[float, float, int
     rows = [[(i * size + j) % len(data.train) for j in range(size)] for i in range(3)]
     batches = [trainer.collator([data.train[k] for k in row]) for row in rows]
     # warm the cache with every batch first: the timed steps are the steady state (all hits; compiled, if so)
-    with trainer.training_attention(), trainer.frozen_llm_in_bf16(), trainer.compiled_llm():  # as the loop runs them
+    with trainer.training_setup():  # as the training loop runs them
         seconds = timed(lambda b: trainer.step([b]), batches, max(warmup, len(batches)), steps)
     # building a batch: with the cache on, the dataset skips decoding what the cache holds (issue 14)
     loading = timed(lambda row: trainer.collator([data.train[k] for k in row]), rows, warmup, steps)

@@ -180,12 +180,10 @@ def compiled_layers(*models: nn.Module, dynamic: bool = True):
     decoder layers) runs through ``torch.compile`` (inductor); afterwards, eagerly again. The blocks share one code
     object, so one compilation serves all of them; ``dynamic``: sequence lengths and batch sizes vary without
     recompiling. State dicts are unchanged (the modules are compiled in place, not wrapped)."""
-    blocks = [
-        module
-        for model in models
-        for module in model.modules()
-        if type(module).__name__ in set(getattr(model, "_no_split_modules", None) or ())
-    ]
+    blocks = []
+    for model in models:
+        names = set(getattr(model, "_no_split_modules", None) or ())
+        blocks += [module for module in model.modules() if type(module).__name__ in names]
     for block in blocks:
         block.compile(dynamic=dynamic)
     try:
@@ -580,8 +578,15 @@ class Trainer:
         return state
 
     # --- the loop ---------------------------------------------------------------------------------------------------
-    def fit(self) -> LoopResult:
+    @contextlib.contextmanager
+    def training_setup(self):
+        """Inside: the models as the loop trains them (:meth:`training_attention`, :meth:`frozen_llm_in_bf16`,
+        :meth:`compiled_llm`); afterwards, as they were."""
         with self.training_attention(), self.frozen_llm_in_bf16(), self.compiled_llm():
+            yield
+
+    def fit(self) -> LoopResult:
+        with self.training_setup():
             return self._fit()
 
     def _fit(self) -> LoopResult:
