@@ -45,6 +45,7 @@ class Scores:
     modalities: list[str]
     values: dict[str, dict[str, dict[str, Any]]]
     seconds: dict[str, float] = field(default_factory=dict)  # stage -> evaluation seconds (tasks + spread)
+    dtypes: dict[str, str] = field(default_factory=dict)  # stage -> the dtype its checkpoint was scored in
 
     def get(self, stage: str, modality: str, key: str) -> Any:
         return self.values.get(stage, {}).get(modality, {}).get(key)
@@ -100,6 +101,7 @@ def modality_scores(folder: Path, results: dict[str, Any], modality: str, spread
 def collect_scores(plan: list[StageEval], out: Path) -> Scores:
     values: dict[str, dict[str, dict[str, Any]]] = {}
     seconds: dict[str, float] = {}
+    dtypes: dict[str, str] = {}
     modalities: list[str] = []
     for entry in plan:
         folder = out / "eval" / entry.stage
@@ -108,7 +110,8 @@ def collect_scores(plan: list[StageEval], out: Path) -> Scores:
         values[entry.stage] = {m: modality_scores(folder, results, m, spreads) for m in entry.modalities}
         modalities += [m for m in entry.modalities if m not in modalities]
         seconds[entry.stage] = round(float(results["total_evaluation_time_seconds"]) + spreads.get("seconds", 0.0), 1)
-    return Scores([e.stage for e in plan], modalities, values, seconds)
+        dtypes[entry.stage] = results.get("config", {}).get("dtype", "?")
+    return Scores([e.stage for e in plan], modalities, values, seconds, dtypes)
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:
@@ -385,12 +388,13 @@ def write_report(
             f"| {name} | {entry['runs'][-1]['seconds']:.0f} ({entry['runs'][-1]['status']}) | "
             f"{entry['seconds_total']:.0f} | {len(entry['runs'])} |"
         )
-    eval_rows = ["| stage | modalities | captions | questions | seconds |", "|---|---|---:|---:|---:|"]
+    eval_rows = ["| stage | modalities | captions | questions | dtype | seconds |", "|---|---|---:|---:|---|---:|"]
     for entry in plan:
         caps = sum(scores.get(entry.stage, m, "captions") or 0 for m in entry.modalities)
         qs = sum(scores.get(entry.stage, m, "questions") or 0 for m in entry.modalities)
         eval_rows.append(
-            f"| {entry.stage} | {len(entry.modalities)} | {caps} | {qs} | {scores.seconds[entry.stage]:.0f} |"
+            f"| {entry.stage} | {len(entry.modalities)} | {caps} | {qs} | {scores.dtypes.get(entry.stage, '?')} | "
+            f"{scores.seconds[entry.stage]:.0f} |"
         )
     total = sum(e["seconds_total"] for e in timings.steps.values())
     missed = summary["missed"]

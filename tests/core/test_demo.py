@@ -90,6 +90,7 @@ def test_demo_writes_report_table_and_pictures(demo_runs):
         assert all(row["blind_baseline,none"] is not None for t, row in results["results"].items() if "_qa" in t)
     assert "| instruct | instruct |" in report and "## Timings" in report and "Targets missed:" in report
     assert "## Question kinds after instruct" in report and "| modality | kinds above their blind baseline |" in report
+    assert report.count("| float32 |") == len(STAGES)  # the tiny curriculum trains in fp32: scored in float32
 
 
 @pytest.mark.slow
@@ -216,6 +217,23 @@ def test_the_demo_says_when_this_cpu_trains_in_fp32(tmp_path, monkeypatch):
     fixed = pipeline.load_demo_curriculum(REPO / pipeline.PROFILES["default"][0], tmp_path, {"train.precision": "fp32"})
     monkeypatch.setattr(config, "fast_bf16", lambda device: False)
     assert pipeline.precision_note(fixed, "cpu") is None  # asked for fp32: nothing to say
+
+
+def test_the_demo_scores_its_checkpoints_in_the_precision_they_trained_in(tmp_path, monkeypatch):
+    """bf16 stages (precision: auto on a CPU with native bf16) are scored in bfloat16, as vLLM serves them there;
+    a curriculum with any fp32 stage is scored in float32."""
+    from onellm.demo import pipeline
+    from onellm.train import config
+
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    curriculum = pipeline.load_demo_curriculum(REPO / pipeline.PROFILES["default"][0], tmp_path, {})
+    monkeypatch.setattr(config, "fast_bf16", lambda device: True)
+    assert pipeline.eval_dtype(curriculum) == "bfloat16"
+    monkeypatch.setattr(config, "fast_bf16", lambda device: False)
+    assert pipeline.eval_dtype(curriculum) == "float32"
+    monkeypatch.setattr(config, "fast_bf16", lambda device: True)
+    fixed = pipeline.load_demo_curriculum(REPO / pipeline.PROFILES["default"][0], tmp_path, {"train.precision": "fp32"})
+    assert pipeline.eval_dtype(fixed) == "float32"
 
 
 def test_data_step_restarts_an_interrupted_write(tmp_path):
