@@ -7,8 +7,9 @@
                 align_av3d -> align_rest -> instruct with LoRA) into ``OUT/train``;
 4. ``eval``     after each training stage, score every modality the model has met so far on the held-out test
                 split: captions (CIDEr-D), short-answer QA (exact match) beside its input-blind baseline, the
-                distinct-caption fraction and the projector's spread (``onellm diagnose``'s measures)
-                -> ``OUT/eval/<stage>/`` (lmms-eval-shaped results.json + samples, diagnostics.json);
+                distinct-caption fraction and the projector's spread (``onellm diagnose``'s measures), in the
+                dtype the stages trained in (``eval_dtype``) -> ``OUT/eval/<stage>/`` (lmms-eval-shaped
+                results.json + samples, diagnostics.json);
 5. ``serve``    the final checkpoint served once through ``onellm serve``'s vLLM engine: a test image's caption
                 question in, the answer printed (``OUT/served.json``): train -> evaluate -> serve;
 6. ``report``   ``OUT/report.md`` (scores with 95% intervals per modality and stage, the targets missed and by how
