@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--profile",
         choices=sorted(PROFILES),
         default="default",
-        help="default: the ~20-minute curriculum; long: 2.5-7x the steps on 6x the corpus (up to 3 h on 2 cores); "
+        help="default: the ~20-minute curriculum; long: 2.5-13x the steps on 6x the corpus (up to 3 h on 2 cores); "
         "all: all fourteen modalities (configs/small/curriculum-all.yaml: the six beyond OneLLM's eight aligned "
         "after them, instruction tuning on fourteen)",
     )

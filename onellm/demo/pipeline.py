@@ -18,7 +18,7 @@ DEFAULT_CURRICULUM = Path("configs/small/curriculum.yaml")
 # Writing the corpus took 18-27 s on 2 busy cores (4000 items; 2-3 s at the former 100 items/modality).
 DEFAULT_PER_MODALITY = 500
 # Profiles: (curriculum, items per modality). "default" is what `make demo` runs (about 20 min on 2 idle cores);
-# "long" runs the same stages with 2.5-7x the optimizer steps on 6x the corpus (issue 11's long profile: at most 3 h on
+# "long" runs the same stages with 2.5-13x the optimizer steps on 6x the corpus (issue 11's long profile: at most 3 h on
 # 2 cores; BENCHMARKS.md has its measured time and scores). --curriculum / --per-modality override either.
 # "all" trains and scores all fourteen modalities (the six beyond OneLLM's eight through one more alignment stage,
 # configs/small/curriculum-all.yaml) on a corpus of the same size per modality.

@@ -159,7 +159,7 @@ def test_long_profile_builds_the_default_word_slots():
 def test_curriculum_entries_can_override_one_stage(tmp_path):
     # the long profile: the same stage files, each with its own step count; the command line still wins
     long = load_curriculum(REPO / "configs/small/curriculum-long.yaml")
-    assert [s.train.steps if s.train else None for s in long.stages] == [3000, None, 720, 720, 600]
+    assert [s.train.steps if s.train else None for s in long.stages] == [6000, None, 720, 720, 600]
     short = load_curriculum(REPO / "configs/small/curriculum-long.yaml", {"train.steps": 40, "train.warmup_steps": 2})
     assert [s.train.steps if s.train else None for s in short.stages] == [40, None, 40, 40, 40]
     (tmp_path / "a.yaml").write_text(yaml.safe_dump(STAGE))
