@@ -21,3 +21,13 @@ def fast_bf16(device_type: str) -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def auto_dtype(device_type: str, checkpoint_dtype: str = "float32") -> str:
+    """What ``dtype: auto`` loads a checkpoint in on ``device_type`` (the HF evaluation backend and the hf serving
+    engine): a float32 checkpoint in bfloat16 where bf16 runs natively (:func:`fast_bf16`), which is also what vLLM
+    serves there (serving/vllm_engine.py, ``serving_dtype``), else in float32; a bf16 / fp16 checkpoint as stored."""
+    stored = checkpoint_dtype.removeprefix("torch.")
+    if stored in ("bfloat16", "float16"):
+        return stored
+    return "bfloat16" if fast_bf16(device_type) else "float32"

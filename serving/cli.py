@@ -44,8 +44,8 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dtype",
         default="auto",
-        help="auto | float32 | bfloat16 | float16 (auto, the default: vLLM's choice, which runs a float32 checkpoint in "
-        "bfloat16, except on CPUs without AVX512-BF16/AMX, where it stays float32; the hf engine: the checkpoint's)",
+        help="auto | float32 | bfloat16 | float16 (auto, the default: a float32 checkpoint runs in bfloat16, except on "
+        "CPUs without AVX512-BF16/AMX, where it stays float32; a bf16/fp16 checkpoint as stored; both engines)",
     )
     parser.add_argument("--max-model-len", type=int, default=None, help="context length (default: the LLM's)")
     parser.add_argument("--seed", type=int, default=0)

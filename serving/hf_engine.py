@@ -20,6 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, 
 from transformers.generation.streamers import BaseStreamer
 
 import onellm  # noqa: F401  (Auto-class registration)
+from onellm.hardware import auto_dtype
 from onellm.modeling import mask_placeholder_logits
 from onellm.serving.engines import (
     Delta,
@@ -164,6 +165,8 @@ class HFEngine:
             # 2-core machine two OpenMP threads made the tiny model's generate 10x slower than one (barrier waits).
             torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
         model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=_DTYPES[self.settings.dtype])
+        if self.settings.dtype == "auto":  # a float32 checkpoint in bf16 where bf16 is native, as vLLM serves it
+            model = model.to(getattr(torch, auto_dtype(self.device.type, str(model.dtype))))
         self.model = model.to(self.device).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(checkpoint)
         if self.settings.adapters:

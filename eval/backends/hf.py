@@ -15,13 +15,16 @@ and dropped oldest first.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import OrderedDict
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from onellm.eval.backends.base import Backend, GenerationConfig, Request, checkpoint_dir, register_backend
+from onellm.hardware import auto_dtype
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -30,7 +33,9 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 class HFBackend(Backend):
     """Args:
     model: checkpoint folder (``save_pretrained`` output: config.json, model.safetensors, processor files).
-    dtype: ``auto`` (float32 on CPU, bfloat16 on CUDA), ``float32``, ``bfloat16`` or ``float16``.
+    dtype: ``auto``, ``float32``, ``bfloat16`` or ``float16``. ``auto`` is bfloat16 where bf16 runs natively (a
+        GPU that supports it, a CPU with AVX512-BF16 or AMX: what ``onellm serve --dtype auto`` serves there), else
+        float32, for a float32 checkpoint (:func:`onellm.hardware.auto_dtype`).
     device: ``cpu``, ``cuda``, ``cuda:1``...; default CUDA when available.
     feature_cache_mb: memory for reused encoder features (0: encode every request's inputs afresh).
     """
@@ -43,7 +48,8 @@ class HFBackend(Backend):
         path = checkpoint_dir(model)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if dtype == "auto":
-            dtype = "bfloat16" if self.device.type == "cuda" else "float32"
+            stored = json.loads((Path(path) / "config.json").read_text()).get("dtype") or "float32"
+            dtype = auto_dtype(self.device.type, str(stored))
         if dtype not in DTYPES:
             raise ValueError(f"dtype {dtype!r} is not one of auto, {', '.join(DTYPES)}")
         self.model_path, self.dtype = str(path), dtype

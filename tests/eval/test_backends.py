@@ -242,7 +242,9 @@ def test_openai_backend_against_onellm_serve(checkpoint, corpus):
     import httpx
 
     port = free_port()
-    command = [sys.executable, "-m", "onellm.serving", "serve", str(checkpoint), "--engine", "hf", "--port", str(port)]
+    # float32 on both sides: bf16 rounds a row of a batch unlike the same request alone
+    command = [sys.executable, "-m", "onellm.serving", "serve", str(checkpoint), "--engine", "hf", "--port", str(port),
+               "--dtype", "float32"]  # fmt: skip
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         for _ in range(240):  # up to 120 s for imports and the model load
@@ -264,7 +266,7 @@ def test_openai_backend_against_onellm_serve(checkpoint, corpus):
     finally:
         server.terminate()
         server.wait(timeout=30)
-    reference = HFBackend(str(checkpoint)).generate(requests, generation)
+    reference = HFBackend(str(checkpoint), dtype="float32").generate(requests, generation)
     # The server detokenises incrementally and withholds a dangling partial UTF-8 character (see the vLLM test).
     assert [a.rstrip("\ufffd") for a in served] == [a.rstrip("\ufffd") for a in reference]
 
@@ -273,7 +275,7 @@ def test_openai_backend_against_onellm_serve(checkpoint, corpus):
 
 
 def test_hf_batches_equal_single_requests(checkpoint, corpus):
-    backend = HFBackend(str(checkpoint))
+    backend = HFBackend(str(checkpoint), dtype="float32")  # bf16 rounds a padded row differently
     requests = caption_requests(corpus)
     requests[0] = Request(
         requests[0].id, "A much longer question so that rows need different padding?", requests[0].media
@@ -319,6 +321,18 @@ def test_encoder_features_drop_the_oldest_entry_beyond_their_memory(checkpoint):
         HFBackend(str(checkpoint), feature_cache_mb=-1)
 
 
+def test_hf_dtype_auto_is_what_vllm_serves_here(checkpoint, monkeypatch):
+    """``dtype="auto"`` loads the (float32) checkpoint in bfloat16 where bf16 is native, as ``onellm serve --dtype
+    auto`` serves it there, and in float32 where bf16 would be emulated."""
+    import onellm.hardware
+
+    for native, expected in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(onellm.hardware, "fast_bf16", lambda device_type, native=native: native)
+        backend = HFBackend(str(checkpoint))
+        assert backend.model.dtype == expected and backend.info()["dtype"] == str(expected).removeprefix("torch.")
+    assert onellm.hardware.auto_dtype("cpu", "torch.bfloat16") == "bfloat16"  # a bf16 checkpoint as stored
+
+
 def test_hf_rejects_a_folder_without_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError, match="is not a checkpoint folder"):
         HFBackend(str(tmp_path))
@@ -341,7 +355,7 @@ def test_vllm_backend_matches_hf(checkpoint, corpus, tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert results["config"]["backend"] == "vllm"
 
-    hf = HFBackend(str(checkpoint))
+    hf = HFBackend(str(checkpoint), dtype="float32")
     reference = evaluate([load_task(t) for t in tasks.split(",")], hf, tmp_path / "hf",
                          data_dirs=DataDirs({"synth": corpus}), progress=False, report=False)  # fmt: skip
     for task in tasks.split(","):

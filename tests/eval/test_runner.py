@@ -91,7 +91,8 @@ def task_yaml(folder: Path, name: str, base: str, extra: str) -> Path:
 def test_cli_end_to_end_with_the_in_process_backend(checkpoint, corpus, tmp_path, capsys):
     out = tmp_path / "eval-check"
     argv = ["--model", str(checkpoint), "--tasks", "synth_image_caption,synth_audio_qa", "--output", str(out),
-            "--data-dir", f"synth={corpus}", "--limit", "2", "--batch-size", "2", "--no-progress"]  # fmt: skip
+            "--data-dir", f"synth={corpus}", "--limit", "2", "--batch-size", "2", "--dtype", "float32",
+            "--no-progress"]  # fmt: skip
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "| synth_image_caption | 1 |" in printed and "wrote results.json" in printed
@@ -131,7 +132,7 @@ def test_cli_end_to_end_with_the_in_process_backend(checkpoint, corpus, tmp_path
     assert "cider" in rows["synth_image_caption"][0] and "bleu_4" in rows["synth_image_caption"][0]
 
     # The runner's batched predictions equal the backend's, one request at a time.
-    backend = HFBackend(str(checkpoint))
+    backend = HFBackend(str(checkpoint), dtype="float32")
     generation = load_task("synth_audio_qa").generation
     for row in rows["synth_audio_qa"]:
         media = tuple(backend_media(row))
