@@ -385,6 +385,29 @@ def test_audio_beeps_are_countable(tmp_path):
     assert counted >= 5
 
 
+def test_audio_captions_say_what_is_heard_before_how_often(tmp_path):
+    """Every audio caption starts "a ..." and names pitch, length and kind before the count, which comes last: a
+    greedy decoder that cannot count yet still says which sound it heard (BENCHMARKS.md, "The demo", 2026-12-06)."""
+    synthesize(tmp_path, per_modality=40, seed=4, modalities=["audio"], workers=1)
+    times = {1: "once", 2: "twice", 3: "three times", 4: "four times"}
+    seen = set()
+    for split in SPLITS:
+        for record in read_manifest(tmp_path / f"{split}.jsonl"):
+            if record.task != "caption":
+                continue
+            attrs, caption = record.meta["attributes"], record.conversation[1].content
+            assert caption.startswith("a "), caption
+            if attrs["kind"] == "beeps":
+                heard = f"a {attrs['pitch']}-pitched {attrs['length']} beep heard {times[attrs['count']]}"
+                assert caption == heard
+            elif attrs["kind"] == "noise":
+                assert caption == f"a burst of noise heard {times[attrs['count']]}"
+            else:
+                assert not any(word in caption.split() for word in ("once", "twice", "times"))
+            seen.add(attrs["kind"])
+    assert seen == {"beeps", "tone", "sweep", "noise", "chord"}
+
+
 def test_geometry_media(corpus, records):
     depth = _first(records, "depth")
     mm = np.asarray(Image.open(corpus / depth.inputs[0].path))
