@@ -270,6 +270,7 @@ class Trainer:
         self.cached = cacheable_modalities(core, modalities) if use_cache else []
         options = cache_options(collator.processor, core, self.cached)
         self.cache = FeatureCache(core, options, feature_cache_dir) if self.cached else None
+        self.feature_cache_dir = feature_cache_dir if use_cache else None
         if self.cache is not None:  # the datasets skip decoding inputs whose features are stored
             for dataset in (train_set, val_set):
                 if dataset is not None:
@@ -416,10 +417,16 @@ class Trainer:
         )
         summaries: dict[str, list[torch.Tensor]] = {m: [] for m in modalities}
         keys: dict[str, list[str]] = {m: [] for m in modalities}
+        final = self._final_features(modalities)
         self.model.eval()
         with torch.no_grad(), self._autocast(), captured_slot_summaries(self.core, modalities) as captured:
             for indices, batch in zip(order, loader, strict=True):
                 inputs = self._forward_inputs(batch)
+                if final is not None:  # outside autocast, in fp32, as the cache computes features everywhere
+                    with torch.autocast(self.acc.device.type, enabled=False):
+                        for m in set(final.namespace) & set(inputs["mm_inputs"]):
+                            values = inputs["mm_inputs"].pop(m)
+                            inputs["mm_features"][m] = final.features(self.core, m, values, batch["mm_keys"][m])
                 for m in modalities:
                     if m in inputs["mm_inputs"] or m in inputs["mm_features"]:
                         self.core.embed_modality(m, inputs["mm_inputs"].get(m), inputs["mm_features"].get(m))
@@ -446,6 +453,20 @@ class Trainer:
                 f"[{self.stage_dir.name}] {m} word slots fitted on {len(keys[m])} inputs: loss {before:.3f} -> {after:.3f}"
             )
         say(f"[{self.stage_dir.name}] word slots fitted in {time.perf_counter() - tick:.0f} s")
+
+    def _final_features(self, modalities: list[str]) -> FeatureCache | None:
+        """A feature cache for the fitted ``modalities`` whose tokenizers this stage trained, keyed by their final
+        weights, in the stage's cache folder: the word fit's pass encodes every distinct training input of them once
+        anyway, and a later stage that freezes those tokenizers (instruct) then reads the features instead of
+        decoding and encoding each input again (in the demo's instruct stage about 700 first encodings)."""
+        if self.feature_cache_dir is None or any(p.requires_grad for p in self.core.encoder.parameters()):
+            return None
+        trained = [m for m in modalities if m not in self.cached]
+        if not trained:
+            return None
+        return FeatureCache(
+            self.core, cache_options(self.collator.processor, self.core, trained), self.feature_cache_dir
+        )
 
     # --- validation -------------------------------------------------------------------------------------------------
     def val_indices(self) -> dict[str, list[int]]:

@@ -218,3 +218,61 @@ def test_a_frozen_projector_stays_as_the_checkpoint_keeps_it(synth_tiny, tmp_pat
     after = model.projector.state_dict()
     moved = [k for k in before if not torch.equal(before[k], after[k])]
     assert not moved, f"the frozen projector changed during the stage: {moved}"
+
+
+def test_the_word_fit_leaves_the_final_features_of_trained_tokenizers_for_the_next_stage(
+    synth_tiny, tmp_path, quick, accelerator
+):
+    """An alignment stage that trains audio's tokenizer fits its word slots at the end, encoding every distinct audio
+    training input with the final weights: those features go to the curriculum's feature cache, equal to what the
+    final checkpoint computes, and an instruct stage on the same inputs (tokenizers frozen) decodes none of them."""
+    from pathlib import Path
+
+    from onellm.train.common import load_start
+    from onellm.train.config import load_stage
+    from onellm.train.recipes import run_stage
+
+    tiny = Path(__file__).resolve().parents[2] / "configs/tiny"
+    tags = {"preset": "tiny", "preset_args": {"end_tag": "lexical", "start_tag": "lexical"}}
+    audio_only = [{"modalities": ["audio"], "tasks": ["caption"]}]
+    more = {
+        "init_from": tags,
+        "data.sources": audio_only,
+        "data.replay": {"modalities": [], "fraction": 0.0},
+        "train.eval_samples": 0,
+    }
+    align = load_stage(
+        tiny / "align_av3d.yaml",
+        quick(synth_tiny, tmp_path, steps=2, **more, **{"train.lexical_loss": 0.5, "train.word_fit_steps": 3}),
+    )
+    run_stage(align, accelerator)
+    stored = sorted((tmp_path / "feature_cache" / "audio").glob("*.pt"))
+    train_clips = {r.inputs[0].path for r in align_records(synth_tiny) if r.inputs[0].modality == "audio"}
+    assert len(stored) == len(train_clips) == 8
+
+    instruct = load_stage(
+        tiny / "instruct.yaml",
+        quick(
+            synth_tiny,
+            tmp_path,
+            steps=2,
+            **{"init_from.stage": "align_av3d", "data.sources": audio_only, "train.eval_samples": 0},
+        ),
+    )
+    model, processor = load_start(instruct)  # the final align_av3d weights
+    with torch.no_grad():
+        clips = torch.stack([processor.preprocess("audio", synth_tiny / path) for path in sorted(train_clips)])
+        encoded = model.encode("audio", clips)
+    for path in stored:
+        cached = torch.load(path, weights_only=True)
+        assert cached.dtype == torch.float32
+        assert any(torch.allclose(cached, row, atol=1e-5) for row in encoded), path.name
+    run_stage(instruct, accelerator)
+    summary = (instruct.stage_dir / "summary.md").read_text()
+    assert "audio" in summary and " 0 misses this run" in summary, summary
+
+
+def align_records(root):
+    from onellm.instruct_data.schema import read_manifest
+
+    return read_manifest(root / "train.jsonl")
