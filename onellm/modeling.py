@@ -41,6 +41,7 @@ def build_projector(config: OneLLMConfig, encoder: UniversalEncoder, **changes) 
         config.modalities,
         in_width=encoder.out_width,
         out_width=config.text_config.hidden_size,
+        query_grids={m: get_modality(m).query_grid(**config.modality_options(m)) for m in config.modalities},
         **{**config.projector_config, **changes},
     )
 

@@ -412,9 +412,18 @@ class UniversalProjectionModule(nn.Module):
         region_words: str = "off",
         start_tag: str = "learned",
         extra_slots: int = 0,
+        query_grids: dict[str, tuple[tuple[int, int], tuple[int, int]] | None] | None = None,
     ):
         super().__init__()
         query_source(queries)  # an unknown name fails here, not on the first forward
+        # Per modality, how pooled queries cut its tokens into regions (Modality.query_grid; absent: the default).
+        self.query_grids = {m: grid for m, grid in (query_grids or {}).items() if grid is not None}
+        for m, ((rows, cols), (r, c)) in self.query_grids.items():
+            if r * c != num_queries or not (0 < r <= rows and 0 < c <= cols):
+                raise ValueError(
+                    f"modality {m!r}: query_grid {[r, c]} must hold num_queries {num_queries} regions "
+                    f"within its {rows} x {cols} grid of tokens"
+                )
         width = width or in_width
         self.num_queries = num_queries
         self.num_extra_slots = extra_slots
@@ -470,7 +479,8 @@ class UniversalProjectionModule(nn.Module):
         """``features [B, S, C] -> [B, N+2+extra_slots, D]``; ``vocab``: the LLM's input embeddings ``[V, D]`` (lexical end tag)."""
         head = self.head(modality)
         x = head.project_in(features)
-        seq = torch.cat([build_queries(self.query_source, head.queries, x), x], dim=1)
+        queries = build_queries(self.query_source, head.queries, x, self.query_grids.get(modality))
+        seq = torch.cat([queries, x], dim=1)
         weights = head.router(x, head.queries)  # [B|1, 1|N, K]
         mixed = sum(
             weights[..., k : k + 1] * expert(seq)[:, : self.num_queries] for k, expert in enumerate(self.experts)

@@ -139,6 +139,12 @@ class AudioModality(Modality):
         "stride": 10,
         "max_seconds": 600.0,
         "class_position": False,
+        # The regions (mel bands x time spans) the pooled queries average, as [rows, cols]; None: runs of tokens in
+        # order, i.e. one mel band over a stretch of time each (see query_grid). Measured on the small preset, not the
+        # default: [4, 4] and [2, 8] left what the soft tokens carry as it was (linear probes: kind 0.95, pitch
+        # 0.94-0.99, length 0.87-0.92, count 0.56-0.65) and audio QA after instruct within a run's spread
+        # (BENCHMARKS.md, "The demo", 2026-12-06 midday).
+        "query_grid": None,
     }
     # tiny: 1.28 s -> 8 x 8 = 64 tokens; small: 2.56 s -> 8 x 16 = 128 tokens; 7b: OneLLM's 10 s -> 12 x 101 tokens.
     preset_options = {
@@ -163,6 +169,16 @@ class AudioModality(Modality):
         rate = int((extras or {}).get("sample_rate", SAMPLE_RATE))
         soundfile.write(buffer, np.asarray(array, dtype=np.float32), rate, format="WAV", subtype="PCM_16")
         return buffer.getvalue(), "wav"
+
+    def query_grid(self, **options: Any) -> tuple[tuple[int, int], tuple[int, int]] | None:
+        """The tokenizer's grid of patches (mel bands x frames) and the option ``query_grid``'s regions over it."""
+        opts = self.options(**options)
+        if opts["query_grid"] is None:
+            return None
+        kernel, stride = opts["kernel"], opts["stride"]
+        grid = ((opts["num_mel_bins"] - kernel) // stride + 1, (opts["target_length"] - kernel) // stride + 1)
+        rows, cols = (int(n) for n in opts["query_grid"])
+        return grid, (rows, cols)
 
     def input_shape(self, **options: Any) -> tuple[int, ...]:
         opts = self.options(**options)

@@ -197,6 +197,12 @@ class Modality:
         generator = torch.Generator().manual_seed(0)
         return torch.randn(self.input_shape(**options), generator=generator)
 
+    def query_grid(self, **options: Any) -> tuple[tuple[int, int], tuple[int, int]] | None:
+        """How ``queries: pooled`` (projectors/queries.py) cuts an input's L encoded tokens into the N regions it
+        averages: ``((rows, cols) of the tokens, (rows, cols) of the regions)``; None (the default): a square grid into
+        square regions, any other sequence into N runs of consecutive tokens."""
+        return None
+
     def pool_encoded(self, encoded: torch.Tensor, batch: int, **options: Any) -> torch.Tensor:
         """Fold encoder outputs ``[B', 1+L, C]`` back to one sequence per input ``[B, 1+L, C]``.
 

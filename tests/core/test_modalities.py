@@ -387,3 +387,22 @@ def test_audio_tokenizer_starts_from_the_encoders_patch_embedding(tiny):
         heard = tokenizer.conv(flat)[0, :, 0, 0]
         seen = patch(torch.full((1, 3, patch.kernel_size[0], patch.kernel_size[0]), 0.7))[0, :, 0, 0]
     assert torch.allclose(heard, seen, rtol=0.1, atol=0.05 * float(seen.abs().mean()))
+
+
+def test_audio_query_grid_is_the_tokenizers_grid_of_bands_by_frames():
+    """Audio's option ``query_grid`` pools the queries over regions of mel bands x frames: the grid it names is the
+    one its tokenizer emits, row-major (a patch of sound at band b, frame f changes token b * cols + f alone); without
+    the option it keeps the default pooling (None: runs of tokens)."""
+    audio = get_modality("audio")
+    options = audio.options(**{**audio.preset("small"), "query_grid": [4, 4]})
+    (rows, cols), regions = audio.query_grid(**options)
+    assert regions == tuple(options["query_grid"])
+    tokenizer = audio.build_tokenizer(8, 14, **options)
+    assert tokenizer.grid == (rows, cols)
+    fbank = torch.zeros(1, *audio.input_shape(**options))
+    kernel = options["kernel"]
+    fbank[0, 0, 2 * kernel : 3 * kernel, 5 * kernel : 6 * kernel] = 1.0  # band 2, frame 5
+    with torch.no_grad():
+        changed = (tokenizer(fbank, None) - tokenizer(torch.zeros_like(fbank), None)).abs().sum(-1)[0]
+    assert changed.nonzero().flatten().tolist() == [2 * cols + 5]
+    assert audio.query_grid(**audio.preset("small")) is None

@@ -8,7 +8,7 @@ import torch
 from onellm.projectors import UniversalProjectionModule, expand_experts, placeholder_count, router_modes
 
 
-def make(num_experts=3, router="pooled", modalities=("image", "audio"), **kwargs):
+def make(num_experts=3, router="pooled", modalities=("image", "audio"), num_queries=5, **kwargs):
     torch.manual_seed(0)
     return UniversalProjectionModule(
         list(modalities),
@@ -16,7 +16,7 @@ def make(num_experts=3, router="pooled", modalities=("image", "audio"), **kwargs
         out_width=48,
         num_experts=num_experts,
         depth=2,
-        num_queries=5,
+        num_queries=num_queries,
         num_heads=4,
         router=router,
         **kwargs,
@@ -109,6 +109,30 @@ def test_pooled_queries_summarise_regions_of_the_patch_grid():
     assert torch.equal(build_queries("learned", queries, tokens), queries.expand(2, -1, -1))
     with pytest.raises(KeyError, match="unknown query source 'best'"):
         build_queries("best", queries, tokens)
+
+
+def test_pooled_queries_follow_a_modality_grid_of_bands_and_spans():
+    """A modality that gives its grid (audio: 2 mel bands x 4 frames of patches, row-major) gets regions of it: with
+    2 x 2 regions each query averages one band over half of the frames, where the default (8 tokens, not a square)
+    pools runs of consecutive tokens, i.e. whole bands. A grid that does not hold N regions or does not match the
+    tokens is refused, naming the modality."""
+    from onellm.projectors.queries import build_queries
+
+    queries = torch.randn(1, 4, 8)
+    tokens = torch.randn(2, 1 + 8, 8)
+    grid = tokens[:, 1:].reshape(2, 2, 4, 8)
+    regions = [grid[:, r, c : c + 2].mean(1) for r in (0, 1) for c in (0, 2)]
+    pooled = build_queries("pooled", queries, tokens, ((2, 4), (2, 2)))
+    torch.testing.assert_close(pooled, queries + torch.stack(regions, 1))
+    runs = queries + tokens[:, 1:].reshape(2, 4, 2, 8).mean(2)
+    torch.testing.assert_close(build_queries("pooled", queries, tokens), runs)
+    with pytest.raises(ValueError, match="9 tokens do not form the 2 x 4 grid"):
+        build_queries("pooled", queries, torch.randn(2, 10, 8), ((2, 4), (2, 2)))
+    with pytest.raises(ValueError, match="modality 'audio': query_grid \\[1, 4\\] must hold num_queries 5"):
+        make(queries="pooled", query_grids={"audio": ((2, 4), (1, 4))})
+    upm = make(queries="pooled", expert="mlp", num_queries=4, query_grids={"audio": ((2, 4), (2, 2)), "image": None})
+    assert upm.query_grids == {"audio": ((2, 4), (2, 2))}
+    assert upm(torch.randn(3, 9, 32), "audio").shape == (3, placeholder_count(4), 48)
 
 
 def test_mlp_expert_with_pooled_queries_passes_each_region_through():
