@@ -1,4 +1,4 @@
-"""Synthetic audio: beeps, steady tones, rising/falling sweeps, noise bursts, chords (16 kHz mono PCM16 WAV, 2 s)."""
+"""Synthetic audio: pulses (beeps), steady tones, rising/falling sweeps, noise bursts, chords (16 kHz mono PCM16 WAV, 2 s)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,14 @@ from onellm.instruct_data.synth.base import QA, Generator, count_word, register_
 
 SAMPLE_RATE = 16_000
 DURATION = 2.0  # seconds -> 32 000 samples
-KINDS = ("beeps", "tone", "sweep", "noise", "chord")
+# Each kind is one token of SmolLM2's vocabulary and said only of itself, so a word slot can name it (projectors/
+# upm.py): "beeps" is two tokens ("Ġbe", "eps"), which no slot can name, and sweeps and chords were captioned with
+# "tone", so the slots named "tone" for them and LoRA answered "tone" for every kind (BENCHMARKS.md, "The demo",
+# 2026-12-06 midday; corpus 1.5).
+KINDS = ("pulses", "tone", "sweep", "noise", "chord")
 PITCHES = {"low": 250.0, "medium": 700.0, "high": 2000.0}  # Hz; a factor of ~3 apart, unmistakable by ear
-BEEP_LENGTHS = {"short": 0.1, "long": 0.25}  # seconds
-SPACING = 0.4  # seconds between beep / burst onsets: 4 long beeps from a 0.3 s onset end at 1.75 s < 2 s
+PULSE_LENGTHS = {"short": 0.1, "long": 0.25}  # seconds
+SPACING = 0.4  # seconds between pulse / burst onsets: 4 long pulses from a 0.3 s onset end at 1.75 s < 2 s
 SUSTAIN = 1.2  # seconds of a tone, sweep or chord
 SWEEP_RANGE = (300.0, 2500.0)  # Hz, exponential sweep (constant rate in octaves)
 NOISE_BURST = 0.15  # seconds
@@ -56,8 +60,8 @@ def waveform(attrs: dict[str, Any], rng: np.random.Generator) -> np.ndarray:
     detune = 1 + attrs.get("detune", 0.0)
     freq = PITCHES.get(attrs.get("pitch", ""), 0.0) * detune
     events: list[tuple[float, np.ndarray]] = []
-    if kind == "beeps":
-        events = [(onset + i * SPACING, _tone(freq, BEEP_LENGTHS[attrs["length"]])) for i in range(attrs["count"])]
+    if kind == "pulses":
+        events = [(onset + i * SPACING, _tone(freq, PULSE_LENGTHS[attrs["length"]])) for i in range(attrs["count"])]
     elif kind == "tone":
         events = [(onset, _tone(freq, SUSTAIN))]
     elif kind == "chord":
@@ -86,7 +90,7 @@ class AudioGenerator(Generator):
         return {
             "kinds": list(KINDS),
             "pitches": {name: hz for name, hz in PITCHES.items()},
-            "beep_lengths": list(BEEP_LENGTHS),
+            "pulse_lengths": list(PULSE_LENGTHS),
             "counts": [1, 2, 3, 4],
             "sweep_directions": ["rising", "falling"],
             "sample_rate": SAMPLE_RATE,
@@ -96,12 +100,12 @@ class AudioGenerator(Generator):
     def sample(self, rng: np.random.Generator) -> dict[str, Any]:
         kind = str(rng.choice(KINDS))
         attrs: dict[str, Any] = {"kind": kind}
-        if kind in ("beeps", "noise"):
+        if kind in ("pulses", "noise"):
             attrs["count"] = int(rng.integers(1, 5))
-        if kind in ("beeps", "tone", "chord"):
+        if kind in ("pulses", "tone", "chord"):
             attrs["pitch"] = str(rng.choice(list(PITCHES)))
-        if kind == "beeps":
-            attrs["length"] = str(rng.choice(list(BEEP_LENGTHS)))
+        if kind == "pulses":
+            attrs["length"] = str(rng.choice(list(PULSE_LENGTHS)))
         if kind == "sweep":
             attrs["direction"] = str(rng.choice(["rising", "falling"]))
         attrs.update(onset=float(rng.choice(ONSETS)), level=float(rng.choice(LEVELS)))
@@ -119,22 +123,22 @@ class AudioGenerator(Generator):
         kind = attrs["kind"]
         pitch = attrs.get("pitch", "")
         # Each caption says first what the small preset hears best (pitch, length, kind) and the count last (its 16
-        # time steps of 160 ms blur it). With the count first ("four long ... beeps"), a greedy
+        # time steps of 160 ms blur it). With the count first ("four long ... beeps", corpus 1.3), a greedy
         # decoder chose the first word without knowing the count, said "a" and went on as a chord or a tone: 5 of
         # 186 test captions of beeps said "beep", while the kind question was answered "beeps" 74 times in 100
-        # (BENCHMARKS.md, "The demo", 2026-12-06).
-        if kind == "beeps":
+        # (BENCHMARKS.md, "The demo", 2026-12-06). Each kind's word (KINDS) is said of that kind only.
+        if kind == "pulses":
             n, length = attrs["count"], attrs["length"]
             many = "s" if n > 1 else ""
             amount = "a single" if n == 1 else count_word(n)
-            caption = f"a {pitch}-pitched {length} beep heard {times(n)}"
+            caption = f"a {pitch}-pitched {length} pulse heard {times(n)}"
             variants = [
-                f"{amount} {length} {pitch}-pitched beep{many}",
-                f"a {pitch}-pitched beep repeated {count_word(n)} time{many}"
+                f"{amount} {length} {pitch}-pitched pulse{many}",
+                f"a {pitch}-pitched pulse repeated {count_word(n)} time{many}"
                 if n > 1
-                else f"one {length} {pitch} beep",
-                f"{amount} {length} electronic beep{many} with a {pitch} pitch",
-                f"the sound of {count_word(n)} {pitch} beep{many}",
+                else f"one {length} {pitch} pulse",
+                f"{amount} {length} electronic pulse{many} with a {pitch} pitch",
+                f"the sound of {count_word(n)} {pitch} pulse{many}",
             ]
         elif kind == "tone":
             caption = f"a steady {pitch}-pitched tone"
@@ -142,7 +146,7 @@ class AudioGenerator(Generator):
                 f"a constant {pitch} tone",
                 f"a single {pitch}-pitched note held steadily",
                 f"a {pitch} pure tone that does not change",
-                f"the sound of a steady {pitch} beep tone",
+                f"the sound of a steady {pitch} tone",
             ]
         elif kind == "chord":
             caption = f"a {pitch}-pitched chord of three notes"
@@ -150,16 +154,16 @@ class AudioGenerator(Generator):
                 f"three {pitch} notes played together",
                 f"a {pitch} chord",
                 f"a chord in a {pitch} register",
-                f"several {pitch}-pitched tones sounding at once",
+                f"several {pitch}-pitched notes sounding at once",
             ]
         elif kind == "sweep":
             rising = attrs["direction"] == "rising"
-            caption = f"a tone {'rising' if rising else 'falling'} in pitch"
+            caption = f"a sweep {'rising' if rising else 'falling'} in pitch"
             variants = [
-                f"a {'rising' if rising else 'falling'} tone sweep",
-                f"a tone that sweeps from {'low to high' if rising else 'high to low'}",
+                f"a {'rising' if rising else 'falling'} sweep",
+                f"a sweep from {'low to high' if rising else 'high to low'}",
                 f"a pitch that goes {'up' if rising else 'down'} steadily",
-                f"a {'rising' if rising else 'falling'} siren-like tone",
+                f"a {'rising' if rising else 'falling'} siren-like sweep",
             ]
         else:
             n = attrs["count"]
@@ -175,13 +179,13 @@ class AudioGenerator(Generator):
     def questions(self, attrs: dict[str, Any], rng: np.random.Generator) -> list[QA]:
         kind = attrs["kind"]
         questions = [
-            QA("kind", "What kind of sound is it: beeps, tone, sweep, noise or chord?", kind),
+            QA("kind", "What kind of sound is it: pulses, tone, sweep, noise or chord?", kind),
             QA("noise", "Is there a burst of noise?", "yes" if kind == "noise" else "no"),
         ]
-        if kind == "beeps":
+        if kind == "pulses":
             questions += [
-                QA("count", "How many beeps are there?", str(attrs["count"])),
-                QA("length", "Are the beeps short or long?", attrs["length"]),
+                QA("count", "How many pulses are there?", str(attrs["count"])),
+                QA("length", "Are the pulses short or long?", attrs["length"]),
             ]
         if kind == "noise":
             questions.append(QA("count", "How many bursts of noise are there?", str(attrs["count"])))
