@@ -127,7 +127,7 @@ _TINY_TEXT = """
 Provide a one-sentence caption for the provided image video audio point cloud depth map normal map imu fmri.
 Answer the question using a single word or phrase. What colour is the shape? How many shapes are there?
 a large small red green blue yellow purple orange white black circle square triangle star cube sphere cylinder
-cone torus on the left right top bottom center moves from left to right grows shrinks changes colour pulses pulse
+cone torus on the left right top bottom center moves from left to right grows shrinks changes colour beeps
 short long high low medium pitched tone rising falling sweep noise burst chord the person is still walking
 running jumping turning left right falling close far from the camera a picture of tall thin wide flat yes no
 one two three four five zero is there what which where direction shape count pitch trend activity
