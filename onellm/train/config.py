@@ -131,6 +131,11 @@ class TrainConfig:
     # "large") in about half: at 0.45 those are left out too. 0.6 on the small curriculum (BENCHMARKS.md, "The demo",
     # 2026-12-05 11:30): distance and size questions rose, normal's captions fell onto fewer sentences; one run.
     slot_word_share: float = 0.45
+    # Weight of a coverage term beside the slots' matching (onellm/train/lexical.py, slot_loss): every distinctive
+    # word of an input should be named by some slot (noisy-OR over the slots), so a word always said of an input the
+    # slots do not name yet still gets a gradient. 0 = the matching alone: a slot then kept the word it named first
+    # (a pulse's count, which the projector reads badly) and never learned the kind ("pulse").
+    slot_coverage: float = 0.0
 
     def resolved_attention(self, device_type: str) -> str | None:
         """The attention implementation to train with on ``device_type``; None keeps the model's."""
@@ -276,6 +281,8 @@ def _check_stage(stage: StageConfig) -> None:
     for key in ("warmup_steps", "eval_interval", "eval_samples", "save_interval"):
         if getattr(train, key) < 0:
             raise ConfigError(f"train.{key}: must be >= 0, got {getattr(train, key)}")
+    if train.slot_coverage < 0:
+        raise ConfigError(f"train.slot_coverage: must be >= 0, got {train.slot_coverage}")
     if not 0 < train.slot_word_share <= 1:
         raise ConfigError(f"train.slot_word_share: must be in (0, 1], got {train.slot_word_share}")
     if train.warmup_steps >= train.steps:

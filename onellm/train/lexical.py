@@ -143,10 +143,11 @@ def lexical_loss(
     words: torch.Tensor,
     slots: dict[str, int] | None = None,
     distinctive: dict[str, torch.Tensor] | None = None,
+    coverage: float = 0.0,
 ) -> torch.Tensor | None:
     """Mean over the inputs that have content words (and over tags) of the mean ``-log P(word)`` over them; None
     when none has. ``slots``: :func:`word_slots`; those tags are named as a set, from ``distinctive``
-    (:func:`distinctive_words`; a modality missing there: every content word)."""
+    (:func:`distinctive_words`; a modality missing there: every content word), with ``coverage`` (:func:`slot_loss`)."""
     slots, distinctive = slots or {}, distinctive or {}
     per_row = []
     grouped: dict[tuple[str, int], list[torch.Tensor]] = {}
@@ -171,16 +172,21 @@ def lexical_loss(
             continue
         log_p = logits.log_softmax(dim=-1)
         if i < 0:
-            per_row.append(slot_loss(log_p[keep], targets[keep]))
+            per_row.append(slot_loss(log_p[keep], targets[keep], coverage))
         else:
             per_row.append(-(_log_any(log_p) * targets).sum(dim=1)[keep] / counts[keep])
     return torch.cat(per_row).mean() if per_row else None
 
 
-def slot_loss(log_p: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def slot_loss(log_p: torch.Tensor, targets: torch.Tensor, coverage: float = 0.0) -> torch.Tensor:
     """``log p [n, K, V]`` of K word slots, ``targets [n, V]`` (bool, each row at least one) -> ``[n]``: minus the
     mean log p of each row's best pairing of slots and words (:func:`_matched`). Rows with the same number of words
-    are matched together (a loop over rows took a quarter of the word fit's step; bench/slot_fit.py)."""
+    are matched together (a loop over rows took a quarter of the word fit's step; bench/slot_fit.py).
+
+    ``coverage`` > 0 adds that weight times minus the mean over each row's words of the log-probability that some
+    slot names the word (noisy-OR over the slots): the matching alone trains only the words a slot already names
+    best, so a word said of every input of a kind but named by no slot yet never gains; with the coverage term the
+    words the input always has win the slots over words it has only sometimes."""
     counts = targets.sum(dim=1)
     if bool((counts == 0).any()):
         raise ValueError("slot_loss: every row needs at least one target word")
@@ -195,6 +201,10 @@ def slot_loss(log_p: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     for count in counts.unique().tolist():
         group = (counts == count).nonzero().squeeze(1)
         out[group] = -_matched(chosen[group, :, :count])
+    if coverage:  # on the rows' own words only: the whole vocabulary doubled the word fit's time
+        named = _log_any(chosen)  # [n, K, widest] -> [n, widest]: log P(some slot names the word)
+        valid = slot < counts.unsqueeze(1)
+        out = out - coverage * (named * valid).sum(dim=1) / counts
     return out
 
 
@@ -223,6 +233,7 @@ def fit_word_slots(
     batch_size: int = 64,
     seed: int = 0,
     amp: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    coverage: float = 0.0,
 ) -> tuple[float, float]:
     """Fit the word slots of ``modality``'s head (only their word projections) to name ``targets`` (``[n, V]`` bool,
     the distinctive words of each input's text) from ``summaries`` (``[n, H]``, what the slots read: the head's
@@ -246,7 +257,7 @@ def fit_word_slots(
     def loss_of(index: torch.Tensor) -> torch.Tensor:
         with amp():
             logits = slot_logits(tags, summaries[index], vocab).float()
-        return slot_loss(logits.log_softmax(dim=-1), targets[index]).mean()
+        return slot_loss(logits.log_softmax(dim=-1), targets[index], coverage).mean()
 
     def overall() -> float:
         with torch.no_grad():

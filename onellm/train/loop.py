@@ -388,6 +388,7 @@ class Trainer:
             self.words,
             self.slots,
             self.distinctive,
+            self.cfg.slot_coverage,
         )
         if value is None:
             return 0.0
@@ -448,6 +449,7 @@ class Trainer:
                 self.cfg.word_fit_lr,
                 seed=self.seed,
                 amp=self._autocast,
+                coverage=self.cfg.slot_coverage,
             )
             say(
                 f"[{self.stage_dir.name}] {m} word slots fitted on {len(keys[m])} inputs: loss {before:.3f} -> {after:.3f}"

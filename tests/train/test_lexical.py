@@ -413,3 +413,29 @@ def test_slot_loss_of_a_batch_is_each_rows_best_pairing_by_brute_force(slots):
     assert torch.allclose(got_grad, want_grad, atol=1e-6)
     with pytest.raises(ValueError, match="at least one target word"):
         slot_loss(log_p, torch.zeros_like(targets))
+
+
+def test_slot_coverage_teaches_a_word_no_slot_names_yet():
+    """Two slots, three words said of the input; the slots name words 0 and 1, and word 2 (said of every input of
+    its kind, like a pulse's "pulse") is named by none. The matching alone only pushes word 2 down (the softmax's
+    share of the named words), so no slot ever learns it; with coverage, word 2's logits rise and the loss adds the
+    coverage of the words:
+    minus the mean over the row's words of log P(some slot names it)."""
+    from onellm.train.lexical import slot_loss
+
+    vocab = 6
+    logits = torch.full((1, 2, vocab), -4.0)
+    logits[0, 0, 0] = logits[0, 1, 1] = 6.0
+    logits.requires_grad_(True)
+    targets = torch.zeros(1, vocab, dtype=torch.bool)
+    targets[0, :3] = True
+    (plain,) = torch.autograd.grad(slot_loss(logits.log_softmax(-1), targets).sum(), logits)
+    assert float(plain[0, :, 2].min()) >= 0.0  # descending the loss never raises word 2
+    covered = slot_loss(logits.log_softmax(-1), targets, coverage=0.5)
+    (grad,) = torch.autograd.grad(covered.sum(), logits)
+    assert float(grad[0, :, 2].max()) < -0.05  # descending the loss raises word 2 in both slots
+    p = logits.detach().softmax(-1)[0]
+    named = 1 - (1 - p[0]) * (1 - p[1])
+    matched = -(p[0, 0].log() + p[1, 1].log()) / 2
+    expected = matched - 0.5 * named[:3].log().mean()
+    assert torch.allclose(covered.detach(), expected.unsqueeze(0), atol=1e-3)  # (p clamped below 1 - 1e-6)
