@@ -1,4 +1,4 @@
-"""Synthetic audio: pings (short beeps), steady tones, rising/falling sweeps, noise bursts, chords (16 kHz mono PCM16 WAV, 2 s)."""
+"""Synthetic audio: pulses (beeps), steady tones, rising/falling sweeps, noise bursts, chords (16 kHz mono PCM16 WAV, 2 s)."""
 
 from __future__ import annotations
 
@@ -15,13 +15,11 @@ DURATION = 2.0  # seconds -> 32 000 samples
 # Each kind is one token of SmolLM2's vocabulary and said only of itself, so a word slot can name it (projectors/
 # upm.py): "beeps" is two tokens ("Ġbe", "eps"), which no slot can name, and sweeps and chords were captioned with
 # "tone", so the slots named "tone" for them and LoRA answered "tone" for every kind (BENCHMARKS.md, "The demo",
-# 2026-12-06 midday; corpus 1.5). The word of the short beeps is also one token where an answer starts (no leading
-# space): "pulses" there is "p" "ul" "ses", and the demo's model gave that first, generic "p" a log-probability of
-# -3.8 on beep clips, so it answered "chord" (0 of 86 right on a 900-question split; corpus 1.6 says "ping").
-KINDS = ("ping", "tone", "sweep", "noise", "chord")
+# 2026-12-06 midday; corpus 1.5).
+KINDS = ("pulses", "tone", "sweep", "noise", "chord")
 PITCHES = {"low": 250.0, "medium": 700.0, "high": 2000.0}  # Hz; a factor of ~3 apart, unmistakable by ear
 PULSE_LENGTHS = {"short": 0.1, "long": 0.25}  # seconds
-SPACING = 0.4  # seconds between ping / burst onsets: 4 long pings from a 0.3 s onset end at 1.75 s < 2 s
+SPACING = 0.4  # seconds between pulse / burst onsets: 4 long pulses from a 0.3 s onset end at 1.75 s < 2 s
 SUSTAIN = 1.2  # seconds of a tone, sweep or chord
 SWEEP_RANGE = (300.0, 2500.0)  # Hz, exponential sweep (constant rate in octaves)
 NOISE_BURST = 0.15  # seconds
@@ -62,7 +60,7 @@ def waveform(attrs: dict[str, Any], rng: np.random.Generator) -> np.ndarray:
     detune = 1 + attrs.get("detune", 0.0)
     freq = PITCHES.get(attrs.get("pitch", ""), 0.0) * detune
     events: list[tuple[float, np.ndarray]] = []
-    if kind == "ping":
+    if kind == "pulses":
         events = [(onset + i * SPACING, _tone(freq, PULSE_LENGTHS[attrs["length"]])) for i in range(attrs["count"])]
     elif kind == "tone":
         events = [(onset, _tone(freq, SUSTAIN))]
@@ -102,11 +100,11 @@ class AudioGenerator(Generator):
     def sample(self, rng: np.random.Generator) -> dict[str, Any]:
         kind = str(rng.choice(KINDS))
         attrs: dict[str, Any] = {"kind": kind}
-        if kind in ("ping", "noise"):
+        if kind in ("pulses", "noise"):
             attrs["count"] = int(rng.integers(1, 5))
-        if kind in ("ping", "tone", "chord"):
+        if kind in ("pulses", "tone", "chord"):
             attrs["pitch"] = str(rng.choice(list(PITCHES)))
-        if kind == "ping":
+        if kind == "pulses":
             attrs["length"] = str(rng.choice(list(PULSE_LENGTHS)))
         if kind == "sweep":
             attrs["direction"] = str(rng.choice(["rising", "falling"]))
@@ -129,18 +127,18 @@ class AudioGenerator(Generator):
         # decoder chose the first word without knowing the count, said "a" and went on as a chord or a tone: 5 of
         # 186 test captions of beeps said "beep", while the kind question was answered "beeps" 74 times in 100
         # (BENCHMARKS.md, "The demo", 2026-12-06). Each kind's word (KINDS) is said of that kind only.
-        if kind == "ping":
+        if kind == "pulses":
             n, length = attrs["count"], attrs["length"]
             many = "s" if n > 1 else ""
             amount = "a single" if n == 1 else count_word(n)
-            caption = f"a {pitch}-pitched {length} ping heard {times(n)}"
+            caption = f"a {pitch}-pitched {length} pulse heard {times(n)}"
             variants = [
-                f"{amount} {length} {pitch}-pitched ping{many}",
-                f"a {pitch}-pitched ping repeated {count_word(n)} time{many}"
+                f"{amount} {length} {pitch}-pitched pulse{many}",
+                f"a {pitch}-pitched pulse repeated {count_word(n)} time{many}"
                 if n > 1
-                else f"one {length} {pitch} ping",
-                f"{amount} {length} electronic ping{many} with a {pitch} pitch",
-                f"the sound of {count_word(n)} {pitch} ping{many}",
+                else f"one {length} {pitch} pulse",
+                f"{amount} {length} electronic pulse{many} with a {pitch} pitch",
+                f"the sound of {count_word(n)} {pitch} pulse{many}",
             ]
         elif kind == "tone":
             caption = f"a steady {pitch}-pitched tone"
@@ -181,13 +179,13 @@ class AudioGenerator(Generator):
     def questions(self, attrs: dict[str, Any], rng: np.random.Generator) -> list[QA]:
         kind = attrs["kind"]
         questions = [
-            QA("kind", "What kind of sound is it: ping, tone, sweep, noise or chord?", kind),
+            QA("kind", "What kind of sound is it: pulses, tone, sweep, noise or chord?", kind),
             QA("noise", "Is there a burst of noise?", "yes" if kind == "noise" else "no"),
         ]
-        if kind == "ping":
+        if kind == "pulses":
             questions += [
-                QA("count", "How many pings are there?", str(attrs["count"])),
-                QA("length", "Are the pings short or long?", attrs["length"]),
+                QA("count", "How many pulses are there?", str(attrs["count"])),
+                QA("length", "Are the pulses short or long?", attrs["length"]),
             ]
         if kind == "noise":
             questions.append(QA("count", "How many bursts of noise are there?", str(attrs["count"])))

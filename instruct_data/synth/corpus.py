@@ -18,7 +18,7 @@ import numpy as np
 from onellm.instruct_data.schema import ModalityInput, Record, Turn, caption_prompt, qa_prompt, write_manifest
 from onellm.instruct_data.synth.base import QA, Generator, generator_names, get_generator, key_rank, rng_for
 
-GENERATOR_VERSION = "1.6"  # bump whenever the same seed would give different files
+GENERATOR_VERSION = "1.5"  # bump whenever the same seed would give different files
 SPLITS = ("train", "val", "test")
 HELD_OUT_FRACTION = 0.1  # per held-out split (val, test): 80/10/10
 QA_PER_ITEM = 3  # question records per item, each asking a different kind of question
