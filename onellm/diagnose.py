@@ -232,15 +232,20 @@ def question_template(record: Record) -> str:
 
 
 def _most_frequent(answers: Iterable[str]) -> str:
-    """The most frequent normalised answer; ties go to the alphabetically first (deterministic)."""
+    """The most frequent answer, counted after normalising (``normalize_answer``: "Stay the same." and "stay the same"
+    are one answer), returned as its most frequent spelling, so a samples file shows the words the references use;
+    ties go to the alphabetically first (deterministic)."""
     from onellm.eval.metrics.qa import normalize_answer
 
-    counts = Counter(normalize_answer(a) for a in answers)
-    return min(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0]
+    spellings: dict[str, Counter] = {}
+    for answer in answers:
+        spellings.setdefault(normalize_answer(answer), Counter())[answer] += 1
+    best = min(spellings.items(), key=lambda kv: (-kv[1].total(), kv[0]))[1]
+    return min(best.items(), key=lambda kv: (-kv[1], kv[0]))[0]
 
 
 def blind_answers(train_records: Iterable[Record]) -> dict[str, str]:
-    """Template -> the most frequent (normalised) training answer; key ``"<modality>:*"`` holds the modality's
+    """Template -> the most frequent training answer (counted normalised, :func:`_most_frequent`); key ``"<modality>:*"`` holds the modality's
     overall most frequent answer, used for a test template that training never asked."""
     by_template: dict[str, list[str]] = {}
     for record in train_records:
@@ -274,7 +279,7 @@ def blind_baseline(train_records: Iterable[Record], test_records: Sequence[Recor
     hits = 0
     for prediction, record in zip(predictions, test_records, strict=True):
         references = record.references or [record.answer]
-        hits += prediction in {normalize_answer(ref) for ref in references}
+        hits += normalize_answer(prediction) in {normalize_answer(ref) for ref in references}
     return hits / len(test_records)
 
 

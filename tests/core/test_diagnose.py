@@ -84,20 +84,26 @@ def test_blind_baseline_answers_the_most_frequent_training_answer_per_template()
         qa_record("t6", "How many shapes are there?", "3", "count"),
         qa_record("t7", "Is it loud?", "Yes", modality="audio"),  # no kind: the question text is the template
         qa_record("t8", "Is it loud?", "yes", modality="audio"),
+        qa_record("t9", "Is it loud?", "yes", modality="audio"),
+        qa_record("t10", "Does the pitch rise?", "Stay the same.", modality="audio"),
+        qa_record("t11", "Does the pitch rise?", "stay the same", modality="audio"),
+        qa_record("t12", "Does the pitch rise?", "stay the same", modality="audio"),
+        qa_record("t13", "Does the pitch rise?", "rise", modality="audio"),
     ]
     test = [
         qa_record("q1", "What color is the hexagon?", "red", "color"),  # blind answer red: right
         qa_record("q2", "What color is the circle?", "green", "color"),  # red: wrong
         qa_record("q3", "How many shapes are there?", "3", "count"),  # 3: right
         qa_record("q4", "What shape is on the left?", "star", "shape"),  # unseen kind: image's overall "red"/"3"
-        qa_record("q5", "Is it loud?", "yes", modality="audio"),  # normalised "yes" (2 votes)
+        qa_record("q5", "Is it loud?", "yes", modality="audio"),  # "yes" (3 votes, 2 spelt so)
+        qa_record("q6", "Does the pitch rise?", "stay the same", modality="audio"),  # as spelt, not "stay same"
     ]
     assert question_template(test[0]) == "image:color"
     assert question_template(test[4]) == "audio:is it loud?"
     predictions = blind_predictions(train, test)
-    assert predictions[:3] == ["red", "red", "3"] and predictions[4] == "yes"
+    assert predictions[:3] == ["red", "red", "3"] and predictions[4:] == ["yes", "stay the same"]
     assert predictions[3] in {"red", "3"}
-    assert blind_baseline(train, test) == pytest.approx(3 / 5)
+    assert blind_baseline(train, test) == pytest.approx(4 / 6)
 
 
 def test_linear_probe_on_separable_and_on_random_labels():
