@@ -245,8 +245,9 @@ def _most_frequent(answers: Iterable[str]) -> str:
 
 
 def blind_answers(train_records: Iterable[Record]) -> dict[str, str]:
-    """Template -> the most frequent training answer (counted normalised, :func:`_most_frequent`); key ``"<modality>:*"`` holds the modality's
-    overall most frequent answer, used for a test template that training never asked."""
+    """Template -> the most frequent training answer (counted normalised, :func:`_most_frequent`); key
+    ``"<modality>:*"`` holds the modality's overall most frequent answer, used for a test template that training
+    never asked."""
     by_template: dict[str, list[str]] = {}
     for record in train_records:
         if record.task not in (None, "qa"):
