@@ -86,11 +86,12 @@ class CheckpointNames:
             if isinstance(s.transform, WeightConverter)
             for source in s.transform.source_patterns
         }
+        # module name -> the dtype the model holds it in (vLLM builds these modules in its serving dtype)
         self.targets = {
-            f"{name}.{key}"
+            f"{name}.{key}": tensor.dtype
             for name, child in model.named_children()
             if name + "." != self.passthrough
-            for key in child.state_dict()
+            for key, tensor in child.state_dict().items()
         }
 
     def module_name(self, key: str) -> tuple[str, str | None]:
@@ -114,13 +115,15 @@ class CheckpointNames:
 
         Renamed weights stream through; weights of a converter are collected and converted at the end (one source
         may feed several modules, several sources one module). A converter's outputs carry the name of its first
-        checkpoint source.
+        checkpoint source. Floating tensors come in the dtype of the model's tensor they load into (a float32
+        checkpoint served in bfloat16 is rounded here, as the parameter's copy would round it, so vLLM's loader
+        does not warn once per weight); the passthrough's weights come as stored.
         """
         pending: dict[str, tuple[WeightConverter, PreTrainedModel, str]] = {}
         for key, tensor in weights:
             name, pattern = self.module_name(key)
             if pattern is None:
-                yield key, name, tensor
+                yield key, name, self._in_model_dtype(name, tensor)
                 continue
             if name not in pending:
                 scoped = self._by_pattern[pattern]
@@ -134,7 +137,13 @@ class CheckpointNames:
             for name, value in outputs.items():
                 if name not in self.targets:
                     raise CheckpointKeyError(key, f"converted to {name!r}, which the model does not have")
-                yield key, name, value[0] if isinstance(value, list) else value
+                yield key, name, self._in_model_dtype(name, value[0] if isinstance(value, list) else value)
+
+    def _in_model_dtype(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        dtype = self.targets.get(name)
+        if dtype is None or dtype == tensor.dtype or not (tensor.is_floating_point() and dtype.is_floating_point):
+            return tensor
+        return tensor.to(dtype)
 
     def _families(self) -> str:
         return ", ".join(f"{path} ({type(m).__name__})" for path, m in self.submodels.items()) or "no sub-model"

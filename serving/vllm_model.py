@@ -295,6 +295,10 @@ class OneLLMForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsLoRA
                 architectures=causal_lm_architecture(config.text_config),
             )
         self.packed_modules_mapping = dict(getattr(self.language_model, "packed_modules_mapping", {}))
+        # The LLM's weights are rounded to the serving dtype as they load (what each parameter's copy does anyway),
+        # so a float32 checkpoint served in bfloat16 loads without one warning per weight; a quantized LLM's
+        # loader receives them as stored.
+        self.llm_weights_dtype = vllm_config.model_config.dtype if vllm_config.quant_config is None else None
         self.make_empty_intermediate_tensors = self.language_model.make_empty_intermediate_tensors
 
     def word_embeddings(self) -> torch.Tensor:
@@ -336,12 +340,15 @@ class OneLLMForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsLoRA
         """Checkpoint weights -> this model. The encoder is transformers' module: its weights take the names
         transformers maps them to when it loads (:class:`CheckpointNames`); the LLM's go to vLLM's loader as
         stored. Any weight that cannot be placed raises naming its checkpoint key."""
-        names = CheckpointNames(self, passthrough="language_model")
+        names = CheckpointNames(self, passthrough="language_model")  # modality weights come in their modules' dtype
         current: list[str] = []  # the checkpoint key vLLM's loaders are working on (they consume lazily)
+        dtype = self.llm_weights_dtype
 
         def renamed() -> Iterator[tuple[str, torch.Tensor]]:
             for key, name, tensor in names.convert(weights):
                 current[:] = [key]
+                if dtype is not None and name.startswith(names.passthrough) and tensor.is_floating_point():
+                    tensor = tensor.to(dtype)
                 yield name, tensor
 
         try:

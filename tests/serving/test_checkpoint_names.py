@@ -71,3 +71,23 @@ def test_a_key_that_maps_to_no_module_is_named_in_the_error(kit, tmp_path):
     renamed = {"projector.experts.0.not_there.weight": torch.zeros(2)}
     with pytest.raises(CheckpointKeyError, match=r"checkpoint key 'projector\.experts\.0\.not_there\.weight'"):
         list(CheckpointNames(model).convert(renamed.items()))
+
+
+def test_weights_come_in_the_dtype_the_model_holds_them_in(kit, tmp_path):
+    """vLLM builds the modality modules in its serving dtype (bfloat16 for a float32 checkpoint where bf16 is native):
+    their weights are rounded on the way in, to exactly what the parameter's own copy would hold, and the LLM's pass
+    as stored (vLLM's loader places them)."""
+    model, _ = kit.family_model(kit.encoder_configs()["dinov2"])
+    checkpoint = saved(model, tmp_path)
+    reference = OneLLMForConditionalGeneration.from_pretrained(str(tmp_path)).state_dict()  # float32, module names
+    served = model.to(torch.bfloat16)
+    own = served.state_dict()
+
+    converted = {name: tensor for _, name, tensor in CheckpointNames(served).convert(checkpoint.items())}
+
+    modality_part = {n: t for n, t in converted.items() if not n.startswith("language_model.")}
+    assert modality_part and all(t.dtype == torch.bfloat16 for t in modality_part.values())
+    for name, tensor in modality_part.items():
+        copied = torch.empty_like(own[name]).copy_(reference[name])
+        assert torch.equal(tensor, copied), name
+    assert all(t.dtype == torch.float32 for n, t in converted.items() if n.startswith("language_model."))
