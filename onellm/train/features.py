@@ -120,7 +120,9 @@ class FeatureCache:
     def features(
         self, model: nn.Module, modality: str, values: torch.Tensor | list[torch.Tensor | None], keys: list[str]
     ) -> torch.Tensor:
-        """Features of every input; ``values`` holds ``None`` for inputs the dataset skipped because :meth:`has`."""
+        """Features of every input; ``values`` holds ``None`` for inputs the dataset skipped because :meth:`has`.
+        Missing ones are encoded in float32 whatever autocast the caller runs under (validation and the word fit run
+        under bf16 autocast), so an entry is the same whichever pass met its input first."""
         if len(keys) != len(values) or any(k is None for k in keys):
             raise ValueError(f"{modality}: need one content key per input, got {len(keys)} for {len(values)}")
         full = [self._key(modality, k) for k in keys]
@@ -136,7 +138,8 @@ class FeatureCache:
                     f"{modality}: cached features of input(s) {undecoded} vanished from {self.folder} during the run"
                 )
             batch = values[missing] if isinstance(values, torch.Tensor) else torch.stack([values[i] for i in missing])
-            computed = model.encode(modality, batch.to(device))
+            with torch.autocast(device.type, enabled=False):
+                computed = model.encode(modality, batch.to(device))
             for i, tensor in zip(missing, computed, strict=True):
                 tensor = tensor.detach().clone()
                 self._store(full[i], tensor)

@@ -423,11 +423,10 @@ class Trainer:
         with torch.no_grad(), self._autocast(), captured_slot_summaries(self.core, modalities) as captured:
             for indices, batch in zip(order, loader, strict=True):
                 inputs = self._forward_inputs(batch)
-                if final is not None:  # outside autocast, in fp32, as the cache computes features everywhere
-                    with torch.autocast(self.acc.device.type, enabled=False):
-                        for m in set(final.namespace) & set(inputs["mm_inputs"]):
-                            values = inputs["mm_inputs"].pop(m)
-                            inputs["mm_features"][m] = final.features(self.core, m, values, batch["mm_keys"][m])
+                if final is not None:  # encoded in fp32 (the cache's rule), as later stages read them
+                    for m in set(final.namespace) & set(inputs["mm_inputs"]):
+                        values = inputs["mm_inputs"].pop(m)
+                        inputs["mm_features"][m] = final.features(self.core, m, values, batch["mm_keys"][m])
                 for m in modalities:
                     if m in inputs["mm_inputs"] or m in inputs["mm_features"]:
                         self.core.embed_modality(m, inputs["mm_inputs"].get(m), inputs["mm_features"].get(m))

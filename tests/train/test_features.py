@@ -272,7 +272,45 @@ def test_the_word_fit_leaves_the_final_features_of_trained_tokenizers_for_the_ne
     assert "audio" in summary and " 0 misses this run" in summary, summary
 
 
-def align_records(root):
+def align_records(root, manifest: str = "train.jsonl"):
     from onellm.instruct_data.schema import read_manifest
 
-    return read_manifest(root / "train.jsonl")
+    return read_manifest(root / manifest)
+
+
+def test_features_cached_under_bf16_autocast_are_the_float32_encodings(synth_tiny, tmp_path, quick, accelerator):
+    """The cache holds float32 features whichever pass meets an input first: a bf16 stage's training steps encode
+    outside autocast, and so must its validation and its word fit's pass (both run under autocast); otherwise an
+    input first met there is stored in bf16 arithmetic and every later stage reads that instead."""
+    from pathlib import Path
+
+    from onellm.train.common import load_start
+    from onellm.train.config import load_stage
+    from onellm.train.recipes import run_stage
+
+    config = Path(__file__).resolve().parents[2] / "configs/tiny/align_image.yaml"
+    more = {
+        "init_from": {
+            "preset": "tiny",
+            "num_experts": 1,
+            "preset_args": {"end_tag": "lexical", "start_tag": "lexical"},
+        },
+        "train.precision": "bf16",
+        "train.lexical_loss": 0.5,
+        "train.word_fit_steps": 2,
+        "train.warmup_steps": 0,
+    }
+    stage = load_stage(config, quick(synth_tiny, tmp_path, steps=1, **more))  # 4 of the 8 training images
+    run_stage(stage, accelerator)
+
+    model, processor = load_start(load_stage(config, quick(synth_tiny, tmp_path, steps=1, **more)))
+    records = [r for name in ("train.jsonl", "val.jsonl") for r in align_records(synth_tiny, name)]
+    paths = sorted({item.path for r in records for item in r.inputs if item.modality == "image"})
+    with torch.no_grad():
+        images = torch.stack([processor.preprocess("image", synth_tiny / path) for path in paths])
+        encoded = model.encode("image", images)
+    stored = sorted((tmp_path / "feature_cache").rglob("*.pt"))
+    assert len(stored) >= 9  # every training image (the word fit meets the 4 unseen ones) and the validation image
+    for path in stored:
+        cached = torch.load(path, weights_only=True)
+        assert any(torch.allclose(cached, row, atol=1e-5) for row in encoded), path.name
