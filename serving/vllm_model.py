@@ -338,8 +338,8 @@ class OneLLMForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsLoRA
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """Checkpoint weights -> this model. The encoder is transformers' module: its weights take the names
-        transformers maps them to when it loads (:class:`CheckpointNames`); the LLM's go to vLLM's loader as
-        stored. Any weight that cannot be placed raises naming its checkpoint key."""
+        transformers maps them to when it loads (:class:`CheckpointNames`); the LLM's go to vLLM's loader under
+        their stored names, in the serving dtype. Any weight that cannot be placed raises naming its checkpoint key."""
         names = CheckpointNames(self, passthrough="language_model")  # modality weights come in their modules' dtype
         current: list[str] = []  # the checkpoint key vLLM's loaders are working on (they consume lazily)
         dtype = self.llm_weights_dtype
