@@ -25,6 +25,7 @@ so training and serving see the same token boundaries.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -150,9 +151,79 @@ class Collator:
         }
 
 
+def balanced_split(lengths: Sequence[int], parts: int) -> list[int]:
+    """Where to cut ``lengths`` (in order) into at most ``parts`` contiguous runs with the smallest longest run sum:
+    the start index of each run after the first."""
+    n = len(lengths)
+    parts = max(1, min(parts, n))
+    prefix = [0]
+    for length in lengths:
+        prefix.append(prefix[-1] + length)
+    # best[k][i]: the smallest longest run over the first i lengths cut into k runs; cut[k][i]: where its last starts
+    best = [[float("inf")] * (n + 1) for _ in range(parts + 1)]
+    cut = [[0] * (n + 1) for _ in range(parts + 1)]
+    best[0][0] = 0
+    for k in range(1, parts + 1):
+        for i in range(1, n + 1):
+            for j in range(k - 1, i):
+                value = max(best[k - 1][j], prefix[i] - prefix[j])
+                if value < best[k][i]:
+                    best[k][i], cut[k][i] = value, j
+    k = min(range(1, parts + 1), key=lambda k: (best[k][n], k))
+    starts, i = [], n
+    while k > 1:
+        i = cut[k][i]
+        starts.append(i)
+        k -= 1
+    return sorted(starts)
+
+
+def pack(batch: dict[str, Any], rows: int, pad_id: int) -> dict[str, Any]:
+    """``batch`` (as :class:`Collator` builds it) with its samples laid end to end in ``rows`` rows instead of one
+    padded row each: the same tokens with less padding (``train.pack_rows``).
+
+    In order, so the placeholders still meet the inputs of ``mm_inputs`` sample by sample. Adds ``position_ids``
+    (restarting at each sample, so each keeps the positions it had alone) and ``segments`` (``[R, W]``: the sample
+    each position belongs to, -1 on padding), and drops ``attention_mask``: transformers reads restarting positions
+    without a mask as packed sequences and lets each attend only within its own. A sample's first label is cleared
+    (the position before it belongs to the previous sample; in a padded row the first token never counts either).
+    ``padded_input_ids`` / ``padded_labels`` keep the one-row-per-sample view (the word loss reads rows)."""
+    mask = batch["attention_mask"].bool()
+    lengths = mask.sum(dim=1).tolist()
+    starts = [0, *balanced_split(lengths, rows), len(lengths)]
+    groups = [range(a, b) for a, b in itertools.pairwise(starts) if b > a]
+    width = max(sum(lengths[i] for i in group) for group in groups)
+    shape = (len(groups), width)
+    input_ids = torch.full(shape, pad_id, dtype=torch.long)
+    labels = torch.full(shape, IGNORE_INDEX, dtype=torch.long)
+    segments = torch.full(shape, -1, dtype=torch.long)
+    position_ids = torch.zeros(shape, dtype=torch.long)
+    for row, group in enumerate(groups):
+        at = 0
+        for i in group:
+            n = lengths[i]
+            input_ids[row, at : at + n] = batch["input_ids"][i, mask[i]]
+            labels[row, at : at + n] = batch["labels"][i, mask[i]]
+            labels[row, at] = IGNORE_INDEX
+            segments[row, at : at + n] = i
+            position_ids[row, at : at + n] = torch.arange(n)
+            at += n
+        position_ids[row, at:] = torch.arange(width - at)  # the padding: one more sequence of its own
+    packed = {k: v for k, v in batch.items() if k != "attention_mask"}
+    packed.update(
+        input_ids=input_ids,
+        labels=labels,
+        position_ids=position_ids,
+        segments=segments,
+        padded_input_ids=batch["input_ids"],
+        padded_labels=batch["labels"],
+    )
+    return packed
+
+
 def _stack(tensors: list[torch.Tensor | None]) -> torch.Tensor | list[torch.Tensor | None]:
     """One tensor when every input was decoded; else the list as it is (the feature cache fills the gaps)."""
     return torch.stack(tensors) if all(t is not None for t in tensors) else tensors
 
 
-__all__ = ["CollateError", "Collator", "conversation_segments", "encode_conversation"]
+__all__ = ["CollateError", "Collator", "balanced_split", "conversation_segments", "encode_conversation", "pack"]

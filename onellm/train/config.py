@@ -114,6 +114,9 @@ class TrainConfig:
     # the system's compiler, so the first step takes the compilation: 25-40 s cold for the small preset). It fuses
     # what autocast and the norms spend between the matrix products.
     compile: bool = False
+    # Lay each micro-batch's samples end to end in at most this many rows instead of one padded row each
+    # (instruct_data/collator.py, pack): the same samples and loss, fewer padded positions through the LLM. 0 = off.
+    pack_rows: int = 0
     # Weight of the auxiliary word loss of a lexical end tag (projector end_tag "lexical"; onellm/train/lexical.py):
     # the tag's word distribution learns the content words of each row's target text. 0 = off. 0.5 is what was
     # measured (BENCHMARKS.md, "A lexical end tag").

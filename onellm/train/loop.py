@@ -40,7 +40,7 @@ from transformers import (
     get_linear_schedule_with_warmup,
 )
 
-from onellm.instruct_data.collator import Collator
+from onellm.instruct_data.collator import Collator, pack
 from onellm.instruct_data.loader import ManifestDataset
 from onellm.instruct_data.mixture import Mixture, shard
 from onellm.modeling import IGNORE_INDEX
@@ -119,6 +119,7 @@ def label_loss_sum(model: nn.Module, inputs: dict[str, Any], per_sample: bool = 
     """
     inputs = dict(inputs)
     targets = inputs.pop("labels")[:, 1:]  # position t predicts token t+1
+    segments = inputs.pop("segments", None)  # packed rows (instruct_data.collator.pack): the sample of each position
     keep = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)
     # no KV cache: a training pass never decodes on, and building one cost copies (and compiled layers a recompile)
     logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits.float()  # [B, len(keep), V]
@@ -129,9 +130,16 @@ def label_loss_sum(model: nn.Module, inputs: dict[str, Any], per_sample: bool = 
         )
     token_losses = nn.functional.cross_entropy(
         logits.flatten(0, 1), kept.flatten(), ignore_index=IGNORE_INDEX, reduction="none"
-    ).view_as(kept)
-    counts = (kept != IGNORE_INDEX).sum(dim=1)
-    return (token_losses.sum(dim=1) / counts.clamp(min=1)).sum()
+    )
+    labelled = kept.flatten() != IGNORE_INDEX
+    if segments is None:  # one row per sample
+        owner = torch.arange(kept.shape[0], device=kept.device).unsqueeze(1).expand_as(kept).flatten()
+    else:
+        owner = segments[:, 1:][:, keep].flatten()
+    owner, token_losses = owner[labelled], token_losses[labelled]
+    sums = token_losses.new_zeros(int(owner.max()) + 1 if owner.numel() else 0).index_add_(0, owner, token_losses)
+    counts = torch.bincount(owner, minlength=sums.shape[0])
+    return (sums[counts > 0] / counts[counts > 0]).sum()
 
 
 def loss_units(batch: dict[str, Any], per_sample: bool) -> int:
@@ -139,7 +147,8 @@ def loss_units(batch: dict[str, Any], per_sample: bool) -> int:
     label tokens."""
     if not per_sample:
         return batch["num_label_tokens"]
-    return int((batch["labels"][:, 1:] != IGNORE_INDEX).any(dim=1).sum())
+    labels = batch.get("padded_labels", batch["labels"])  # one row per sample, also when packed
+    return int((labels[:, 1:] != IGNORE_INDEX).any(dim=1).sum())
 
 
 def backbones(core: nn.Module) -> list[nn.Module]:
@@ -285,13 +294,17 @@ class Trainer:
                 mm_features[m] = self.cache.features(self.core, m, values, batch["mm_keys"][m])
             else:
                 mm_inputs[m] = values.to(device)
-        return {
+        inputs = {
             "input_ids": batch["input_ids"].to(device),
-            "attention_mask": batch["attention_mask"].to(device),
             "labels": batch["labels"].to(device),
             "mm_inputs": mm_inputs,
             "mm_features": mm_features,
         }
+        if "position_ids" in batch:  # packed rows: no mask, restarting positions (instruct_data.collator.pack)
+            inputs.update(position_ids=batch["position_ids"].to(device), segments=batch["segments"].to(device))
+        else:
+            inputs["attention_mask"] = batch["attention_mask"].to(device)
+        return inputs
 
     def _autocast(self):
         if self.cfg.resolved_precision(self.acc.device.type) == "bf16":
@@ -345,6 +358,8 @@ class Trainer:
         """One optimizer step over this process's micro-batches; returns the global mean loss (per label token, or
         per row under ``loss_weighting: sample``)."""
         per_sample = self.cfg.loss_weighting == "sample"
+        if self.cfg.pack_rows:
+            micro_batches = [pack(b, self.cfg.pack_rows, self.collator.pad_id) for b in micro_batches]
         global_units = self._sum(sum(loss_units(b, per_sample) for b in micro_batches))
         normaliser = torch.tensor(max(global_units, 1.0), device=self.acc.device)
         loss_sum = 0.0
@@ -356,7 +371,7 @@ class Trainer:
                     # sum over this micro-batch's label tokens (rows) / all of them in the global batch
                     loss = label_loss_sum(self.model, inputs, per_sample) / normaliser
                 # DDP averages gradients over processes; undo that so the result is the global-batch mean.
-                total = loss * self.world + self._lexical(words, inputs) / len(micro_batches)
+                total = loss * self.world + self._lexical(words, batch) / len(micro_batches)
                 self.acc.backward(total)
                 loss_sum += float(loss.detach())
         if self.cfg.max_grad_norm:
@@ -371,7 +386,7 @@ class Trainer:
         return captured_word_logits(self.core) if self.words is not None else contextlib.nullcontext({})
 
     def _lexical(
-        self, captured: dict[tuple[str, int], list[torch.Tensor]], inputs: dict[str, Any]
+        self, captured: dict[tuple[str, int], list[torch.Tensor]], batch: dict[str, Any]
     ) -> torch.Tensor | float:
         """``train.lexical_loss`` x this micro-batch's auxiliary word loss (0 when off or no row has content words).
         Not rescaled by the process count: DDP's averaging makes it the mean over processes."""
@@ -379,10 +394,11 @@ class Trainer:
             return 0.0
         per_input = self.core.num_placeholder_tokens
         markers = self.core.config.modality_token_ids
+        device = self.acc.device
         value = lexical_loss(
             captured,
-            inputs["input_ids"],
-            inputs["labels"],
+            batch.get("padded_input_ids", batch["input_ids"]).to(device),  # one row per sample, also when packed
+            batch.get("padded_labels", batch["labels"]).to(device),
             markers,
             per_input,
             self.words,
