@@ -7,6 +7,8 @@ For each preset and each of two stages, on image records of a small synthetic co
 - ``align_image``: ours = the recipe's model (one-expert UPM; LLM and encoder frozen) through ``Trainer.step``,
   with the frozen-feature cache on (steady state: every image already cached, as from the second epoch on) and off,
   both with the LLM's decoder layers compiled (``train.compile``), and eagerly with the cache on ("ours eager");
+  "padded rows" = cache on, compiled, one padded row per sample instead of the stage's ``train.pack_rows``
+  ("packing speedup" = padded / packed; ~1.0x for a stage that does not pack: tiny, small instruct);
   LLaVA = ``LlavaForConditionalGeneration`` with the same LLM and vision weights, its 2-layer MLP projector trains.
 - ``instruct``: ours = LoRA (the stage's r and targets) on the LLM + the K-expert UPM trainable; LLaVA = the same
   LoRA on its LLM + its projector trainable.
@@ -55,12 +57,13 @@ def timed(step, batches, warmup: int, steps: int) -> float:
     return statistics.median(times)
 
 
-def stage_config(preset: str, name: str, corpus: Path, out: Path, cache: bool, compiled: bool):
+def stage_config(preset: str, name: str, corpus: Path, out: Path, cache: bool, compiled: bool, padded: bool = False):
     overrides = {
         "data.root": str(corpus),
         "output_dir": str(out),
         "train.cache_features": cache,
         "train.compile": compiled,
+        **({"train.pack_rows": 0} if padded else {}),
         # image records only: the LLaVA side takes images and nothing else
         "data.sources": [{"modalities": ["image"]}],
         "data.replay": {"modalities": [], "fraction": 0.0},
@@ -202,14 +205,15 @@ def main() -> None:
                 # step of a compiled run compiles); LLaVA takes the last run's batches, whose images are decoded
                 for key, cache, compiled in (
                     ("eager", True, False),
+                    ("padded", True, True),
                     ("cache_on", True, True),
                     ("cache_off", False, True),
                 ):
                     out = Path(tmp) / f"{preset}-{name}-{key}"
-                    stage = stage_config(preset, name, corpus, out, cache, compiled)
+                    stage = stage_config(preset, name, corpus, out, cache, compiled, padded=key == "padded")
                     seconds, loading, batch, trainer = ours(stage, accelerator, args.warmup, args.steps)
                     row[key], row["batch"] = seconds, batch
-                    if key != "eager":
+                    if key in ("cache_on", "cache_off"):
                         row["load_on" if cache else "load_off"] = loading
                 row["llava"] = llava(stage, trainer, args.warmup, args.steps)  # eager
                 rows.append(row)
@@ -233,6 +237,7 @@ def header() -> str:
         f"{'preset':<7}{'stage':<13}{'batch':>6}{'ours cache on':>16}{'ours cache off':>16}{'ours eager':>13}"
         f"{'LLaVA':>14}{'samples/s (on/off/eager/LLaVA)':>33}{'compile speedup':>17}{'LLaVA/ours-eager':>18}"
         f"{'cache speedup':>15}{'batch build on':>16}{'batch build off':>17}{'build speedup':>15}"
+        f"{'padded rows':>14}{'packing speedup':>17}"
     )
 
 
@@ -243,6 +248,7 @@ def format_row(row: dict) -> str:
         f"{row['preset']:<7}{row['stage']:<13}{b:>6}{on:>14.3f} s{off:>14.3f} s{eager:>11.3f} s{ll:>12.3f} s"
         f"{rates:>33}{eager / on:>16.2f}x{ll / eager:>17.2f}x{off / on:>14.2f}x"
         f"{row['load_on']:>14.4f} s{row['load_off']:>15.4f} s{row['load_off'] / row['load_on']:>14.1f}x"
+        f"{row['padded']:>12.3f} s{row['padded'] / on:>16.2f}x"
     )
 
 

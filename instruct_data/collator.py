@@ -18,6 +18,8 @@ One batch (what :class:`Collator` returns)::
     ids             [B] record ids
     num_label_tokens  int: positions that count in the loss after the causal shift
 
+:func:`pack` lays such a batch's samples end to end in fewer rows (``train.pack_rows``), without the padding.
+
 Labels are built turn by turn, tokenising each chat-template segment separately: the prompt part of every turn
 is exactly what the processor tokenises at inference time (``apply_chat_template(..., add_generation_prompt=True)``),
 so training and serving see the same token boundaries.

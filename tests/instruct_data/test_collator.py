@@ -118,3 +118,55 @@ def test_too_long_is_an_error_not_a_truncation(tiny, media_paths):
     _, processor = tiny
     with pytest.raises(CollateError, match="exceed max_length 10"):
         Collator(processor, max_length=10)([example(processor, media_paths)])
+
+
+@pytest.mark.parametrize(
+    ("lengths", "parts", "starts"),
+    [
+        ([5, 5, 5, 5], 2, [2]),  # two equal halves
+        ([9, 1, 1, 1, 1, 1], 2, [1]),  # the long one alone: 9 | 5
+        ([3, 4, 5], 1, []),  # one row: no cut
+        ([3, 4], 5, [1]),  # more rows asked than samples: one sample a row
+        ([10, 1, 1], 3, [1]),  # a third row would not shorten the longest (10): two rows
+        ([2, 8, 2, 2, 2], 3, [1, 2]),  # 2 | 8 | 6
+    ],
+)
+def test_balanced_split_cuts_in_order_for_the_shortest_longest_row(lengths, parts, starts):
+    from onellm.instruct_data.collator import balanced_split
+
+    assert balanced_split(lengths, parts) == starts
+
+
+def test_packed_rows_hold_each_sample_whole_with_its_own_positions(tiny, media_paths):
+    """Samples in order, end to end; positions restart at each; the padding is its own run; a sample's first label is
+    cleared; segments name the sample of each position; media keep their order."""
+    from onellm.instruct_data.collator import pack
+
+    _, processor = tiny
+    answers = ["a red circle", "a", "a large blue square on a white background", "two green triangles"]
+    examples = [example(processor, media_paths, f"r{i}", answer) for i, answer in enumerate(answers)]
+    batch = Collator(processor)(examples)
+    lengths = batch["attention_mask"].sum(dim=1).tolist()
+    packed = pack(batch, 2, processor.tokenizer.pad_token_id)
+    rows, width = packed["input_ids"].shape
+    assert rows == 2 and width < batch["input_ids"].numel() // 2 + max(lengths)
+    assert "attention_mask" not in packed and packed["mm_inputs"] is batch["mm_inputs"]
+    seen = []
+    for row in range(rows):
+        segments = packed["segments"][row]
+        for sample in segments[segments >= 0].unique_consecutive().tolist():
+            at = (segments == sample).nonzero().squeeze(1)
+            n = lengths[sample]
+            assert at.tolist() == list(range(int(at[0]), int(at[0]) + n))  # whole and contiguous
+            assert torch.equal(packed["input_ids"][row, at], batch["input_ids"][sample, :n])
+            assert torch.equal(packed["position_ids"][row, at], torch.arange(n))
+            assert packed["labels"][row, at[0]] == IGNORE_INDEX
+            assert torch.equal(packed["labels"][row, at[1:]], batch["labels"][sample, 1:n])
+            seen.append(sample)
+        tail = (segments < 0).nonzero().squeeze(1)
+        assert (packed["input_ids"][row, tail] == processor.tokenizer.pad_token_id).all()
+        assert (packed["labels"][row, tail] == IGNORE_INDEX).all()
+        if tail.numel():
+            assert packed["position_ids"][row, tail[0]] == 0  # the padding starts a run of its own
+    assert seen == list(range(len(examples)))
+    assert torch.equal(packed["padded_labels"], batch["labels"])
