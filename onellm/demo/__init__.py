@@ -10,8 +10,9 @@
                 distinct-caption fraction and the projector's spread (``onellm diagnose``'s measures), in the
                 dtype the stages trained in (``eval_dtype``) -> ``OUT/eval/<stage>/`` (lmms-eval-shaped
                 results.json + samples, diagnostics.json);
-5. ``serve``    the final checkpoint served once through ``onellm serve``'s vLLM engine: a test image's caption
-                question in, the answer printed (``OUT/served.json``): train -> evaluate -> serve;
+5. ``serve``    the final checkpoint served once through ``onellm serve``'s vLLM engine: the caption question of
+                one test input per modality in (image, audio, ... each as the chat part a client sends), the
+                answers printed (``OUT/served.json``): train -> evaluate -> serve;
 6. ``report``   ``OUT/report.md`` (scores with 95% intervals per modality and stage, the targets missed and by how
                 much, timings), ``OUT/report.json``, ``OUT/scores.png``, ``OUT/loss.png``, and the table printed.
 

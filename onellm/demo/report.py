@@ -471,14 +471,31 @@ def write_report(
             "## Served",
             "",
             f"The final checkpoint through `onellm serve`'s {served['engine']} engine ({served['seconds']:.0f} s "
-            f"with the engine start), image `{served['image']}`:",
+            "with the engine start): each input sent as the chat content part a client sends for it, greedy answers; "
+            "the last column compares each with the caption the evaluation (hf backend) generated for the same item.",
             "",
-            f"- question: {served['question']}",
-            f"- answer: {served['answer']}",
-            f"- reference caption: {served['reference']}",
+            "| modality | input | question | answer | reference caption | as scored by the evaluation |",
+            "|---|---|---|---|---|---|",
+            *(
+                f"| {row['modality']} | `{Path(row['input']).name}` | {_cell(row['question'])} | "
+                f"{_cell(row['answer'])} | {_cell(row['reference'])} | {_as_scored(row)} |"
+                for row in served.get("answers", [])
+            ),
             "",
         ]
     path = out / "report.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     printed = [*table, "", *stage_table(scores, "qa"), "", *(["targets missed:", *missed] if missed else [])]
     return path, "\n".join(printed)
+
+
+def _cell(text: str) -> str:
+    """``text`` as one Markdown table cell: on one line, its pipes escaped."""
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def _as_scored(row: dict[str, Any]) -> str:
+    scored = row.get("scored_answer")
+    if scored is None:
+        return "not scored"
+    return "same" if scored == row["answer"] else f"differs: {_cell(scored)}"

@@ -95,16 +95,24 @@ def test_demo_writes_report_table_and_pictures(demo_runs):
 
 @pytest.mark.slow
 def test_demo_ends_by_serving_its_final_checkpoint_with_vllm(demo_runs):
-    """train -> evaluate -> serve: the last stage's checkpoint answers a test image's caption question through
-    ``onellm serve``'s vLLM engine, printed and recorded."""
+    """train -> evaluate -> serve: the last stage's checkpoint answers the caption question of a test input of
+    every modality (image, video, audio, point cloud, ... each as its chat content part) through ``onellm serve``'s
+    vLLM engine, printed and recorded."""
     out, first, _, _ = demo_runs
     served = json.loads((out / "served.json").read_text(encoding="utf-8"))
     final = StageFolder(out / "train" / "instruct").checkpoint
     assert served["engine"] == "vllm" and served["checkpoint"] == str(final) and final.name == "merged"
-    assert Path(served["image"]).is_file() and served["question"] and "<image>" not in served["question"]
-    assert isinstance(served["answer"], str) and served["reference"]
-    assert f"served by vLLM ({served['checkpoint']}):" in first.stdout and served["question"] in first.stdout
-    assert "## Served" in (out / "report.md").read_text(encoding="utf-8")
+    assert [row["modality"] for row in served["answers"]] == MODALITIES
+    report = (out / "report.md").read_text(encoding="utf-8")
+    assert f"served by vLLM ({served['checkpoint']}):" in first.stdout and "## Served" in report
+    for row in served["answers"]:
+        modality = row["modality"]
+        assert Path(row["input"]).is_file() and Path(row["input"]).parent.name == modality
+        assert row["question"].endswith(".") and f"<{modality}>" not in row["question"]
+        assert isinstance(row["answer"], str) and row["reference"]
+        assert row["scored_answer"] == row["answer"]  # vLLM answers as the evaluation's hf backend did (fp32 here)
+        assert f"[{modality}] {Path(row['input']).name}: {row['question']}" in first.stdout
+        assert f"| {modality} | `{Path(row['input']).name}` |" in report
 
 
 @pytest.mark.slow

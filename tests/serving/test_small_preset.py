@@ -9,7 +9,7 @@ import io
 import sys
 
 import pytest
-from media_factory import png_bytes
+from media_factory import png_bytes, wav_bytes
 from openai import OpenAI
 from PIL import Image
 
@@ -74,10 +74,43 @@ def test_the_answer_depends_on_the_image(served, kit):
     assert firsts[0] != pytest.approx(firsts[1], abs=1e-3), firsts
 
 
-def first_token(client: OpenAI, png: bytes) -> tuple[dict[str, float], int]:
-    """ "Describe it." about ``png``, one greedy token: (its top-5 log-probabilities, the prompt's token count)."""
-    url = f"data:image/png;base64,{base64.b64encode(png).decode()}"
-    content = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "Describe it."}]
+def test_onellm_serve_answers_an_audio_chat(served, small_checkpoint, kit):
+    """An ``input_audio`` part (a WAV file inline, as the openai client sends it) on the real small preset: its
+    audio tokenizer and DINOv2 through the vLLM engine. The prompt holds the audio's N+3 positions, and the first
+    answer token's distribution differs between silence and a tone."""
+    from onellm.processing import OneLLMProcessor
+
+    client = OpenAI(base_url=f"{served.url}/v1", api_key=kit.API_KEY)
+    (silence, silent_count), (tone, tone_count) = (
+        first_token(client, wav_bytes(freq=freq), "audio") for freq in (0.0, 880.0)
+    )
+    processor = OneLLMProcessor.from_pretrained(str(small_checkpoint))
+    rendered = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": "Describe it."}]}]
+    )
+    expected = processor.expand_placeholders(processor.tokenizer(rendered, add_special_tokens=False)["input_ids"])
+    assert silent_count == tone_count == len(expected) and "<audio>" in rendered
+    assert silence != pytest.approx(tone, abs=1e-3), (silence, tone)
+    reply = client.chat.completions.create(
+        model="final",
+        messages=[{"role": "user", "content": [audio_part(wav_bytes()), {"type": "text", "text": "What is it?"}]}],
+        max_tokens=8,
+    )
+    assert reply.choices[0].message.content.strip() and reply.usage.completion_tokens <= 8
+
+
+def audio_part(wav: bytes) -> dict:
+    return {"type": "input_audio", "input_audio": {"data": base64.b64encode(wav).decode(), "format": "wav"}}
+
+
+def first_token(client: OpenAI, data: bytes, modality: str = "image") -> tuple[dict[str, float], int]:
+    """ "Describe it." about a PNG (``modality`` image) or a WAV file (audio), one greedy token: (its top-5
+    log-probabilities, the prompt's token count)."""
+    if modality == "audio":
+        part = audio_part(data)
+    else:
+        part = {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{base64.b64encode(data).decode()}"}}
+    content = [part, {"type": "text", "text": "Describe it."}]
     reply = client.chat.completions.create(
         model="final",
         messages=[{"role": "user", "content": content}],

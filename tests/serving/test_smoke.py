@@ -1,16 +1,17 @@
-"""``serve_once``: one answer through ``onellm serve``'s vLLM engine (what ``onellm demo`` ends with), checked
+"""``serve_once`` / ``serve_questions``: answers through ``onellm serve``'s vLLM engine (what ``onellm demo`` ends with), checked
 against the hf engine on the same request; bad inputs fail before any engine starts."""
 
 from __future__ import annotations
 
 import asyncio
 
+import numpy as np
 import pytest
-from media_factory import png_bytes
+from media_factory import png_bytes, wav_bytes
 from transformers import AutoProcessor
 
 from onellm.serving.engines import EngineSettings, build_engine
-from onellm.serving.smoke import answer_image, serve_once
+from onellm.serving.smoke import Ask, answer_all, serve_once, serve_questions
 
 QUESTION = "What colour is the shape?"
 
@@ -23,19 +24,25 @@ def image(tmp_path):
 
 
 @pytest.mark.slow
-def test_serve_once_answers_as_the_hf_engine_does(checkpoint, image, monkeypatch):
-    """The tiny checkpoint's LLM is input-sensitive (conftest.input_sensitive): the same greedy text from both
-    engines means the image reached the vLLM engine as it reaches the reference."""
+def test_serve_questions_answer_as_the_hf_engine_does(checkpoint, image, tmp_path, monkeypatch):
+    """An image, a WAV file (sent inline as ``input_audio``) and a point cloud's ``.npy`` on one vLLM engine start.
+    The tiny checkpoint's LLM is input-sensitive (conftest.input_sensitive): the same greedy text from both engines
+    means each input reached the vLLM engine as it reaches the reference."""
     pytest.importorskip("vllm")
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the hf engine leaves torch's thread count alone then
+    wav, cloud = tmp_path / "tone.wav", tmp_path / "cloud.npy"
+    wav.write_bytes(wav_bytes(freq=660.0))
+    np.save(cloud, np.random.default_rng(3).random((400, 6)).astype(np.float32))
+    asks = [Ask("image", image, QUESTION), Ask("audio", wav, "What do you hear?"), Ask("point", cloud, "Describe it.")]
 
-    answer = serve_once(checkpoint, image, QUESTION, max_tokens=12, dtype="float32")
+    answers = serve_questions(checkpoint, asks, max_tokens=12, dtype="float32")
 
     processor = AutoProcessor.from_pretrained(str(checkpoint))
     hf = build_engine("hf", EngineSettings(checkpoint=checkpoint, dtype="float32"))
-    reference = asyncio.run(answer_image(hf, processor, image.resolve(), QUESTION, 12))
-    assert answer.strip() and answer == reference
+    reference = asyncio.run(answer_all(hf, processor, asks, 12))
+    assert all(answer.strip() for answer in answers) and answers == reference
+    assert len(set(answers)) == 3  # three inputs, three answers: not one input's answer repeated
 
 
 def test_serve_once_refuses_bad_inputs_before_starting_an_engine(checkpoint, tmp_path):
