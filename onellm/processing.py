@@ -19,12 +19,17 @@ from onellm.projectors.upm import placeholder_count
 
 # Chat template shared by every preset (ChatML, as SmolLM2 uses). Content may be a string, or a list of parts
 # in the HF multimodal format: {"type": "text", "text": ...} or {"type": "<modality>"} -> the modality's marker.
+# A message's inputs come first, in their order, each marker on its own line, then its text parts: the layout every
+# stage trains on (``<image>\n{question}``), whatever order a client sends the parts in (as llava-hf's templates
+# and OneLLM's own prompt do). Rendered in the client's order, a question sent before its image (the order of
+# OpenAI's own examples) reached a trained model as ``{question}<image>\n``, which no stage trains on: image QA of
+# the demo's final checkpoint fell from 0.50 to 0.14, under the input-blind 0.28 (BENCHMARKS.md, "Part order").
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\\n' }}"
     "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'text' %}{{ part['text'] }}{% else %}{{ '<' + part['type'] + '>\\n' }}{% endif %}"
+    "{% else %}{% for part in message['content'] if part['type'] != 'text' %}{{ '<' + part['type'] + '>\\n' }}"
+    "{% endfor %}{% for part in message['content'] if part['type'] == 'text' %}{{ part['text'] }}"
     "{% endfor %}{% endif %}"
     "{{ '<|im_end|>\\n' }}"
     "{% endfor %}"

@@ -100,6 +100,23 @@ def test_two_inputs_in_one_prompt_each_reach_their_positions(tiny, media_paths):
     assert not torch.allclose(a, b)
 
 
+def test_chat_template_puts_a_messages_inputs_before_its_text_in_any_part_order(tiny):
+    _, processor = tiny
+    image, audio, text = {"type": "image"}, {"type": "audio"}, {"type": "text", "text": "What is it?"}
+
+    def render(*parts):
+        return processor.apply_chat_template([{"role": "user", "content": list(parts)}])
+
+    # The layout every stage trains on, whichever order the client sent.
+    trained = processor.apply_chat_template([{"role": "user", "content": "<image>\nWhat is it?"}])
+    assert render(image, text) == render(text, image) == trained
+    # Inputs keep their own order (the first image stays the first), text parts join in theirs.
+    assert render(text, image, audio) == render(image, audio, text) != render(audio, image, text)
+    assert render(image, audio, text).index("<image>") < render(image, audio, text).index("<audio>")
+    split = render({"type": "text", "text": "What "}, image, {"type": "text", "text": "is it?"})
+    assert split == trained
+
+
 def test_batch_of_two_prompts_with_left_padding(tiny, media_paths):
     model, processor = tiny
     prompts = [

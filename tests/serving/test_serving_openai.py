@@ -100,6 +100,18 @@ def test_every_input_reaches_the_model(client, media, parts):
     assert response.usage.prompt_tokens == single.usage.prompt_tokens + 6 + 1  # N+2 = 6 placeholders + "\n"
 
 
+def test_a_question_sent_before_its_inputs_is_answered_as_if_sent_after(client, media, parts):
+    """OpenAI's own examples send the text part first; the model is trained on its inputs first (``<image>\\n...``)."""
+    media_first = parts.user(parts.image(media["png"]), parts.audio(media["wav"]), text="What is it?")
+    text_first = [{"role": "user", "content": [media_first[0]["content"][-1], *media_first[0]["content"][:-1]]}]
+    swapped = [{"role": "user", "content": [media_first[0]["content"][1], *media_first[0]["content"][::2]]}]
+    expected, ids = greedy(client, media_first)
+    response, same = greedy(client, text_first)
+    assert same == ids and response.usage.prompt_tokens == expected.usage.prompt_tokens
+    _, other = greedy(client, swapped)  # the inputs' own order still counts: audio first is another prompt
+    assert other != ids
+
+
 def test_streaming_matches_non_streaming(client, media, parts):
     messages = parts.user(parts.image(media["png"]), parts.audio(media["wav"]))
     reference, ids = greedy(client, messages, max_tokens=12)

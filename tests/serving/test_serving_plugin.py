@@ -57,12 +57,16 @@ def stock_server(checkpoint, tmp_path_factory, kit):
 @pytest.mark.slow
 def test_stock_vllm_server_answers_image_and_audio_chats(stock_server, hf_server, media, parts, kit):
     """image_url and input_audio parts through vLLM's own chat pipeline (its media loaders, its chat template
-    handling) give the same greedy tokens as onellm serve's hf engine, the reference."""
+    handling) give the same greedy tokens as onellm serve's hf engine, the reference, in either part order."""
     cases = {
         "image": parts.user(parts.image(media["png"])),
         "audio": parts.user(parts.audio(media["wav"])),
         "image + audio": parts.user(parts.image(media["png2"]), parts.audio(media["wav"])),
     }
+    # The text part first (OpenAI's examples): both servers render the checkpoint's template, inputs first.
+    image_first = cases["image + audio"][0]["content"]
+    cases["text, image, audio"] = [{"role": "user", "content": [image_first[-1], *image_first[:-1]]}]
+    answers = {}
     for name, messages in cases.items():
         outputs = []
         for server in (stock_server, hf_server):
@@ -72,3 +76,5 @@ def test_stock_vllm_server_answers_image_and_audio_chats(stock_server, hf_server
             )
             outputs.append((response.usage.prompt_tokens, response.choices[0].model_extra["token_ids"]))
         assert outputs[0] == outputs[1], name
+        answers[name] = outputs[0]
+    assert answers["text, image, audio"] == answers["image + audio"]
