@@ -54,6 +54,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", metavar="DIR", help="folder for results.json, samples_<task>.jsonl, report.md")
     parser.add_argument("--limit", type=_positive, help="evaluate only the first N samples of each task")
     parser.add_argument(
+        "--system-instruction",
+        metavar="TEXT",
+        help="a system turn before every request, as lmms-eval's --system_instruction (default: none, as in training)",
+    )
+    parser.add_argument(
         "--batch-size", type=_positive, default=8, help="samples per generate call; with --api, requests in flight"
     )
     parser.add_argument("--list-tasks", action="store_true", help="list the known tasks and exit")
@@ -152,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
             limit=args.limit,
             batch_size=args.batch_size,
             progress=not args.no_progress,
+            system_instruction=args.system_instruction,
         )
     except (TaskConfigError, EvalDataError, BackendError, JavaRequiredError, FileNotFoundError) as exc:
         print(f"onellm eval: error: {exc}", file=sys.stderr)

@@ -81,11 +81,13 @@ def markdown(results: dict[str, Any], chart: str | None = None) -> str:
         extra = [] if not with_blind else ["" if blind is None else f"{blind * SCALE:.2f}"]
         rows.append([task, str(n), *(cell(results, task, metric) for metric in columns), *extra])
     what = config.get("model") or config.get("api") or "?"
+    system = f"system instruction {config['system_instruction']!r} · " if config.get("system_instruction") else ""
     lines = [
         f"# onellm eval: {what}",
         "",
         f"backend `{config.get('backend', '?')}` · model `{config.get('model', '?')}` · "
         f"limit {config.get('limit')} · batch size {config.get('batch_size')} · "
+        f"{system}"
         f"git {results.get('git_hash') or 'unknown'} · {results.get('date_iso', '')} · "
         f"{float(results.get('total_evaluation_time_seconds', 0)):.1f} s",
         "",

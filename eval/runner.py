@@ -121,9 +121,11 @@ def prepare_task(
     scratch: Path,
     limit: int | None = None,
     train_cache: dict[str, list[Record] | None] | None = None,
+    system_instruction: str | None = None,
 ) -> PreparedTask:
     """Read the task's source, select its records, apply ``limit`` (the first N) and check every media file;
-    QA tasks with a training split get their blind answers (:func:`training_records`)."""
+    QA tasks with a training split get their blind answers (:func:`training_records`). ``system_instruction``
+    becomes every request's system turn."""
     from onellm.diagnose import blind_predictions, question_template  # imports torch: only when a run needs it
 
     started = time.perf_counter()
@@ -144,7 +146,7 @@ def prepare_task(
         media, absent = _media(record, loaded.media_root)
         missing += absent
         question = question_text(record.conversation[0].content, markers) if task.task_type != "caption" else ""
-        request = Request(record.id, task.render_prompt(question), tuple(media))
+        request = Request(record.id, task.render_prompt(question), tuple(media), system_instruction)
         references = list(record.references) if record.references else [record.answer]
         samples.append(Sample(doc_id, record, request, references))
     if missing:
@@ -363,11 +365,14 @@ def evaluate(
     batch_size: int = 8,
     progress: bool = True,
     report: bool = True,
+    system_instruction: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``tasks`` and write ``results.json``, ``samples_<task>.jsonl`` and (``report``) ``report.md`` +
     ``report.png`` to ``output_dir``. ``backend`` may be a factory: it is then called only after every task's
     data and metrics checked out, and closed at the end. ``limit``: the first N samples of every task, or a
-    ``{task: N}`` mapping (tasks it leaves out run whole). Returns the results.json mapping."""
+    ``{task: N}`` mapping (tasks it leaves out run whole). ``system_instruction``: a system turn before every
+    request (lmms-eval's ``--system_instruction``; recorded in results.json's ``config``). Returns the results.json
+    mapping."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     limits = dict(limit) if isinstance(limit, Mapping) else {task.name: limit for task in tasks}
@@ -382,7 +387,10 @@ def evaluate(
     data_dirs = data_dirs or DataDirs()
     train_cache: dict[str, list[Record] | None] = {}
     with tempfile.TemporaryDirectory(prefix="onellm-eval-") as scratch:
-        prepared = [prepare_task(task, data_dirs, Path(scratch), limits.get(task.name), train_cache) for task in tasks]
+        prepared = [
+            prepare_task(task, data_dirs, Path(scratch), limits.get(task.name), train_cache, system_instruction)
+            for task in tasks
+        ]
     del train_cache
     for item in prepared:
         build_metrics(item)
@@ -448,6 +456,7 @@ def evaluate(
             "tasks": [item.task.name for item in prepared],
             "batch_size": batch_size,
             "limit": dict(limit) if isinstance(limit, Mapping) else limit,
+            "system_instruction": system_instruction,
         }
     finally:
         if owns_backend:

@@ -70,17 +70,23 @@ class MediaItem:
 
 @dataclass(frozen=True)
 class Request:
-    """One generation request: the inputs, placed before the text in the user turn (``<image>\\n{text}``)."""
+    """One generation request: the inputs, placed before the text in the user turn (``<image>\\n{text}``),
+    after a system turn when ``system`` is set (``onellm eval --system-instruction``)."""
 
     id: str
     text: str
     media: tuple[MediaItem, ...] = ()
+    system: str | None = None
 
     def messages(self) -> list[dict[str, Any]]:
-        """The request as one HF-style chat turn: a part per input (``{"type": "image"}``), then the text."""
+        """The request as HF-style chat turns: the system turn if any, then one user turn holding a part per input
+        (``{"type": "image"}``), then the text."""
         parts: list[dict[str, Any]] = [{"type": item.modality} for item in self.media]
         parts.append({"type": "text", "text": self.text})
-        return [{"role": "user", "content": parts}]
+        return [*self.system_turn(), {"role": "user", "content": parts}]
+
+    def system_turn(self) -> list[dict[str, Any]]:
+        return [{"role": "system", "content": self.system}] if self.system is not None else []
 
 
 class BackendError(RuntimeError):

@@ -144,7 +144,7 @@ class OpenAIBackend(Backend):
         content.append({"type": "text", "text": request.text})
         body: dict[str, Any] = {
             "model": self.model,
-            "messages": [{"role": "user", "content": content}],
+            "messages": [*request.system_turn(), {"role": "user", "content": content}],
             "max_tokens": generation.max_new_tokens,
             "temperature": generation.temperature,
             "top_p": generation.top_p,

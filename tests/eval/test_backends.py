@@ -4,6 +4,7 @@ the in-process HF backend's batching, and the vLLM offline engine against the HF
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
 import socket
@@ -119,7 +120,7 @@ class FakeAPI:
                 elif status != 200:
                     self.reply(status, {"error": {"message": f"scripted {status}"}}, {"Retry-After": "0"})
                 else:
-                    text = body["messages"][0]["content"][-1]["text"]
+                    text = body["messages"][-1]["content"][-1]["text"]
                     self.reply(
                         200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": f"re: {text}"}}]}
                     )
@@ -235,6 +236,21 @@ def test_cli_evaluates_through_an_api(api, corpus, tmp_path):
     assert all(body["messages"][0]["content"][0]["type"] == "input_imu" for body in api.posts)
 
 
+def test_cli_system_instruction_is_every_requests_system_turn(api, corpus, tmp_path):
+    out = tmp_path / "api-eval"
+    argv = ["--api", api.url, "--tasks", "synth_imu_qa", "--output", str(out), "--data-dir", f"synth={corpus}",
+            "--system-instruction", "Answer in one word.", "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    assert len(api.posts) == 3
+    for body in api.posts:
+        system, user = body["messages"]
+        assert system == {"role": "system", "content": "Answer in one word."}
+        assert user["role"] == "user" and user["content"][0]["type"] == "input_imu"
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["system_instruction"] == "Answer in one word."
+    assert "system instruction 'Answer in one word.'" in (out / "report.md").read_text()
+
+
 @pytest.mark.slow
 def test_openai_backend_against_onellm_serve(checkpoint, corpus):
     """Every modality's content part through the real server (``onellm serve --engine hf``) gives the HF answers."""
@@ -259,6 +275,8 @@ def test_openai_backend_against_onellm_serve(checkpoint, corpus):
         else:
             pytest.fail("onellm serve did not become healthy in 120 s")
         requests = caption_requests(corpus)
+        # and each again after a system turn (``--system-instruction``), which both sides render with the template
+        requests += [dataclasses.replace(r, id=f"{r.id}-system", system="Describe briefly.") for r in requests]
         generation = GenerationConfig(max_new_tokens=6)
         backend = OpenAIBackend(f"http://127.0.0.1:{port}", max_retries=0)
         served = backend.generate(requests, generation)
@@ -269,6 +287,8 @@ def test_openai_backend_against_onellm_serve(checkpoint, corpus):
     reference = HFBackend(str(checkpoint), dtype="float32").generate(requests, generation)
     # The server detokenises incrementally and withholds a dangling partial UTF-8 character (see the vLLM test).
     assert [a.rstrip("\ufffd") for a in served] == [a.rstrip("\ufffd") for a in reference]
+    half = len(requests) // 2
+    assert served[:half] != served[half:]  # the system turn reached the model
 
 
 # --- in-process HF backend -----------------------------------------------------------------------------------------
