@@ -27,8 +27,10 @@ so training and serving see the same token boundaries.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -92,6 +94,26 @@ def encode_conversation(processor: OneLLMProcessor, conversation: Sequence[Any])
     return ids, labels
 
 
+@dataclass(frozen=True)
+class SystemTurns:
+    """A system turn before ``share`` of the conversations (``data.system_turns``), its text one of ``texts``.
+
+    Manifests hold user/assistant turns only, while API clients often open with a system message. Which records get
+    one, and which text, follows from ``seed`` and the record id alone, so a run is reproducible and a record reads
+    the same in every epoch and every worker.
+    """
+
+    texts: tuple[str, ...]
+    share: float
+    seed: int = 0
+
+    def pick(self, record_id: str) -> str | None:
+        digest = hashlib.sha256(f"{self.seed}\0{record_id}".encode()).digest()
+        if int.from_bytes(digest[:8], "big") / 2**64 >= self.share:
+            return None
+        return self.texts[int.from_bytes(digest[8:16], "big") % len(self.texts)]
+
+
 class Collator:
     """Pads a list of examples into one batch (see the module docstring for shapes).
 
@@ -99,18 +121,36 @@ class Collator:
         processor: tokenizer, chat template and placeholder expansion of the model being trained.
         max_length: longest allowed row in tokens (after expansion); a longer example is an error naming the record,
             never truncated (validation rejects such records up front, see ``loader.validate_manifest``).
+        system_turns: a system turn before some conversations (:class:`SystemTurns`); a record the turn would push
+            past ``max_length`` goes without it.
     """
 
-    def __init__(self, processor: OneLLMProcessor, max_length: int | None = None):
+    def __init__(
+        self, processor: OneLLMProcessor, max_length: int | None = None, system_turns: SystemTurns | None = None
+    ):
         self.processor = processor
         self.max_length = max_length
+        self.system_turns = system_turns
         self.pad_id = processor.tokenizer.pad_token_id
         if self.pad_id is None:
             self.pad_id = processor.tokenizer.eos_token_id
 
+    def tokens(self, record_id: Any, conversation: Sequence[Any]) -> tuple[list[int], list[int]]:
+        """``(input_ids, labels)`` of one record's row: its conversation, after its system turn if it gets one (what
+        ``data.group_by_length`` sorts by)."""
+        ids, labels = encode_conversation(self.processor, conversation)
+        system = self.system_turns.pick(str(record_id)) if self.system_turns is not None else None
+        if system is not None:
+            with_system = encode_conversation(
+                self.processor, [{"role": "system", "content": system}, *_turns(conversation)]
+            )
+            if self.max_length is None or len(with_system[0]) <= self.max_length:
+                return with_system
+        return ids, labels
+
     def encode(self, example: dict[str, Any]) -> tuple[list[int], list[int]]:
-        ids, labels = encode_conversation(self.processor, example["conversation"])
         record = example.get("id", "?")
+        ids, labels = self.tokens(record, example["conversation"])
         if self.max_length is not None and len(ids) > self.max_length:
             raise CollateError(f"record {record}: {len(ids)} tokens exceed max_length {self.max_length}")
         found = {m: n for m, n in self.processor.count_markers(ids).items() if n}

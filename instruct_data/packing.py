@@ -64,16 +64,23 @@ def merge(records: Sequence[Record], seed: int) -> Record:
 
 
 def merge_by_input(
-    records: Sequence[Record], turns: int, seed: int, fits: Callable[[Record], bool] = lambda record: True
+    records: Sequence[Record],
+    turns: int,
+    seed: int,
+    fits: Callable[[Record], bool] = lambda record: True,
+    share: float = 1.0,
 ) -> list[Record]:
     """``records`` with each run of up to ``turns`` mergeable records that share their inputs merged into one.
 
     Groups keep the order of their first record; a group larger than ``turns`` becomes several conversations. A
     merged record for which ``fits`` is false (e.g. longer than the stage's ``max_length``) is not made: its records
-    stay single.
+    stay single. ``share``: the fraction of inputs whose records are merged (drawn by ``seed`` and the group's first
+    record id); the others' records stay single turns, so a stage trains on both forms.
     """
     if turns < 1:
         raise ValueError(f"turns_per_input must be >= 1, got {turns}")
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"the share of merged inputs must be in [0, 1], got {share}")
     if turns == 1:
         return list(records)
     groups: dict[str, list[Record]] = {}
@@ -93,6 +100,9 @@ def merge_by_input(
             out.append(entry)
             continue
         group = groups[entry]
+        if share < 1.0 and np.random.default_rng([seed, zlib.crc32(group[0].id.encode()), 1]).random() >= share:
+            out.extend(group)
+            continue
         for start in range(0, len(group), turns):
             chunk = group[start : start + turns]
             merged = merge(chunk, seed) if len(chunk) > 1 else chunk[0]

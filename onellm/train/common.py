@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from onellm.instruct_data.collator import encode_conversation
+from onellm.instruct_data.collator import Collator, SystemTurns, encode_conversation
 from onellm.instruct_data.loader import (
     DataValidationError,
     ManifestDataset,
@@ -308,6 +308,13 @@ def drawn_by(record: Record, modalities: list[str], tasks: list[str] | None, kin
     )
 
 
+def stage_collator(stage: StageConfig, processor: OneLLMProcessor) -> Collator:
+    """The collator of the stage's rows: ``data.max_length``, and ``data.system_turns`` when its share is above 0."""
+    cfg = stage.data.system_turns
+    turns = SystemTurns(tuple(cfg.texts), cfg.share, stage.seed) if cfg.share > 0 else None
+    return Collator(processor, max_length=stage.data.max_length, system_turns=turns)
+
+
 def build_data(stage: StageConfig, processor: OneLLMProcessor, accelerator) -> StageData:
     """Validated records of the stage's manifests -> dataset + weighted mixture (with balanced replay) + val set."""
     cfg = stage.data
@@ -341,7 +348,8 @@ def build_data(stage: StageConfig, processor: OneLLMProcessor, accelerator) -> S
             raise ValueError(f"{stage.source}: data source {label!r} matched no valid record in {root / manifest}")
         if cfg.turns_per_input > 1:
             start = len(records) + len(merged)
-            merged.extend(merge_by_input([records[i] for i in indices], cfg.turns_per_input, stage.seed, fits))
+            chosen = [records[i] for i in indices]
+            merged.extend(merge_by_input(chosen, cfg.turns_per_input, stage.seed, fits, cfg.multi_turn_share))
             indices = list(range(start, len(records) + len(merged)))
         return Source(label, indices, weight)
 
@@ -349,8 +357,9 @@ def build_data(stage: StageConfig, processor: OneLLMProcessor, accelerator) -> S
     replay_cfg = cfg.replay
     replay = [source(m, replay_cfg.manifest, [m], replay_cfg.tasks, 1.0) for m in replay_cfg.modalities]
     lengths = None
-    if cfg.group_by_length > 1:  # token counts after placeholder expansion, what the collator pads
-        lengths = [len(encode_conversation(processor, r.conversation)[0]) for r in records + merged]
+    if cfg.group_by_length > 1:  # token counts after placeholder expansion (and system turns), what the collator pads
+        collator = stage_collator(stage, processor)
+        lengths = [len(collator.tokens(r.id, r.conversation)[0]) for r in records + merged]
     sources = with_replay(main, replay, replay_cfg.fraction)
     mixture = Mixture(sources, stage.seed, cfg.batching, lengths, cfg.group_by_length)
     dataset = ManifestDataset(records + merged, root, processor)
@@ -374,6 +383,7 @@ __all__ = [
     "StageData",
     "add_lora",
     "build_data",
+    "stage_collator",
     "fresh_projector",
     "freeze",
     "gathered_state",

@@ -65,6 +65,26 @@ class ReplayConfig:
     tasks: list[str] | None = None
 
 
+# What API clients commonly open a chat with; the system turns of ``data.system_turns`` draw from these by default.
+SYSTEM_TEXTS = [
+    "You are a helpful assistant.",
+    "You are a helpful AI assistant.",
+    "You are a helpful, concise assistant. Answer the user's questions.",
+    "You are an assistant that can see images and hear audio. Describe what you are given accurately.",
+    "Answer as briefly and accurately as you can.",
+    "You are a multimodal assistant.",
+]
+
+
+@dataclass
+class SystemTurnsConfig:
+    """A system turn before ``share`` of the training conversations, its text one of ``texts`` (chosen per record
+    from the stage's seed); 0 = none, as the manifests have."""
+
+    share: float = 0.0
+    texts: list[str] = field(default_factory=lambda: list(SYSTEM_TEXTS))
+
+
 @dataclass
 class DataConfig:
     root: str
@@ -78,10 +98,13 @@ class DataConfig:
     # Up to this many single-turn training records that share their inputs (a caption and the questions about one
     # image) are merged into one multi-turn conversation (instruct_data/packing.py); 1 = one record per sample.
     turns_per_input: int = 1
+    # The fraction of inputs whose records turns_per_input merges (the rest stay single turns); 1 = all.
+    multi_turn_share: float = 1.0
     # N > 1: the records of N batches are drawn at once, sorted by token length and cut into N batches again, so a
     # batch pads little (instruct_data/mixture.py); 0 or 1 = off. Padding to a batch's longest row was 17 % of the
     # small preset's image tokens; grouped, an fp32 alignment step took 0.825x the time (BENCHMARKS.md).
     group_by_length: int = 0
+    system_turns: SystemTurnsConfig = field(default_factory=SystemTurnsConfig)
 
 
 @dataclass
@@ -276,6 +299,12 @@ def _check_stage(stage: StageConfig) -> None:
         raise ConfigError("data.replay.modalities: a replay fraction needs modalities to replay")
     if data.group_by_length < 0:
         raise ConfigError(f"data.group_by_length: must be >= 0 (0 or 1 = off), got {data.group_by_length}")
+    if not 0.0 <= data.system_turns.share <= 1.0:
+        raise ConfigError(f"data.system_turns.share: must be in [0, 1], got {data.system_turns.share}")
+    if data.system_turns.share > 0 and not all(t.strip() for t in data.system_turns.texts or [""]):
+        raise ConfigError("data.system_turns.texts: a share above 0 needs at least one non-empty text")
+    if not 0.0 <= data.multi_turn_share <= 1.0:
+        raise ConfigError(f"data.multi_turn_share: must be in [0, 1], got {data.multi_turn_share}")
     if data.turns_per_input < 1:
         raise ConfigError(f"data.turns_per_input: must be >= 1 (1 = one record per sample), got {data.turns_per_input}")
     for key in ("steps", "batch_size", "grad_accum", "log_interval", "save_limit"):

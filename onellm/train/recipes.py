@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from onellm.instruct_data.collator import Collator
 from onellm.registry import Registry
 from onellm.train.common import (
     add_lora,
@@ -28,6 +27,7 @@ from onellm.train.common import (
     mark_done,
     save_checkpoint,
     set_projector,
+    stage_collator,
     trainable_table,
     upm_from_heads,
 )
@@ -201,7 +201,7 @@ def build_trainer(stage, accelerator, model, core, processor, data, groups, pers
         accelerator=accelerator,
         model=model,
         core=core,
-        collator=Collator(processor, max_length=stage.data.max_length),
+        collator=stage_collator(stage, processor),
         train_set=data.train,
         val_set=data.val,
         mixture=data.mixture,

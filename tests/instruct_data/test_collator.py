@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from onellm.instruct_data.collator import CollateError, Collator, conversation_segments, encode_conversation
+from onellm.instruct_data.collator import (
+    CollateError,
+    Collator,
+    SystemTurns,
+    conversation_segments,
+    encode_conversation,
+)
 from onellm.modeling import IGNORE_INDEX
 
 
@@ -54,6 +60,29 @@ def test_each_marker_expands_to_the_shared_count(tiny):
     n = processor.num_placeholder_tokens
     assert ids.count(processor.token_id("image")) == n
     assert ids.count(processor.token_id("audio")) == n
+
+
+def test_system_turns_open_a_seeded_share_of_the_rows_and_leave_the_labels_alone(tiny, media_paths):
+    _, processor = tiny
+    texts = ("You are a helpful assistant.", "Be brief.")
+    plain = Collator(processor)
+    some = Collator(processor, system_turns=SystemTurns(texts, share=0.3, seed=0))
+    picks = [some.system_turns.pick(f"r{i}") for i in range(400)]
+    assert 0.22 < sum(p is not None for p in picks) / 400 < 0.38 and {p for p in picks if p} == set(texts)
+    assert picks == [SystemTurns(texts, 0.3, 0).pick(f"r{i}") for i in range(400)]  # by seed and record id alone
+    assert picks != [SystemTurns(texts, 0.3, 1).pick(f"r{i}") for i in range(400)]
+    chosen = next(i for i, p in enumerate(picks) if p is not None)
+    row = example(processor, media_paths, record_id=f"r{chosen}")
+    ids, labels = some.encode(row)
+    system = [{"role": "system", "content": picks[chosen]}, *row["conversation"]]
+    assert (ids, labels) == encode_conversation(processor, system)
+    assert processor.tokenizer.decode(ids).startswith(f"<|im_start|>system\n{picks[chosen]}<|im_end|>\n")
+    plain_ids, plain_labels = plain.encode(row)
+    assert [t for t in labels if t != IGNORE_INDEX] == [t for t in plain_labels if t != IGNORE_INDEX]
+    assert ids[-len(plain_ids) :] == plain_ids  # the same row after the system turn
+    # A row the system turn would push past max_length keeps its place, without the turn.
+    tight = Collator(processor, max_length=len(plain_ids), system_turns=SystemTurns(texts, share=1.0))
+    assert tight.encode(row) == (plain_ids, plain_labels)
 
 
 def test_multi_turn_labels_every_assistant_turn_and_no_user_turn(tiny):

@@ -55,6 +55,23 @@ def test_turn_order_is_shuffled_per_input_and_the_same_for_the_same_seed():
     assert first != [m.meta["merged"][0] for m in merge_by_input(records, turns=4, seed=1)]
 
 
+def test_a_share_of_the_inputs_is_merged_and_the_rest_stays_single():
+    records = [r for k in range(200) for r in item(f"i{k}")]  # 200 images, 4 records each
+    out = merge_by_input(records, turns=2, seed=0, share=0.5)
+    merged = [r for r in out if len(r.conversation) == 4]
+    single_ids = {r.id for r in out if len(r.conversation) == 2}
+    merged_ids = {i for r in merged for i in r.meta["merged"]}
+    assert merged_ids.isdisjoint(single_ids) and len(merged_ids) + len(single_ids) == len(records)  # nothing lost
+    inputs = {r.inputs[0].path for r in merged}
+    assert 70 <= len(inputs) <= 130 and len(merged) == 2 * len(inputs)  # about half the images, two conversations each
+    assert all(r.inputs[0].path not in inputs for r in out if r.id in single_ids)  # an input is merged whole or not
+    assert out == merge_by_input(records, turns=2, seed=0, share=0.5)
+    assert merge_by_input(records, turns=2, seed=0, share=0.0) == records
+    assert all(len(r.conversation) == 4 for r in merge_by_input(records, turns=2, seed=0, share=1.0))
+    with pytest.raises(ValueError, match="share"):
+        merge_by_input(records, turns=2, seed=0, share=1.5)
+
+
 def test_groups_larger_than_turns_split_and_turns_one_changes_nothing():
     records = item("a", questions=6)  # 7 records
     assert merge_by_input(records, turns=1, seed=0) == records

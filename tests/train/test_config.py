@@ -93,6 +93,10 @@ def broken(**changes):
         ({"lora": {"r": 4}}, "lora: only the instruct recipe"),
         ({"train__warmup_steps": 10}, "train.warmup_steps: 10 must be < train.steps"),
         ({"train__slot_word_share": 0}, "train.slot_word_share: must be in (0, 1]"),
+        ({"data__system_turns": {"share": 1.2}}, "data.system_turns.share: must be in [0, 1]"),
+        ({"data__multi_turn_share": -0.1}, "data.multi_turn_share: must be in [0, 1]"),
+        ({"data__system_turns": {"share": 0.3, "texts": [" "]}}, "data.system_turns.texts: a share above 0 needs"),
+        ({"data__system_turns": {"share": 0.3, "text": ["Hi."]}}, "data.system_turns.text: unknown key"),
     ],
 )
 def test_errors_name_the_key(changes, message):
