@@ -138,7 +138,6 @@ class Collator:
     def tokens(self, record_id: Any, conversation: Sequence[Any]) -> tuple[list[int], list[int]]:
         """``(input_ids, labels)`` of one record's row: its conversation, after its system turn if it gets one (what
         ``data.group_by_length`` sorts by)."""
-        ids, labels = encode_conversation(self.processor, conversation)
         system = self.system_turns.pick(str(record_id)) if self.system_turns is not None else None
         if system is not None:
             with_system = encode_conversation(
@@ -146,7 +145,7 @@ class Collator:
             )
             if self.max_length is None or len(with_system[0]) <= self.max_length:
                 return with_system
-        return ids, labels
+        return encode_conversation(self.processor, conversation)
 
     def encode(self, example: dict[str, Any]) -> tuple[list[int], list[int]]:
         record = example.get("id", "?")
