@@ -2,6 +2,7 @@
 
     serve_once(checkpoint, "shape.png", "What colour is the shape?")  ->  "The shape is red."
     serve_questions(checkpoint, [Ask("image", png, q1), Ask("audio", wav, q2)])  ->  [answer 1, answer 2]
+    serve_answers(checkpoint, asks, top=2)  ->  [Answer(text, tokens with the engine's two likeliest at each), ...]
 
 The same path as a chat request to ``onellm serve`` (default engine): each input goes in as the content part a
 client sends for its modality (a ``file:`` URL for images and video, the file inline as ``{"data", "format"}`` for
@@ -21,7 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from onellm.processing import OneLLMProcessor
-from onellm.serving.engines import Engine, EngineSettings, GenerationRequest, SamplingSettings, build_engine
+from onellm.serving.engines import (
+    Engine,
+    EngineSettings,
+    GenerationRequest,
+    SamplingSettings,
+    TokenLogprob,
+    build_engine,
+)
 from onellm.serving.errors import APIError
 
 # vLLM's CPU backend otherwise reserves most of the machine's RAM for its KV cache (and refuses to start when other
@@ -54,12 +62,28 @@ class Ask:
     sample_rate: float | None = None  # for the modalities that take one (IMU, time series) from a headerless file
 
 
+@dataclass(frozen=True)
+class Answer:
+    """A greedy answer's text and, when asked for, each generated token with the engine's likeliest alternatives."""
+
+    text: str
+    tokens: tuple[TokenLogprob, ...] = ()
+
+
 def serve_questions(
     checkpoint: str | Path, asks: Sequence[Ask], max_tokens: int = 32, dtype: str = "auto"
 ) -> list[str]:
     """:func:`serve_once` for several questions, each about one input of any modality, on one engine start: the
     answers in the order of ``asks``. A missing file raises ``FileNotFoundError`` and an unusable one ``ValueError``
     naming it, both before the engine starts."""
+    return [answer.text for answer in serve_answers(checkpoint, asks, max_tokens, dtype)]
+
+
+def serve_answers(
+    checkpoint: str | Path, asks: Sequence[Ask], max_tokens: int = 32, dtype: str = "auto", top: int | None = None
+) -> list[Answer]:
+    """:func:`serve_questions` with each answer's tokens and, for each, the engine's ``top`` likeliest tokens and
+    their log-probabilities (``top=None``: the texts alone)."""
     from transformers import AutoProcessor
 
     import onellm  # noqa: F401  (Auto-class registration)
@@ -74,7 +98,7 @@ def serve_questions(
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KVCACHE_GIB)
     processor = AutoProcessor.from_pretrained(str(checkpoint))
     engine = build_engine("vllm", EngineSettings(checkpoint=checkpoint, dtype=dtype, max_inputs_per_request=1))
-    return asyncio.run(answer_all(engine, processor, asks, max_tokens))
+    return asyncio.run(answer_tokens(engine, processor, asks, max_tokens, top))
 
 
 async def answer_image(engine: Engine, processor: OneLLMProcessor, image: Path, question: str, max_tokens: int) -> str:
@@ -104,6 +128,13 @@ async def answer_all(engine: Engine, processor: OneLLMProcessor, asks: Sequence[
     """Each of ``asks`` on ``engine`` (any registered engine, not started), parsed as ``onellm serve`` parses a chat
     request; start, answer greedily one after the other, stop. ``serve_questions`` runs it on the vLLM engine; the
     tests on the hf engine too."""
+    return [answer.text for answer in await answer_tokens(engine, processor, asks, max_tokens)]
+
+
+async def answer_tokens(
+    engine: Engine, processor: OneLLMProcessor, asks: Sequence[Ask], max_tokens: int, top: int | None = None
+) -> list[Answer]:
+    """:func:`answer_all` with each generated token and the engine's ``top`` likeliest tokens at its position."""
     from onellm.serving.chat import parse_chat
     from onellm.serving.media import MediaFetcher, MediaPolicy
 
@@ -116,13 +147,17 @@ async def answer_all(engine: Engine, processor: OneLLMProcessor, asks: Sequence[
         except APIError as exc:
             raise ValueError(f"serve_once: {ask.path}: {exc.message}") from None
         requests.append(
-            GenerationRequest(f"serve-once-{n}", chat, SamplingSettings(max_tokens=max_tokens, temperature=0.0))
+            GenerationRequest(
+                f"serve-once-{n}", chat, SamplingSettings(max_tokens=max_tokens, temperature=0.0, logprobs=top)
+            )
         )
     await engine.start()
     try:
         answers = []
         for request in requests:
-            answers.append("".join([delta.text async for deltas in engine.generate(request) for delta in deltas]))
+            deltas = [delta async for batch in engine.generate(request) for delta in batch]
+            text = "".join(delta.text for delta in deltas)
+            answers.append(Answer(text, tuple(token for delta in deltas for token in delta.logprobs)))
     finally:
         await engine.stop()
     return answers

@@ -332,11 +332,14 @@ def serve_final(checkpoint: Path, data_dir: Path, out: Path, scored: Path | None
     the first test item of every modality in the corpus, each sent as the content part a client sends for it (an
     image as ``image_url``, a WAV file as ``input_audio``, ...), answered greedily on one engine start ->
     ``OUT/served.json`` (engine, checkpoint, seconds, and per modality the input, question, answer, the reference
-    caption and, from the evaluation's samples in ``scored``, the answer the evaluation scored for the same item)."""
+    caption, from the evaluation's samples in ``scored`` the answer the evaluation scored for the same item and,
+    where the two differ, :func:`first_divergence`)."""
     import importlib.util
 
+    from transformers import AutoTokenizer
+
     from onellm.modalities import get_modality
-    from onellm.serving.smoke import Ask, serve_questions
+    from onellm.serving.smoke import Ask, serve_answers
 
     path = out / SERVED_FILE
     if _fresh(path, checkpoint) and "answers" in json.loads(path.read_text(encoding="utf-8")):
@@ -355,26 +358,52 @@ def serve_final(checkpoint: Path, data_dir: Path, out: Path, scored: Path | None
         question = record["conversation"][0]["content"].replace(get_modality(modality).marker, "").strip()
         asks.append(Ask(modality, data_dir / item["path"], question, item.get("sample_rate")))
     started = time.perf_counter()
-    answers = serve_questions(checkpoint, asks, max(caption_tokens(m) for m in firsts))
-    served = {
-        "engine": "vllm",
-        "checkpoint": str(checkpoint),
-        "seconds": round(time.perf_counter() - started, 1),
-        "answers": [
-            {
-                "modality": ask.modality,
-                "input": str(ask.path),
-                "question": ask.question,
-                "answer": answer,
-                "reference": firsts[ask.modality]["conversation"][1]["content"],
-                "scored_answer": scored_caption(scored, ask.modality, ask.path),
-            }
-            for ask, answer in zip(asks, answers, strict=True)
-        ],
-    }
+    answers = serve_answers(checkpoint, asks, max(caption_tokens(m) for m in firsts), top=2)
+    seconds = round(time.perf_counter() - started, 1)
+    tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
+    rows = []
+    for ask, answer in zip(asks, answers, strict=True):
+        scored_answer = scored_caption(scored, ask.modality, ask.path)
+        row = {
+            "modality": ask.modality,
+            "input": str(ask.path),
+            "question": ask.question,
+            "answer": answer.text,
+            "reference": firsts[ask.modality]["conversation"][1]["content"],
+            "scored_answer": scored_answer,
+        }
+        if scored_answer is not None and scored_answer != answer.text:
+            row["divergence"] = first_divergence(answer, scored_answer, tokenizer)
+        rows.append(row)
+    served = {"engine": "vllm", "checkpoint": str(checkpoint), "seconds": seconds, "answers": rows}
     write_json(path, served)
     say(f"served {checkpoint} with the vLLM engine: {len(asks)} questions, one per modality")
     return "ran"
+
+
+def first_divergence(answer: Any, scored: str, tokenizer: Any) -> dict[str, Any]:
+    """Where a served ``answer`` (:class:`~onellm.serving.smoke.Answer` with its tokens' top-2) leaves the text the
+    evaluation ``scored`` for the same input: ``{"token": k, "served": ..., "scored": ...}``, the first token at which
+    they part and the two tokens there, and ``logprob_gap``, how much likelier the serving engine found its own token
+    than the evaluation's. A gap of a few hundredths is a near-tie that rounding decides (bf16 kernels differ between
+    the engines); a large one means the engines saw different inputs or weights. ``logprob_gap_at_least`` instead when
+    the evaluation's token is not among the engine's two likeliest. The scored text is re-tokenised, so ``k`` counts
+    the tokens of the common prefix as the tokenizer splits it."""
+    served_ids = [token.token_id for token in answer.tokens]
+    scored_ids = [*tokenizer(scored, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
+    common = min(len(served_ids), len(scored_ids))
+    k = next((i for i in range(common) if served_ids[i] != scored_ids[i]), common)
+    out: dict[str, Any] = {"token": k, "scored": tokenizer.decode([scored_ids[k]]) if k < len(scored_ids) else ""}
+    if k >= len(served_ids):  # the served answer stopped (max_tokens) where the scored one went on
+        return {**out, "served": ""}
+    at = answer.tokens[k]
+    out["served"] = tokenizer.decode([at.token_id])
+    alternatives = dict(at.top)
+    if k < len(scored_ids) and scored_ids[k] in alternatives:
+        out["logprob_gap"] = round(at.logprob - alternatives[scored_ids[k]], 4)
+    elif alternatives:
+        out["logprob_gap_at_least"] = round(at.logprob - min(alternatives.values()), 4)
+    return out
 
 
 def caption_tokens(modality: str) -> int:
@@ -440,7 +469,7 @@ def run_demo(
     dtype = eval_dtype(curriculum)
     timings.run("eval", lambda: evaluate_stages(plan, out, out / "data", eval_limit, batch_size, dtype))
     timings.run("serve", lambda: serve_final(plan[-1].checkpoint, out / "data", out, out / "eval" / plan[-1].stage))
-    from onellm.demo.report import write_report
+    from onellm.demo.report import served_agreement, write_report
 
     report, table = write_report(curriculum, plan, out, timings, started, per_modality)
     print(table)
@@ -448,5 +477,6 @@ def run_demo(
     print(f"\nserved by vLLM ({served['checkpoint']}):")
     for row in served["answers"]:
         print(f"  [{row['modality']}] {Path(row['input']).name}: {row['question']}\n    -> {row['answer']}")
+    print(f"  {served_agreement(served['answers'])}")
     print(f"\nreport: {report}  (scores.png, loss.png beside it); {(time.perf_counter() - started) / 60:.1f} min")
     return report

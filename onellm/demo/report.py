@@ -472,7 +472,9 @@ def write_report(
             "",
             f"The final checkpoint through `onellm serve`'s {served['engine']} engine ({served['seconds']:.0f} s "
             "with the engine start): each input sent as the chat content part a client sends for it, greedy answers; "
-            "the last column compares each with the caption the evaluation (hf backend) generated for the same item.",
+            "the last column compares each with the caption the evaluation (hf backend) generated for the same item "
+            "and, where they differ, names the first token at which they part and how much likelier the serving "
+            "engine found its own token there (a few hundredths: a near-tie that the engines' rounding decides).",
             "",
             "| modality | input | question | answer | reference caption | as scored by the evaluation |",
             "|---|---|---|---|---|---|",
@@ -494,8 +496,32 @@ def _cell(text: str) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")
 
 
+def served_agreement(rows: list[dict[str, Any]]) -> str:
+    """One line: how many served answers equal the evaluation's, and where each other one parts from it."""
+    scored = [row for row in rows if row.get("scored_answer") is not None]
+    if not scored:
+        return "no served input was scored by the evaluation"
+    same = sum(row["scored_answer"] == row["answer"] for row in scored)
+    parts = [f"{row['modality']} {_parting(row)}" for row in scored if row["scored_answer"] != row["answer"]]
+    return "; ".join([f"{same} of {len(scored)} served answers equal the evaluation's", *parts])
+
+
 def _as_scored(row: dict[str, Any]) -> str:
     scored = row.get("scored_answer")
     if scored is None:
         return "not scored"
-    return "same" if scored == row["answer"] else f"differs: {_cell(scored)}"
+    return "same" if scored == row["answer"] else f"{_parting(row)}: {_cell(scored)}"
+
+
+def _parting(row: dict[str, Any]) -> str:
+    """How a served answer that is not the scored one parts from it (``served.json``'s ``divergence``)."""
+    part = row.get("divergence")
+    if not part:
+        return "differs"
+    if "logprob_gap" in part:
+        gap = f"{part['logprob_gap']:.3f} apart in log-probability"
+    elif "logprob_gap_at_least" in part:
+        gap = f"at least {part['logprob_gap_at_least']:.3f} apart in log-probability"
+    else:
+        gap = "the served answer had stopped"
+    return f"differs from token {part['token']} on ({_cell(repr(part['served']))} served, {_cell(repr(part['scored']))} scored, {gap})"

@@ -111,8 +111,50 @@ def test_demo_ends_by_serving_its_final_checkpoint_with_vllm(demo_runs):
         assert row["question"].endswith(".") and f"<{modality}>" not in row["question"]
         assert isinstance(row["answer"], str) and row["reference"]
         assert row["scored_answer"] == row["answer"]  # vLLM answers as the evaluation's hf backend did (fp32 here)
+        assert "divergence" not in row
         assert f"[{modality}] {Path(row['input']).name}: {row['question']}" in first.stdout
         assert f"| {modality} | `{Path(row['input']).name}` |" in report
+
+
+def test_a_served_answer_that_parts_from_the_scored_one_says_where_and_by_how_much(tiny):
+    """served.json and the report name the first token at which a served answer leaves the evaluation's and how much
+    likelier the serving engine found its own token there: a near-tie (rounding) reads apart from a real difference."""
+    from onellm.demo.pipeline import first_divergence
+    from onellm.demo.report import served_agreement
+    from onellm.serving.engines import TokenLogprob
+    from onellm.serving.smoke import Answer
+
+    tokenizer = tiny[1].tokenizer
+    prefix = tokenizer("a yellow circle", add_special_tokens=False)["input_ids"]
+    served = tokenizer("a yellow circle changes colour", add_special_tokens=False)["input_ids"]
+    shrinks = tokenizer("a yellow circle shrinks", add_special_tokens=False)["input_ids"][len(prefix)]
+    other = tokenizer("a yellow circle moves", add_special_tokens=False)["input_ids"][len(prefix)]
+    assert served[: len(prefix)] == prefix and len({served[len(prefix)], shrinks, other}) == 3
+
+    def answer(second: int) -> Answer:  # the engine's top-2 at the token where the texts part: its own, then `second`
+        tokens = [TokenLogprob(t, -0.1, ((t, -0.1),)) for t in served]
+        tokens[len(prefix)] = TokenLogprob(served[len(prefix)], -0.70, ((served[len(prefix)], -0.70), (second, -0.73)))
+        return Answer("a yellow circle changes colour", tuple(tokens))
+
+    tie = first_divergence(answer(shrinks), "a yellow circle shrinks", tokenizer)
+    names = {"served": tokenizer.decode([served[len(prefix)]]), "scored": tokenizer.decode([shrinks])}
+    assert tie == {"token": len(prefix), **names, "logprob_gap": 0.03}
+    far = first_divergence(answer(other), "a yellow circle shrinks", tokenizer)
+    assert far["token"] == len(prefix) and far["logprob_gap_at_least"] == 0.03 and "logprob_gap" not in far
+    cut = Answer("a yellow", tuple(TokenLogprob(t, -0.1, ((t, -0.1),)) for t in prefix[:2]))
+    stopped = first_divergence(cut, "a yellow circle shrinks", tokenizer)  # the served answer ran out of tokens
+    assert stopped == {"token": 2, "served": "", "scored": tokenizer.decode([prefix[2]])}
+
+    rows = [
+        {"modality": "image", "answer": "a red star", "scored_answer": "a red star"},
+        {"modality": "video", "answer": "a yellow circle changes colour", "scored_answer": "a yellow circle shrinks"}
+        | {"divergence": tie},
+        {"modality": "audio", "answer": "a tone", "scored_answer": None},
+    ]
+    assert served_agreement(rows) == (
+        f"1 of 2 served answers equal the evaluation's; video differs from token {len(prefix)} on "
+        f"({names['served']!r} served, {names['scored']!r} scored, 0.030 apart in log-probability)"
+    )
 
 
 @pytest.mark.slow
