@@ -167,3 +167,15 @@ class OneLLMProcessor(ProcessorMixin):
 
     def decode(self, *args: Any, **kwargs: Any) -> str:
         return self.tokenizer.decode(*args, **kwargs)
+
+
+def puts_inputs_first(processor: OneLLMProcessor) -> bool:
+    """Whether ``processor``'s chat template renders a message's inputs before its text when a client sends the text
+    part first, as :data:`CHAT_TEMPLATE` does and every training stage expects. Templates saved with a checkpoint
+    before 2026-12-06 followed the parts' order; ``onellm serve`` warns about them."""
+    modality = processor.modalities[0]
+    probe = "Which input comes first?"
+    prompt = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "text", "text": probe}, {"type": modality}]}]
+    )
+    return prompt.find(get_modality(modality).marker) < prompt.find(probe)

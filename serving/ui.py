@@ -34,6 +34,7 @@ from onellm.serving.cli import (
     check_adapter_names,
     checkpoint_from_args,
     engine_from_args,
+    load_processor,
     media_policy_from_args,
     reserve_port,
     run_server,
@@ -393,8 +394,6 @@ def run_ui(args: argparse.Namespace) -> None:
         import gradio  # noqa: F401
     except ModuleNotFoundError:
         raise SystemExit("onellm ui needs Gradio: pip install 'onellm[ui]'") from None
-    from transformers import AutoProcessor
-
     import onellm  # noqa: F401  (Auto-class registration)
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -408,7 +407,7 @@ def run_ui(args: argparse.Namespace) -> None:
         max_inputs_per_request=args.max_inputs_per_request,
         media=media_policy_from_args(args),
     )
-    service = ChatService(engine_from_args(args, "ui"), AutoProcessor.from_pretrained(str(checkpoint)), settings)
+    service = ChatService(engine_from_args(args, "ui"), load_processor(checkpoint), settings)
     app = build_ui_app(ChatPage(service), checkpoint.name)
     logger.info("chat page at http://%s:%d/ (engine %s)", args.host, args.port, service.engine.name)
     run_server(app, service, args, "ui", sock)

@@ -125,3 +125,39 @@ def test_incomplete_utf8_is_held_back(checkpoint):
         pieces.append(tracker.add([token]))
     pieces.append(tracker.finish())
     assert "".join(pieces) == text and not any("\ufffd" in p for p in pieces)
+
+
+# The template checkpoints carried before 2026-12-06: parts in the client's order, so a text-first message put its
+# question before the image.
+CLIENT_ORDER_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'text' %}{{ part['text'] }}{% else %}{{ '<' + part['type'] + '>\\n' }}{% endif %}"
+    "{% endfor %}{% endif %}{{ '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def test_serve_warns_about_a_checkpoint_whose_template_puts_a_text_first_question_before_its_image(
+    checkpoint, tmp_path, caplog
+):
+    """``onellm serve`` / ``onellm ui`` load the processor through ``load_processor``: a checkpoint saved with the
+    old template is named in a warning that says how to update it; a current one loads silently."""
+    import shutil
+
+    from onellm.processing import puts_inputs_first
+    from onellm.serving.cli import load_processor
+
+    with caplog.at_level("WARNING", logger="onellm.serve"):
+        assert puts_inputs_first(load_processor(checkpoint))
+    assert not caplog.records
+    old = tmp_path / "old"
+    shutil.copytree(checkpoint, old)
+    (old / "chat_template.jinja").write_text(CLIENT_ORDER_TEMPLATE, encoding="utf-8")
+    with caplog.at_level("WARNING", logger="onellm.serve"):
+        processor = load_processor(old)
+    assert not puts_inputs_first(processor)
+    text_first = [{"role": "user", "content": [{"type": "text", "text": "Q?"}, {"type": "image"}]}]
+    assert processor.apply_chat_template(text_first).endswith("user\nQ?<image>\n<|im_end|>\n<|im_start|>assistant\n")
+    [record] = caplog.records
+    assert str(old) in record.getMessage() and "onellm.processing.CHAT_TEMPLATE" in record.getMessage()
