@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from onellm.diagnose import blind_predictions, input_key, of_modality, read_split
-from onellm.eval.backends.base import MediaItem, Request
+from onellm.eval.backends.base import MediaItem, Request, cut_at_stop
 from onellm.eval.backends.hf import HFBackend
 from onellm.eval.metrics.qa import normalize_answer
 from onellm.eval.task import load_task, question_text
@@ -54,7 +54,7 @@ def score(backend: HFBackend, requests: list[Request], references: list[str], ta
     answers: list[str] = []
     for start in range(0, len(requests), batch):
         answers += backend.generate(requests[start : start + batch], task.generation)
-    cut = [answer.split("\n")[0] for answer in answers]
+    cut = [cut_at_stop(answer, task.generation.stop).strip() for answer in answers]  # as `onellm eval` cuts them
     return sum(normalize_answer(a) == normalize_answer(r) for a, r in zip(cut, references, strict=True)) / len(cut)
 
 
