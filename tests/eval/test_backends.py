@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import torch
+from tiny_checkpoint import save_tiny
 
 from onellm.eval.backends import BackendError, GenerationConfig, MediaItem, Request, backend_names, get_backend
 from onellm.eval.backends.hf import HFBackend
@@ -30,27 +31,11 @@ from onellm.eval.task import load_task
 from onellm.instruct_data.schema import read_manifest
 from onellm.instruct_data.synth import synthesize
 from onellm.modalities import get_modality, modality_names
-from onellm.presets import build_preset
-
-
-def save_tiny(folder: Path) -> Path:
-    """The tiny preset with its LLM's matrices re-drawn at std 0.5 (see tests/eval/test_runner.py: otherwise the
-    random tiny LLM repeats "\\n" forever and every answer is empty, which would make comparisons vacuous). Built
-    with all fourteen modalities, so every backend is checked on every content part."""
-    model, processor = build_preset("tiny", modalities="all")
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, weight in model.language_model.named_parameters():
-            if weight.ndim == 2 and "embed" not in name:
-                weight.copy_(torch.randn(weight.shape, generator=generator) * 0.5)
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    return save_tiny(tmp_path_factory.mktemp("tiny"))
+    return save_tiny(tmp_path_factory.mktemp("tiny"), modalities="all")  # every backend on every content part
 
 
 @pytest.fixture(scope="module")

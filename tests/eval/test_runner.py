@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
+from tiny_checkpoint import save_tiny
 
 from onellm.eval.backends import Backend, BackendError, GenerationConfig, Request
 from onellm.eval.backends.hf import HFBackend
@@ -22,25 +22,6 @@ from onellm.eval.sources import DataDirs, EvalDataError
 from onellm.eval.task import TASKS_DIR, TaskConfigError, load_task, load_task_file
 from onellm.instruct_data.schema import read_manifest
 from onellm.instruct_data.synth import synthesize
-from onellm.presets import build_preset
-
-
-def save_tiny(folder: Path) -> Path:
-    """The tiny preset with its LLM's matrices re-drawn at std 0.5, saved to ``folder``.
-
-    The random tiny LLM ties its embeddings, so its hidden state stays close to the last prompt token's embedding
-    and greedy decoding repeats that token ("\\n") forever: every prediction would strip to "". Larger random
-    matrices make answers differ between inputs, so comparisons of predictions are not vacuous.
-    """
-    model, processor = build_preset("tiny")
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, weight in model.language_model.named_parameters():
-            if weight.ndim == 2 and "embed" not in name:
-                weight.copy_(torch.randn(weight.shape, generator=generator) * 0.5)
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
