@@ -3,28 +3,19 @@ over the answer tokens, does not depend on the other answers it is batched with,
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from bench_scripts import load_bench
 from tiny_checkpoint import save_tiny
 
 from onellm.eval.backends.base import MediaItem, Request
 from onellm.eval.backends.hf import HFBackend
 from onellm.instruct_data.schema import read_manifest
 from onellm.instruct_data.synth import synthesize
-
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "text_ceiling.py"
-
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("text_ceiling", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +32,7 @@ def image_request(corpus: Path, index: int) -> Request:
 
 def test_answer_log_probs_are_the_models_loss_and_read_the_input(tiny):
     checkpoint, corpus = tiny
-    bench, backend = load_bench(), HFBackend(str(checkpoint), dtype="float32")
+    bench, backend = load_bench("text_ceiling"), HFBackend(str(checkpoint), dtype="float32")
     request, answers = image_request(corpus, 0), ["red", "a large purple circle", "no"]
     together = bench.answer_log_probs(backend, request, answers)
     alone = [bench.answer_log_probs(backend, request, [answer])[0] for answer in answers]
@@ -69,7 +60,7 @@ def test_main_writes_each_kind_beside_its_blind_baseline(tiny, tmp_path, monkeyp
     out = tmp_path / "ceiling.json"
     argv = ["text_ceiling.py", "--checkpoint", str(checkpoint), "--data", str(corpus), "--per-kind", "2"]
     monkeypatch.setattr(sys, "argv", [*argv, "--json", str(out)])
-    load_bench().main()
+    load_bench("text_ceiling").main()
     report = json.loads(out.read_text())
     kinds = [k for k in report if k != "image:all"]
     assert kinds and all(k.startswith("image:") for k in kinds)

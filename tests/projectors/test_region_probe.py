@@ -3,27 +3,17 @@ still hold it and report chance where the path has dropped it."""
 
 from __future__ import annotations
 
-import importlib.util
 from collections import Counter
-from pathlib import Path
 
 import torch
+from bench_scripts import load_bench
 
 from onellm.instruct_data.synth import synthesize
 from onellm.presets import build_preset
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "region_probe.py"
-
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("region_probe", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def test_region_probe_locates_where_colour_is_lost(tmp_path):
-    bench = load_bench()
+    bench = load_bench("region_probe")
     synthesize(tmp_path, per_modality=150, seed=0, modalities=["image"], workers=1)
     model, processor = build_preset("tiny", modalities=["image"], queries="pooled", expert="mlp")
     with torch.no_grad():  # a projector whose out-projection ignores its input: constant soft tokens
