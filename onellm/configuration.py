@@ -54,6 +54,10 @@ PROJECTOR_DEFAULTS = {
     # Further word slots after the end tag (with start_tag and end_tag "lexical"): each input then names 2 + this many
     # of its words; every input occupies N + 2 + extra_slots positions (projectors/upm.py, placeholder_count).
     "extra_slots": 0,
+    # What the word slots (lexical tags) read: the "mean" of the query outputs, or "mean_max": their mean plus their
+    # channel-wise maximum, so an object that fills one region in sixteen still shows (projectors/upm.py,
+    # ModalityHead.tags; BENCHMARKS.md, "What the LLM reads from words": measured, not the small curriculum's default).
+    "slot_summary": "mean",
 }
 
 

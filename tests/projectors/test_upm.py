@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from onellm.projectors import UniversalProjectionModule, expand_experts, placeholder_count, router_modes
+from onellm.projectors.upm import word_listener
 
 
 def make(num_experts=3, router="pooled", modalities=("image", "audio"), num_queries=5, **kwargs):
@@ -343,3 +344,24 @@ def test_region_words_add_each_query_outputs_own_words_to_its_soft_token():
         upm.heads["audio"].region_words.tag.proj.weight, worded.heads["image"].region_words.tag.proj.weight
     )
     assert [type(t).__name__ for t in upm.heads["audio"].word_tags()] == ["LexicalTag"]
+
+
+def test_word_slots_read_the_mean_or_the_mean_plus_the_maximum_of_the_query_outputs():
+    slots = {"end_tag": "lexical", "start_tag": "lexical", "extra_slots": 1}
+    features, vocab = torch.randn(4, 17, 32), 3.0 * torch.eye(48)
+    outputs, read = {}, {}
+    for summary in ("mean", "mean_max"):
+        upm = make(1, slot_summary=summary, **slots)  # the same seed: the same weights (the switch adds none)
+        head, heard, mixed = upm.heads["image"], [], []
+        head.proj_out.register_forward_hook(lambda _module, args, _out, mixed=mixed: mixed.append(args[0]))
+        with word_listener(lambda _tag, s, _logits, heard=heard: heard.append(s)):
+            outputs[summary] = upm(features, "image", vocab).detach()
+        expected = mixed[0].mean(1) + (mixed[0].amax(1) if summary == "mean_max" else 0)
+        assert len(heard) == 3 and all(torch.allclose(s, expected) for s in heard)
+        read[summary] = heard[0]
+    regions = slice(1, 1 + 5)
+    assert torch.equal(outputs["mean"][:, regions], outputs["mean_max"][:, regions])  # the soft tokens are the same
+    assert float((outputs["mean"][:, -1] - outputs["mean_max"][:, -1]).abs().max()) > 1e-4  # the slots are not
+    assert not torch.allclose(read["mean"], read["mean_max"])
+    with pytest.raises(ValueError, match="slot_summary 'max' is not one of"):
+        make(1, slot_summary="max", **slots)
