@@ -14,7 +14,8 @@ Per input of modality m, with encoder features ``[B, S, C]`` (S = 1 + L_m):
                                                  (LayerNorm(Linear_out[m](mixed)) under norm "layernorm")
     end     = end[m]                                             [B, 1, D]     end tag "learned" (OneLLM)
             = softmax(20 cos(Linear_lex[m](mean_N mixed), E)) E                "lexical": E = the LLM's word
-                                                                               embeddings [V, D] (see LexicalTag)
+                                                                               embeddings [V, D] (see LexicalTag);
+                                                                               slot_summary "mean_max": mean_N + max_N
     start   = start[m]                                           [B, 1, D]     start tag "learned" (OneLLM)
             = the same with its own Linear                                     "lexical": a second word slot
     out     = [start ; ... ; end ; slot_1 ; ... ; slot_X]        [B, N+2+X, D] extra_slots X: more word slots,
