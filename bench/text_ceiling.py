@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from onellm.diagnose import blind_answers, of_modality, question_template, read_split
+from onellm.diagnose import blind_predictions, of_modality, question_template, read_split
 from onellm.eval.backends.base import MediaItem, Request
 from onellm.eval.backends.hf import HFBackend
 from onellm.eval.metrics.qa import normalize_answer
@@ -49,7 +49,8 @@ def answer_log_probs(backend: HFBackend, request: Request, answers: list[str]) -
     for item in request.media:
         media.setdefault(item.modality, []).extend([item.processor_item()] * len(answers))
     batch = processor(text=[prompt + a + end for a in answers], padding_side="right", **media)
-    start = processor(text=prompt, **{m: items[:1] for m, items in media.items()})["input_ids"].shape[1]
+    # the prompt's length as the processor expands it (each marker to its placeholders), without preprocessing again
+    start = len(processor.expand_placeholders(processor.tokenizer(prompt, add_special_tokens=False)["input_ids"]))
     mm_inputs = {m: t.to(backend.device, model.dtype) for m, t in batch["mm_inputs"].items()}
     logits = model(
         input_ids=batch["input_ids"].to(backend.device),
@@ -85,7 +86,6 @@ def main() -> None:
         choices: dict[str, set[str]] = defaultdict(set)
         for record in qa_train:
             choices[question_template(record)].add(record.answer)
-        blind = blind_answers(qa_train)
         captions = {r.inputs[0].path: r.answer for r in of_modality(test, modality) if r.task == "caption"}
         kinds: dict[str, list] = defaultdict(list)
         for record in of_modality(test, modality):
@@ -97,7 +97,7 @@ def main() -> None:
         hits: dict[str, dict[str, list[bool]]] = {}
         for kind, records in sorted(kinds.items()):
             hits[kind] = {c: [] for c in ("blind", *CONTEXTS)}
-            for record in records:
+            for record, blind in zip(records, blind_predictions(qa_train, records), strict=True):
                 answers = sorted(choices[kind] | {record.answer})
                 question = task.render_prompt(question_text(record.conversation[0].content, markers))
                 source, extras = resolve_input(record.inputs[0], args.data)
@@ -108,7 +108,7 @@ def main() -> None:
                     "none": Request(record.id, question),
                 }
                 truth = normalize_answer(record.answer)
-                hits[kind]["blind"].append(normalize_answer(blind.get(kind, "")) == truth)
+                hits[kind]["blind"].append(normalize_answer(blind) == truth)
                 for context, request in requests.items():
                     scores = answer_log_probs(backend, request, answers)
                     best = answers[max(range(len(answers)), key=scores.__getitem__)]
