@@ -118,8 +118,10 @@ class TrainConfig:
     max_grad_norm: float | None = 1.0
     # How a global batch's label tokens are averaged: "token" = every label token weighs the same (a 16-token caption
     # outweighs a one-word answer 8:1); "sample" = every row's mean token loss weighs the same, so a short answer
-    # counts as much as a caption (measured on the long profile: no change; BENCHMARKS.md, "The long profile").
-    loss_weighting: Literal["token", "sample"] = "token"
+    # counts as much as a caption (measured on the long profile: no change; BENCHMARKS.md, "The long profile");
+    # "turn" = every answer's (assistant turn's) mean token loss weighs the same, so an answer merged into a
+    # multi-turn conversation (data.turns_per_input) counts what it would alone; single-turn rows: as "sample".
+    loss_weighting: Literal["token", "sample", "turn"] = "token"
     # "auto": bf16 where the hardware computes it natively (a CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX),
     # else fp32; see fast_bf16.
     precision: Literal["fp32", "bf16", "auto"] = "fp32"

@@ -109,14 +109,22 @@ def split_decay(params: list[tuple[str, nn.Parameter]], weight_decay: float) -> 
     ]
 
 
-def label_loss_sum(model: nn.Module, inputs: dict[str, Any], per_sample: bool = False) -> torch.Tensor:
-    """Summed cross-entropy over the label tokens of one batch (``inputs`` as the collator + cache build them);
-    ``per_sample``: the sum over rows of each row's mean over its label tokens instead.
+# How a batch's label tokens are averaged (train.loss_weighting; see label_loss_sum).
+LOSS_WEIGHTINGS = ("token", "sample", "turn")
+
+
+def label_loss_sum(model: nn.Module, inputs: dict[str, Any], weighting: str = "token") -> torch.Tensor:
+    """Summed cross-entropy over the label tokens of one batch (``inputs`` as the collator + cache build them), as
+    ``train.loss_weighting`` sums it: ``token``, every label token; ``sample``, the sum over rows of each row's mean
+    over its label tokens; ``turn``, the sum over answers (runs of label tokens: one per assistant turn) of each
+    answer's mean, so an answer in a multi-turn conversation weighs what it would alone.
 
     Logits are computed only at the positions whose next token is a label in some row (``logits_to_keep``): the
     answers are a fraction of each row (a 15-token caption after a 35-token prompt), and the LM head (SmolLM2:
     576 x 49152) is about a fifth of a step, so this saves most of that fifth. Same value as the model's own loss.
     """
+    if weighting not in LOSS_WEIGHTINGS:
+        raise ValueError(f"loss weighting {weighting!r} is not one of {LOSS_WEIGHTINGS}")
     inputs = dict(inputs)
     targets = inputs.pop("labels")[:, 1:]  # position t predicts token t+1
     segments = inputs.pop("segments", None)  # packed rows (instruct_data.collator.pack): the sample of each position
@@ -124,7 +132,7 @@ def label_loss_sum(model: nn.Module, inputs: dict[str, Any], per_sample: bool = 
     # no KV cache: a training pass never decodes on, and building one cost copies (and compiled layers a recompile)
     logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits.float()  # [B, len(keep), V]
     kept = targets[:, keep]
-    if not per_sample:
+    if weighting == "token":
         return nn.functional.cross_entropy(
             logits.flatten(0, 1), kept.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
         )
@@ -132,7 +140,9 @@ def label_loss_sum(model: nn.Module, inputs: dict[str, Any], per_sample: bool = 
         logits.flatten(0, 1), kept.flatten(), ignore_index=IGNORE_INDEX, reduction="none"
     )
     labelled = kept.flatten() != IGNORE_INDEX
-    if segments is None:  # one row per sample
+    if weighting == "turn":
+        owner = answer_runs(targets)[:, keep].flatten()
+    elif segments is None:  # one row per sample
         owner = torch.arange(kept.shape[0], device=kept.device).unsqueeze(1).expand_as(kept).flatten()
     else:
         owner = segments[:, 1:][:, keep].flatten()
@@ -142,13 +152,26 @@ def label_loss_sum(model: nn.Module, inputs: dict[str, Any], per_sample: bool = 
     return (sums[counts > 0] / counts[counts > 0]).sum()
 
 
-def loss_units(batch: dict[str, Any], per_sample: bool) -> int:
-    """What :func:`label_loss_sum` sums over in ``batch``: its label tokens, or (``per_sample``) its rows that have
-    label tokens."""
-    if not per_sample:
+def answer_runs(targets: torch.Tensor) -> torch.Tensor:
+    """``[B, T]`` labels -> the index of the answer each label position belongs to, counted over the whole batch (a
+    run of label tokens is one answer: the prompt's ignored tokens part two turns, and packed samples begin with
+    their prompts); -1 before the first answer."""
+    labelled = targets != IGNORE_INDEX
+    before = torch.zeros_like(labelled)
+    before[:, 1:] = labelled[:, :-1]
+    starts = labelled & ~before
+    return starts.flatten().cumsum(0).view_as(targets) - 1
+
+
+def loss_units(batch: dict[str, Any], weighting: str) -> int:
+    """What :func:`label_loss_sum` sums over in ``batch``: its label tokens, its rows that have label tokens
+    (``sample``), or its answers (``turn``)."""
+    if weighting == "token":
         return batch["num_label_tokens"]
-    labels = batch.get("padded_labels", batch["labels"])  # one row per sample, also when packed
-    return int((labels[:, 1:] != IGNORE_INDEX).any(dim=1).sum())
+    labels = batch.get("padded_labels", batch["labels"])[:, 1:]  # one row per sample, also when packed
+    if weighting == "turn":
+        return int(answer_runs(labels).max()) + 1 if labels.numel() else 0
+    return int((labels != IGNORE_INDEX).any(dim=1).sum())
 
 
 def backbones(core: nn.Module) -> list[nn.Module]:
@@ -355,12 +378,12 @@ class Trainer:
         return float(self.acc.reduce(tensor, reduction="sum")[0])
 
     def step(self, micro_batches: list[dict[str, Any]]) -> float:
-        """One optimizer step over this process's micro-batches; returns the global mean loss (per label token, or
-        per row under ``loss_weighting: sample``)."""
-        per_sample = self.cfg.loss_weighting == "sample"
+        """One optimizer step over this process's micro-batches; returns the global mean loss (per label token, row or
+        answer, as ``train.loss_weighting`` weighs them)."""
+        weighting = self.cfg.loss_weighting
         if self.cfg.pack_rows:
             micro_batches = [pack(b, self.cfg.pack_rows, self.collator.pad_id) for b in micro_batches]
-        global_units = self._sum(sum(loss_units(b, per_sample) for b in micro_batches))
+        global_units = self._sum(sum(loss_units(b, weighting) for b in micro_batches))
         normaliser = torch.tensor(max(global_units, 1.0), device=self.acc.device)
         loss_sum = 0.0
         for j, batch in enumerate(micro_batches):
@@ -369,7 +392,7 @@ class Trainer:
                 inputs = self._forward_inputs(batch)
                 with self._autocast(), self._word_logits() as words:
                     # sum over this micro-batch's label tokens (rows) / all of them in the global batch
-                    loss = label_loss_sum(self.model, inputs, per_sample) / normaliser
+                    loss = label_loss_sum(self.model, inputs, weighting) / normaliser
                 # DDP averages gradients over processes; undo that so the result is the global-batch mean.
                 total = loss * self.world + self._lexical(words, batch) / len(micro_batches)
                 self.acc.backward(total)

@@ -148,13 +148,71 @@ def test_per_sample_loss_weighs_a_one_word_answer_as_much_as_a_caption(tiny, med
         rows = [
             model(**image_qa_batch(processor, media_paths, [pair])[1]).loss for pair in pairs
         ]  # each row's mean over its own label tokens
-        per_sample = label_loss_sum(model, inputs, per_sample=True)
+        per_sample = label_loss_sum(model, inputs, "sample")
         per_token = label_loss_sum(model, inputs)
-    assert loss_units(batch, per_sample=True) == 2
-    assert loss_units(batch, per_sample=False) == batch["num_label_tokens"] > 2
+        per_turn = label_loss_sum(model, inputs, "turn")
+    assert loss_units(batch, "sample") == loss_units(batch, "turn") == 2
+    assert loss_units(batch, "token") == batch["num_label_tokens"] > 2
+    assert torch.allclose(per_turn, per_sample)  # one answer per row: the same
     assert torch.allclose(per_sample, sum(rows), rtol=1e-4)
     # the token-weighted mean leans towards the caption's loss; the per-sample mean does not
     assert not torch.allclose(per_token / batch["num_label_tokens"], per_sample / 2, rtol=1e-3)
+
+
+def test_per_turn_loss_weighs_each_answer_of_a_conversation_as_one(tiny, media_paths):
+    """``loss_weighting: turn``: in a two-turn conversation (a caption, then a one-word answer) each answer's mean
+    token loss counts once, where ``sample`` lets the row's longer answer outweigh the short one."""
+    import torch.nn.functional as F
+
+    from onellm.instruct_data.collator import Collator
+    from onellm.train.loop import label_loss_sum, loss_units
+
+    model, processor = tiny
+    turns = [
+        ("<image>\nDescribe the picture in detail.", "a large blue square on a white background at the left"),
+        ("What colour is the square?", "blue"),
+    ]
+    media = [("image", processor.preprocess("image", media_paths["image"]))]
+    examples = [
+        {
+            "id": "chat",
+            "conversation": [{"role": r, "content": c} for q, a in turns for r, c in (("user", q), ("assistant", a))],
+            "media": media,
+            "keys": ["k"],
+        },
+        {
+            "id": "single",
+            "conversation": [
+                {"role": "user", "content": "<image>\nHow many?"},
+                {"role": "assistant", "content": "one"},
+            ],
+            "media": media,
+            "keys": ["k"],
+        },
+    ]
+    batch = Collator(processor)(examples)
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels", "mm_inputs")}
+    assert loss_units(batch, "turn") == 3 and loss_units(batch, "sample") == 2
+    with torch.no_grad():
+        logits = model(**inputs).logits[:, :-1].float()
+        per_turn = label_loss_sum(model, inputs, "turn")
+        per_sample = label_loss_sum(model, inputs, "sample")
+    targets = batch["labels"][:, 1:]
+    losses = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="none")
+    answers = []  # each answer's mean token loss, its label runs found by hand
+    for row in range(2):
+        labelled = (targets[row] != -100).tolist()
+        run: list[int] = []
+        for t, is_label in enumerate([*labelled, False]):
+            if is_label:
+                run.append(t)
+            elif run:
+                answers.append(losses[row, run].mean())
+                run = []
+    assert len(answers) == 3
+    assert torch.allclose(per_turn, sum(answers), rtol=1e-4)
+    assert torch.allclose(per_sample, losses[0][targets[0] != -100].mean() + answers[2], rtol=1e-4)
+    assert not torch.allclose(per_turn, per_sample, rtol=1e-3)
 
 
 def test_a_stage_with_a_warm_cache_decodes_no_media(synth_tiny, tmp_path, quick, accelerator, monkeypatch):

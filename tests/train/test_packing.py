@@ -13,7 +13,7 @@ from .conftest import TINY
 
 
 def test_packed_rows_give_the_padded_rows_losses(tiny, media_paths):
-    """Token and per-sample weighting: the loss of the same samples in 1, 2 or 3 packed rows equals the padded one."""
+    """Every loss weighting: the loss of the same samples in 1, 2 or 3 packed rows equals the padded one."""
     from onellm.instruct_data.collator import pack
     from onellm.train.loop import label_loss_sum, loss_units
 
@@ -28,16 +28,16 @@ def test_packed_rows_give_the_padded_rows_losses(tiny, media_paths):
     ]
     batch, inputs = image_qa_batch(processor, media_paths, pairs)
     pad = processor.tokenizer.pad_token_id
-    for per_sample in (False, True):
+    for weighting in ("token", "sample", "turn"):
         with torch.no_grad():
-            padded = label_loss_sum(model, inputs, per_sample)
+            padded = label_loss_sum(model, inputs, weighting)
             for rows in (1, 2, 3):
                 packed = pack(batch, rows, pad)
                 assert packed["input_ids"].shape[0] == rows and "attention_mask" not in packed
-                assert loss_units(packed, per_sample) == loss_units(batch, per_sample)
+                assert loss_units(packed, weighting) == loss_units(batch, weighting)
                 fields = ("input_ids", "labels", "position_ids", "segments", "mm_inputs")
-                ours = label_loss_sum(model, {k: packed[k] for k in fields}, per_sample)
-                assert torch.allclose(ours, padded, rtol=1e-5), (per_sample, rows, float(ours), float(padded))
+                ours = label_loss_sum(model, {k: packed[k] for k in fields}, weighting)
+                assert torch.allclose(ours, padded, rtol=1e-5), (weighting, rows, float(ours), float(padded))
 
 
 @pytest.mark.parametrize("weighting", ["token", "sample"])
