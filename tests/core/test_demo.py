@@ -237,8 +237,14 @@ def test_the_all_profile_opts_into_fourteen_modalities(tmp_path):
         "end_tag": "learned",
         "start_tag": "learned",
         "extra_slots": 0,
+        "slot_summary": "mean",
     }
-    assert default.stages[0].init_from.preset_args == {"end_tag": "lexical", "start_tag": "lexical", "extra_slots": 1}
+    assert default.stages[0].init_from.preset_args == {
+        "end_tag": "lexical",
+        "start_tag": "lexical",
+        "extra_slots": 1,
+        "slot_summary": "mean_max",
+    }
     assert [s.train.word_fit_steps for s in default.stages if s.recipe == "align"] == [200, 200, 200]
     assert all(not s.train.word_fit_steps for s in curriculum.stages if s.train is not None)
     assert [s.name for s in curriculum.stages][-2:] == ["align_extended", "instruct_all"]
