@@ -121,6 +121,7 @@ class TrainConfig:
     # counts as much as a caption (measured on the long profile: no change; BENCHMARKS.md, "The long profile");
     # "turn" = every answer's (assistant turn's) mean token loss weighs the same, so an answer merged into a
     # multi-turn conversation (data.turns_per_input) counts what it would alone; single-turn rows: as "sample".
+    # The validation loss is averaged the same way.
     loss_weighting: Literal["token", "sample", "turn"] = "token"
     # "auto": bf16 where the hardware computes it natively (a CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX),
     # else fp32; see fast_bf16.

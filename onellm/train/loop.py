@@ -522,7 +522,8 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Mean token loss per modality and over all of them (``"all"``) on the fixed validation subset."""
+        """Mean loss per modality and over all of them (``"all"``) on the fixed validation subset, per label token,
+        row or answer as ``train.loss_weighting`` weighs the training loss, so the two read alike."""
         self.model.eval()
         # Plain / DDP: each process scores its share with the unwrapped model (no collective inside, so uneven
         # shares cannot deadlock), then the sums are reduced. Sharded: every process runs the whole subset through
@@ -533,22 +534,23 @@ class Trainer:
 
     def _evaluate(self, model: nn.Module) -> dict[str, float]:
         out: dict[str, float] = {}
-        total_loss = total_tokens = 0.0
+        weighting = self.cfg.loss_weighting
+        total_loss = total_units = 0.0
         for name, indices in self.val_indices().items():
             mine = indices if self.sharded else indices[self.rank :: self.world]
-            loss_sum = tokens = 0.0
+            loss_sum = units = 0.0
             for start in range(0, len(mine), self.cfg.batch_size):
                 batch = self.collator([self.val_set[i] for i in mine[start : start + self.cfg.batch_size]])
                 with self._autocast():
-                    loss = label_loss_sum(model, self._forward_inputs(batch))
+                    loss = label_loss_sum(model, self._forward_inputs(batch), weighting)
                 loss_sum += float(loss)
-                tokens += batch["num_label_tokens"]
+                units += loss_units(batch, weighting)
             if not self.sharded:
-                loss_sum, tokens = self._sum(loss_sum), self._sum(tokens)
-            out[name] = loss_sum / max(tokens, 1.0)
-            total_loss, total_tokens = total_loss + loss_sum, total_tokens + tokens
+                loss_sum, units = self._sum(loss_sum), self._sum(units)
+            out[name] = loss_sum / max(units, 1.0)
+            total_loss, total_units = total_loss + loss_sum, total_units + units
         if out:
-            out["all"] = total_loss / max(total_tokens, 1.0)
+            out["all"] = total_loss / max(total_units, 1.0)
         self._train_mode()
         return out
 

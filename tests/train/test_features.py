@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from onellm.train.features import FeatureCache, cache_options, cacheable_modalities, path_fingerprint
@@ -372,3 +373,43 @@ def test_features_cached_under_bf16_autocast_are_the_float32_encodings(synth_tin
     for path in stored:
         cached = torch.load(path, weights_only=True)
         assert any(torch.allclose(cached, row, atol=1e-5) for row in encoded), path.name
+
+
+@pytest.mark.parametrize("weighting", ["token", "sample"])
+def test_the_validation_loss_averages_as_the_training_loss_does(synth_tiny, tmp_path, quick, accelerator, weighting):
+    """``train.loss_weighting`` sets how validation averages too: over all label tokens, or each sample's mean token
+    loss (the model's own loss on that sample alone) weighing the same, so the training and validation losses that
+    ``summary.md`` shows side by side read alike (validation was token-weighted whatever the setting)."""
+    from pathlib import Path
+
+    from onellm.train.common import build_data, freeze, load_start
+    from onellm.train.config import load_stage
+    from onellm.train.recipes import build_trainer
+
+    config = Path(__file__).resolve().parents[2] / "configs/tiny/align_image.yaml"
+    overrides = {
+        "train.loss_weighting": weighting,
+        "train.cache_features": False,  # the batches hold the media
+        "data.sources": [{"modalities": ["image"], "tasks": ["caption", "qa"]}],  # a caption and one-word answers
+    }
+    stage = load_stage(config, quick(synth_tiny, tmp_path, **overrides))
+    model, processor = load_start(stage)
+    _, groups = freeze(model, stage.trainable)
+    data = build_data(stage, processor, accelerator)
+    trainer = build_trainer(stage, accelerator, model, model, processor, data, groups, False)
+    val = trainer.evaluate()
+    samples = [data.val[i] for i in trainer.val_indices()["image"]]
+    losses, tokens = [], []
+    model.eval()
+    with torch.no_grad():
+        for sample in samples:  # each alone: the model's own loss is that sample's mean over its label tokens
+            batch = trainer.collator([sample])
+            inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels", "mm_inputs")}
+            losses.append(float(model(**inputs).loss))
+            tokens.append(batch["num_label_tokens"])
+    by_sample = sum(losses) / len(losses)
+    by_token = sum(loss * n for loss, n in zip(losses, tokens, strict=True)) / sum(tokens)
+    assert len(samples) >= 2 and abs(by_sample - by_token) > 1e-3  # a caption beside one-word answers
+    expected = by_token if weighting == "token" else by_sample
+    assert val["image"] == pytest.approx(expected, rel=1e-4)
+    assert val["all"] == pytest.approx(expected, rel=1e-4)
