@@ -6,10 +6,7 @@ The server has already preprocessed every input; they reach the plugin's process
 
 from __future__ import annotations
 
-import atexit
 import os
-import shutil
-import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import aclosing
@@ -40,35 +37,6 @@ def serving_dtype(requested: str, checkpoint_dtype: str, cpu: bool) -> str:
     return requested
 
 
-_rpc_folder: str | None = None  # this process's, once made: vLLM caches its settings, so the path never changes
-# A Unix socket's path holds at most 107 bytes (sockaddr_un.sun_path); vLLM names each socket by a 36-character uuid.
-SOCKET_PATH_MAX = 107
-RPC_PREFIX = "onellm-rpc-"
-
-
-def private_rpc_folder() -> str | None:
-    """A folder of this process's own for vLLM's inter-process sockets, or None when the user chose one (or the temp
-    folder's path leaves no room for one in a socket's path: then vLLM's default stands).
-
-    vLLM binds its ZMQ sockets as files under ``VLLM_RPC_BASE_PATH`` (default: the temp folder) and leaves them
-    behind when its engine-core process is interrupted: Ctrl-C on a server left 7 socket files in the temp folder per
-    start. Pointed at this folder (the engine-core process inherits the setting), they go with it at
-    :meth:`VLLMEngine.stop`, or at exit.
-    """
-    global _rpc_folder
-    if os.environ.get("VLLM_RPC_BASE_PATH", _rpc_folder) != _rpc_folder:
-        return None
-    if _rpc_folder is None:
-        longest = os.path.join(tempfile.gettempdir(), RPC_PREFIX + "x" * 8, str(uuid.uuid4()))  # mkdtemp adds 8
-        if len(longest.encode()) > SOCKET_PATH_MAX:
-            return None
-        _rpc_folder = tempfile.mkdtemp(prefix=RPC_PREFIX)
-        os.environ["VLLM_RPC_BASE_PATH"] = _rpc_folder
-        atexit.register(shutil.rmtree, _rpc_folder, ignore_errors=True)
-    os.makedirs(_rpc_folder, exist_ok=True)  # again after a stop removed it
-    return _rpc_folder
-
-
 class VLLMEngine:
     name = "vllm"
 
@@ -76,7 +44,6 @@ class VLLMEngine:
         self.settings = settings
         self.llm: Any = None
         self.lora_requests: dict[str, Any] = {}
-        self.rpc_folder: str | None = None
 
     @property
     def max_model_len(self) -> int:
@@ -122,7 +89,6 @@ class VLLMEngine:
         from vllm.lora.request import LoRARequest
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        self.rpc_folder = private_rpc_folder()
         self.llm = AsyncLLM.from_engine_args(self.engine_args())
         self.lora_requests = {
             name: LoRARequest(lora_name=name, lora_int_id=i + 1, lora_path=str(path))
@@ -133,9 +99,6 @@ class VLLMEngine:
         if self.llm is not None:
             self.llm.shutdown()
             self.llm = None
-        if self.rpc_folder is not None:
-            shutil.rmtree(self.rpc_folder, ignore_errors=True)
-            self.rpc_folder = None
 
     def num_unfinished(self) -> int:
         return 0 if self.llm is None else int(self.llm.get_num_unfinished_requests())
