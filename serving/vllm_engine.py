@@ -6,10 +6,13 @@ The server has already preprocessed every input; they reach the plugin's process
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import aclosing
+from collections.abc import AsyncIterator, Iterator
+from contextlib import aclosing, contextmanager
 from typing import Any
 
 from onellm.hardware import fast_bf16
@@ -37,6 +40,55 @@ def serving_dtype(requested: str, checkpoint_dtype: str, cpu: bool) -> str:
     return requested
 
 
+_rpc_folder: str | None = None  # this process's, once made: vLLM caches its settings, so the path never changes
+# A Unix socket's path holds at most 107 bytes (sockaddr_un.sun_path); vLLM names each socket by a 36-character uuid.
+SOCKET_PATH_MAX = 107
+RPC_PREFIX = "onellm-rpc-"
+
+
+def private_rpc_folder() -> str | None:
+    """A folder of this process's own for vLLM's inter-process sockets, or None when the user chose one (or the temp
+    folder's path leaves no room for one in a socket's path: then vLLM's default stands).
+
+    vLLM binds its ZMQ sockets as files under ``VLLM_RPC_BASE_PATH`` (default: the temp folder) and leaves them
+    behind when its engine-core process is interrupted: Ctrl-C on a server left 7 socket files in the temp folder per
+    start. Pointed at this folder (the engine-core process inherits the setting), they go with it at
+    :meth:`VLLMEngine.stop`, or at exit.
+    """
+    global _rpc_folder
+    if os.environ.get("VLLM_RPC_BASE_PATH", _rpc_folder) != _rpc_folder:
+        return None
+    if _rpc_folder is None:
+        longest = os.path.join(tempfile.gettempdir(), RPC_PREFIX + "x" * 8, str(uuid.uuid4()))  # mkdtemp adds 8
+        if len(longest.encode()) > SOCKET_PATH_MAX:
+            return None
+        _rpc_folder = tempfile.mkdtemp(prefix=RPC_PREFIX)
+        atexit.register(shutil.rmtree, _rpc_folder, ignore_errors=True)
+    os.makedirs(_rpc_folder, exist_ok=True)  # again after a stop removed it
+    os.environ["VLLM_RPC_BASE_PATH"] = _rpc_folder
+    return _rpc_folder
+
+
+@contextmanager
+def rpc_folder_while_starting() -> Iterator[str | None]:
+    """:func:`private_rpc_folder` in ``VLLM_RPC_BASE_PATH`` only while vLLM binds its sockets and starts its
+    engine-core process (which inherits it): a server this process starts later must not inherit a folder that a
+    stop removes. Yields the folder (None: vLLM's default stands), for the caller to remove when its engine stops."""
+    before = os.environ.get("VLLM_RPC_BASE_PATH")
+    folder = private_rpc_folder()
+    try:
+        yield folder
+    finally:
+        if before is None:
+            os.environ.pop("VLLM_RPC_BASE_PATH", None)
+
+
+def remove_rpc_folder(folder: str | None) -> None:
+    """Remove the sockets' folder of an engine that has shut down (:func:`rpc_folder_while_starting`)."""
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 class VLLMEngine:
     name = "vllm"
 
@@ -44,6 +96,7 @@ class VLLMEngine:
         self.settings = settings
         self.llm: Any = None
         self.lora_requests: dict[str, Any] = {}
+        self.rpc_folder: str | None = None
 
     @property
     def max_model_len(self) -> int:
@@ -89,7 +142,8 @@ class VLLMEngine:
         from vllm.lora.request import LoRARequest
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        self.llm = AsyncLLM.from_engine_args(self.engine_args())
+        with rpc_folder_while_starting() as self.rpc_folder:
+            self.llm = AsyncLLM.from_engine_args(self.engine_args())
         self.lora_requests = {
             name: LoRARequest(lora_name=name, lora_int_id=i + 1, lora_path=str(path))
             for i, (name, path) in enumerate(self.settings.adapters.items())
@@ -99,6 +153,8 @@ class VLLMEngine:
         if self.llm is not None:
             self.llm.shutdown()
             self.llm = None
+        remove_rpc_folder(self.rpc_folder)
+        self.rpc_folder = None
 
     def num_unfinished(self) -> int:
         return 0 if self.llm is None else int(self.llm.get_num_unfinished_requests())

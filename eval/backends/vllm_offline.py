@@ -42,7 +42,7 @@ class VLLMBackend(Backend):
 
         import onellm  # noqa: F401  (AutoProcessor must know the onellm processor class)
         from onellm.serving.plugin import register
-        from onellm.serving.vllm_engine import serving_dtype
+        from onellm.serving.vllm_engine import rpc_folder_while_starting, serving_dtype
 
         register()  # the entry point does this in vLLM's processes; here it also covers a non-installed checkout
         self.model_path, self.dtype, self.max_model_len, self.seed = str(path), dtype, max_model_len, seed
@@ -52,7 +52,8 @@ class VLLMBackend(Backend):
         options: dict[str, Any] = {"model": str(path), "dtype": engine_dtype, "seed": seed}
         if max_model_len is not None:
             options["max_model_len"] = max_model_len
-        self.llm = LLM(**options)
+        with rpc_folder_while_starting() as self.rpc_folder:  # its sockets go at close() or at exit
+            self.llm = LLM(**options)
 
     def info(self) -> dict[str, Any]:
         import vllm
@@ -95,7 +96,11 @@ class VLLMBackend(Backend):
         return [output.outputs[0].text for output in outputs]
 
     def close(self) -> None:
+        from onellm.serving.vllm_engine import remove_rpc_folder
+
         llm = getattr(self, "llm", None)
         if llm is not None:
             self.llm = None
             del llm
+        remove_rpc_folder(getattr(self, "rpc_folder", None))
+        self.rpc_folder = None

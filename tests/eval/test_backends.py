@@ -7,9 +7,11 @@ import base64
 import dataclasses
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -347,16 +349,21 @@ def test_hf_rejects_a_folder_without_checkpoint(tmp_path):
 
 
 @pytest.mark.slow
-def test_vllm_backend_matches_hf(checkpoint, corpus, tmp_path):
+def test_vllm_backend_matches_hf(checkpoint, corpus, tmp_path, request):
     pytest.importorskip("vllm")
     tasks = "synth_audio_qa,synth_image_qa"
     out = tmp_path / "vllm"
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+    # a temp folder of its own, short enough for socket paths (107 bytes): vLLM's socket files must not outlive the run
+    temp = Path(tempfile.mkdtemp(prefix="onellm-test-"))
+    request.addfinalizer(lambda: shutil.rmtree(temp, ignore_errors=True))
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "TMPDIR": str(temp)}
+    env.pop("VLLM_RPC_BASE_PATH", None)
     # A subprocess, as a user runs it: the engine spawns processes that re-import the entry module.
     command = [sys.executable, "-m", "onellm.eval.cli", "--model", str(checkpoint), "--backend", "vllm", "--dtype",
                "float32", "--tasks", tasks, "--data-dir", f"synth={corpus}", "--output", str(out), "--no-progress"]  # fmt: skip
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=540)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert [p.name for p in temp.iterdir() if p.name.startswith("onellm-rpc-") or p.is_socket()] == []
     results = json.loads((out / "results.json").read_text())
     assert results["config"]["backend"] == "vllm"
 

@@ -50,14 +50,18 @@ class Server:
         return self.process.poll() is None
 
 
-def start_server(command: list[str], log: Path, port: int, timeout: float = 300.0) -> Server:
-    """Start ``command`` in its own process group and wait until ``/health`` answers 200."""
+def start_server(
+    command: list[str], log: Path, port: int, timeout: float = 300.0, env: dict[str, str] | None = None
+) -> Server:
+    """Start ``command`` in its own process group (``env`` added to the environment) and wait until ``/health``
+    answers 200."""
     handle = log.open("wb")
     # VLLM_CPU_KVCACHE_SPACE: GiB of KV cache vLLM reserves on the CPU (otherwise most of the RAM).
     env = {
         **os.environ,
         "PYTHONUNBUFFERED": "1",
         "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
+        **(env or {}),
     }
     env.pop("PYTHONPATH", None)  # tests/ holds an `onellm` folder that would shadow the package
     process = subprocess.Popen(

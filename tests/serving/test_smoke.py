@@ -4,6 +4,7 @@ against the hf engine on the same request; bad inputs fail before any engine sta
 from __future__ import annotations
 
 import asyncio
+import os
 
 import numpy as np
 import pytest
@@ -36,7 +37,10 @@ def test_serve_questions_answer_as_the_hf_engine_does(checkpoint, image, tmp_pat
     np.save(cloud, np.random.default_rng(3).random((400, 6)).astype(np.float32))
     asks = [Ask("image", image, QUESTION), Ask("audio", wav, "What do you hear?"), Ask("point", cloud, "Describe it.")]
 
+    monkeypatch.delenv("VLLM_RPC_BASE_PATH", raising=False)
     answers = serve_questions(checkpoint, asks, max_tokens=12, dtype="float32")
+    # the engine's socket folder is gone with it, and no server started later inherits its path
+    assert "VLLM_RPC_BASE_PATH" not in os.environ
 
     processor = AutoProcessor.from_pretrained(str(checkpoint))
     hf = build_engine("hf", EngineSettings(checkpoint=checkpoint, dtype="float32"))
