@@ -10,11 +10,13 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import signal
 import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 import zlib
 from collections.abc import Iterator
@@ -45,16 +47,27 @@ class Server:
     url: str  # http://127.0.0.1:PORT
     process: subprocess.Popen
     log: Path
+    temp: Path | None = None  # the server's own temp folder, removed by stop_server
 
     def alive(self) -> bool:
         return self.process.poll() is None
 
 
 def start_server(
-    command: list[str], log: Path, port: int, timeout: float = 300.0, env: dict[str, str] | None = None
+    command: list[str],
+    log: Path,
+    port: int,
+    timeout: float = 300.0,
+    env: dict[str, str] | None = None,
+    stock_vllm: bool = False,
 ) -> Server:
     """Start ``command`` in its own process group (``env`` added to the environment) and wait until ``/health``
-    answers 200."""
+    answers 200. ``stock_vllm``: vLLM's own server, which leaves its socket files (7 per start) and a file store in the
+    temp folder when SIGINT stops it: it gets a temp folder of its own (short: a socket's path holds at most 107
+    bytes), removed by :func:`stop_server`."""
+    temp = Path(tempfile.mkdtemp(prefix="onellm-test-")) if stock_vllm else None
+    if temp is not None:
+        env = {**(env or {}), "TMPDIR": str(temp), "VLLM_RPC_BASE_PATH": str(temp)}
     handle = log.open("wb")
     # VLLM_CPU_KVCACHE_SPACE: GiB of KV cache vLLM reserves on the CPU (otherwise most of the RAM).
     env = {
@@ -71,14 +84,15 @@ def start_server(
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
+            stop_server(Server(url, process, log, temp))
             raise RuntimeError(f"server exited with {process.returncode}; log:\n{log.read_text()[-4000:]}")
         try:
             if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return Server(url, process, log)
+                return Server(url, process, log, temp)
         except httpx.HTTPError:
             pass
         time.sleep(1.0)
-    stop_server(Server(url, process, log))
+    stop_server(Server(url, process, log, temp))
     raise RuntimeError(f"server not healthy after {timeout:.0f} s; log:\n{log.read_text()[-4000:]}")
 
 
@@ -94,6 +108,8 @@ def stop_server(server: Server) -> None:
         os.killpg(server.process.pid, signal.SIGKILL)  # engine processes left in the group, if any
     except ProcessLookupError:
         pass
+    if server.temp is not None:
+        shutil.rmtree(server.temp, ignore_errors=True)
 
 
 def onellm_serve(checkpoint: Path, engine: str, port: int, *extra: str) -> list[str]:

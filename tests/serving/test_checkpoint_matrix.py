@@ -164,7 +164,9 @@ def stock_dinov2_server(written, tmp_path_factory, kit):
         *("--enable-lora", "--max-loras", "2", "--max-lora-rank", "8"),
         *("--lora-modules", f"{ADAPTER}={folders['adapter']}"),
     ]
-    server = kit.start_server(command, tmp_path_factory.mktemp("logs") / "stock_dinov2.log", port, timeout=300)
+    server = kit.start_server(
+        command, tmp_path_factory.mktemp("logs") / "stock_dinov2.log", port, timeout=300, stock_vllm=True
+    )
     yield server
     kit.stop_server(server)
 

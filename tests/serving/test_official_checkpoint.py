@@ -73,7 +73,7 @@ def test_stock_vllm_server_matches_hf(official, hf_tokens, media, parts, kit, tm
         *("--port", str(port), "--dtype", "float32", "--max-model-len", "512", "--enforce-eager"),
         *("--distributed-executor-backend", "uni", "--api-key", kit.API_KEY),
     ]
-    server = kit.start_server(command, tmp_path / "stock_official.log", port, timeout=300)
+    server = kit.start_server(command, tmp_path / "stock_official.log", port, timeout=300, stock_vllm=True)
     try:
         client = OpenAI(base_url=f"{server.url}/v1", api_key=kit.API_KEY, max_retries=0, timeout=120)
         for name, request in requests(media, parts).items():

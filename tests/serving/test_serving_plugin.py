@@ -49,7 +49,9 @@ def stock_server(checkpoint, tmp_path_factory, kit):
         "--api-key",
         kit.API_KEY,
     ]
-    server = kit.start_server(command, tmp_path_factory.mktemp("logs") / "stock_vllm.log", port, timeout=300)
+    server = kit.start_server(
+        command, tmp_path_factory.mktemp("logs") / "stock_vllm.log", port, timeout=300, stock_vllm=True
+    )
     yield server
     kit.stop_server(server)
 
