@@ -151,7 +151,10 @@ def test_long_profile_builds_the_default_word_slots():
     default, long = (
         load_curriculum(REPO / f"configs/small/{name}.yaml").stages for name in ("curriculum", "curriculum-long")
     )
-    assert long[0].init_from.preset_args == default[0].init_from.preset_args
+    # one difference: the word slots read the regions' mean, not mean + max (image QA 0.81 against 0.79 after the
+    # profile's first stage; BENCHMARKS.md, "The long profile", 2026-12-07)
+    assert long[0].init_from.preset_args == {**default[0].init_from.preset_args, "slot_summary": "mean"}
+    assert default[0].init_from.preset_args["slot_summary"] == "mean_max"
     assert (
         default[0].init_from.preset_args["start_tag"] == "lexical"
         and default[0].init_from.preset_args["extra_slots"] == 1
