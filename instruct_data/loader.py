@@ -396,6 +396,10 @@ class ManifestDataset(Dataset):
             self._keys[cache] = content_key(source, extras)
         return self._keys[cache]
 
+    def input_keys(self, index: int) -> list[str]:
+        """The content keys of record ``index``'s inputs (what a batch's ``mm_keys`` hold), in input order."""
+        return [self._key(*resolve_input(item, self.media_root)) for item in self.records[index].inputs]
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         record = self.records[index]
         media, keys = [], []

@@ -147,6 +147,14 @@ class TrainConfig:
     # the tag's word distribution learns the content words of each row's target text. 0 = off. 0.5 is what was
     # measured (BENCHMARKS.md, "A lexical end tag").
     lexical_loss: float = 0.0
+    # Weight of an in-batch contrastive loss between each input's mean soft token and the mean word embedding of its
+    # row's target text (onellm/train/contrastive.py; BLIP-2's image-text contrastive term, issue 11's first
+    # candidate). 0 = off. contrastive_temperature divides the cosine similarities.
+    contrastive_loss: float = 0.0
+    contrastive_temperature: float = 0.07
+    # The text side: "row" = the content words of the input's row's target text; "input" = the distinctive words
+    # (slot_word_share) of everything said about the input in the training set (its caption and the answers).
+    contrastive_text: Literal["row", "input"] = "row"
     # Word slots (projector start_tag and end_tag "lexical") fitted once more at the end of the stage, without the
     # LLM: the stage's training inputs pass the projector once, then this many Adam steps (batches of 64, rate
     # word_fit_lr) fit only the slots' word projections to each input's distinctive words (onellm/train/lexical.py,

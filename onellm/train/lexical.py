@@ -77,14 +77,18 @@ def input_key(record, n: int) -> str:
     return item.path if item.path is not None else f"{record.id}#{n}"
 
 
-def said_by_input(records: Iterable, tokenizer) -> dict[str, dict[str, set[int]]]:
+def said_by_input(
+    records: Iterable, tokenizer, keys: Iterable[list[str]] | None = None
+) -> dict[str, dict[str, set[int]]]:
     """``{modality: {input key: token ids}}``: the tokens of every assistant turn of the records each distinct input
-    (:func:`input_key`) appears in, in first-seen order."""
+    (:func:`input_key`, or ``keys``: each record's input keys, e.g. content keys) appears in, in first-seen order."""
     seen: dict[str, dict[str, set[int]]] = {}
-    for record in records:
+    records = list(records)
+    keys = keys if keys is not None else ([input_key(r, n) for n in range(len(r.inputs))] for r in records)
+    for record, record_keys in zip(records, keys, strict=True):
         said = {i for turn in record.conversation if turn.role == "assistant" for i in _ids(tokenizer, turn.content)}
-        for n, item in enumerate(record.inputs):
-            seen.setdefault(item.modality, {}).setdefault(input_key(record, n), set()).update(said)
+        for item, key in zip(record.inputs, record_keys, strict=True):
+            seen.setdefault(item.modality, {}).setdefault(key, set()).update(said)
     return seen
 
 

@@ -46,6 +46,13 @@ from onellm.instruct_data.mixture import Mixture, shard
 from onellm.modeling import IGNORE_INDEX
 from onellm.train import checkpoint as ckpt
 from onellm.train.config import DataConfig, TrainConfig
+from onellm.train.contrastive import (
+    captured_soft_tokens,
+    contrastive_loss,
+    described_by_input,
+    input_texts,
+    row_texts,
+)
 from onellm.train.features import FeatureCache, cache_options, cacheable_modalities
 from onellm.train.lexical import (
     captured_slot_summaries,
@@ -276,6 +283,14 @@ class Trainer:
         self.words = None  # content-word mask of the lexical end tag's auxiliary loss (train.lexical_loss)
         self.slots, self.distinctive = {}, {}
         self.lexical_sum = 0.0  # that loss summed over the steps since the last log line
+        self.contrastive_sum = 0.0  # train.contrastive_loss's term, likewise
+        if train.lexical_loss or train.contrastive_loss:
+            self.content_words = content_word_mask(collator.processor.tokenizer)
+        self.described = None  # train.contrastive_text "input": each training input's words
+        if train.contrastive_loss and train.contrastive_text == "input":
+            tokenizer = collator.processor.tokenizer
+            share = distinctive_words(train_set.records, tokenizer, self.content_words, train.slot_word_share)
+            self.described = described_by_input(train_set, tokenizer, share)
         if train.lexical_loss:
             if not word_tags(core):
                 raise ValueError(
@@ -283,7 +298,7 @@ class Trainer:
                     "end_tag: lexical or region_words: add (preset_args: {end_tag: lexical}) or set train.lexical_loss: 0"
                 )
             tokenizer = collator.processor.tokenizer
-            self.words = content_word_mask(tokenizer)
+            self.words = self.content_words
             self.slots = word_slots(core)  # heads whose tags are word slots: named as a set, from distinctive words
             if self.slots:
                 self.distinctive = distinctive_words(train_set.records, tokenizer, self.words, train.slot_word_share)
@@ -390,11 +405,12 @@ class Trainer:
             last = j == len(micro_batches) - 1
             with contextlib.nullcontext() if last else self.acc.no_sync(self.model):
                 inputs = self._forward_inputs(batch)
-                with self._autocast(), self._word_logits() as words:
+                with self._autocast(), self._word_logits() as words, self._soft_tokens() as soft:
                     # sum over this micro-batch's label tokens (rows) / all of them in the global batch
                     loss = label_loss_sum(self.model, inputs, weighting) / normaliser
                 # DDP averages gradients over processes; undo that so the result is the global-batch mean.
-                total = loss * self.world + self._lexical(words, batch) / len(micro_batches)
+                aux = self._lexical(words, batch) + self._contrastive(soft, batch)
+                total = loss * self.world + aux / len(micro_batches)
                 self.acc.backward(total)
                 loss_sum += float(loss.detach())
         if self.cfg.max_grad_norm:
@@ -407,6 +423,34 @@ class Trainer:
 
     def _word_logits(self):
         return captured_word_logits(self.core) if self.words is not None else contextlib.nullcontext({})
+
+    def _soft_tokens(self):
+        return captured_soft_tokens(self.core) if self.cfg.contrastive_loss else contextlib.nullcontext({})
+
+    def _contrastive(self, captured: dict[str, list[torch.Tensor]], batch: dict[str, Any]) -> torch.Tensor | float:
+        """``train.contrastive_loss`` x this micro-batch's soft-token/text contrastive loss (0 when off or when no
+        modality has two distinct texts; onellm/train/contrastive.py)."""
+        if not captured:
+            return 0.0
+        device = self.acc.device
+        embeddings = self.core.word_embeddings()
+        if self.described is not None:
+            texts = input_texts(captured, batch["mm_keys"], self.described, embeddings.shape[0])
+        else:
+            texts = row_texts(
+                captured,
+                batch.get("padded_input_ids", batch["input_ids"]).to(device),  # one row per sample, also when packed
+                batch.get("padded_labels", batch["labels"]).to(device),
+                self.core.config.modality_token_ids,
+                self.core.num_placeholder_tokens,
+                self.content_words,
+                embeddings.shape[0],
+            )
+        value = contrastive_loss(captured, batch["mm_keys"], texts, embeddings, self.cfg.contrastive_temperature)
+        if value is None:
+            return 0.0
+        self.contrastive_sum += float(value.detach())
+        return self.cfg.contrastive_loss * value
 
     def _lexical(
         self, captured: dict[tuple[str, int], list[torch.Tensor]], batch: dict[str, Any]
@@ -748,6 +792,10 @@ class Trainer:
             row["lexical_loss"] = self.lexical_sum / (self.cfg.log_interval * self.cfg.grad_accum)
             writer.add_scalar("train/lexical_loss", row["lexical_loss"], step)
             self.lexical_sum = 0.0
+        if self.cfg.contrastive_loss:  # likewise for the contrastive term
+            row["contrastive_loss"] = self.contrastive_sum / (self.cfg.log_interval * self.cfg.grad_accum)
+            writer.add_scalar("train/contrastive_loss", row["contrastive_loss"], step)
+            self.contrastive_sum = 0.0
         with path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(row) + "\n")
 
