@@ -8,6 +8,8 @@ What it does, in order, for ``steps`` optimizer steps:
    steps), so 2 processes x batch b, 1 process x batch 2b and 1 process x batch b x 2 accumulation steps compute
    the same gradient (up to float summation order);
 3. image-like inputs whose path up to the UPM is frozen go through the frozen-feature cache (:mod:`.features`);
+   the auxiliary terms join the LM loss: the word loss (``lexical_loss``, :mod:`.lexical`) and the soft-token/text
+   contrastive term (``contrastive_loss``, :mod:`.contrastive`);
 4. clip, step the optimizer and the schedule (cosine / linear / constant after a linear warmup);
 5. every ``log_interval`` steps: TensorBoard + ``metrics.jsonl``; every ``eval_interval``: validation loss per
    modality; every ``save_interval`` (and at the last step): an atomic resumable checkpoint (:mod:`.checkpoint`).
