@@ -28,7 +28,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
-from onellm.train.lexical import said_by_input, word_targets
+from onellm.train.lexical import fit_mask, said_by_input, word_targets
 
 
 @contextlib.contextmanager
@@ -58,7 +58,7 @@ def row_texts(
 ) -> dict[str, torch.Tensor]:
     """``{modality: [n_m, vocab] bool}``: the content words of the target text of each input's row
     (``contrastive_text: row``)."""
-    mask = words[:vocab] if words.shape[0] >= vocab else nn.functional.pad(words, (0, vocab - words.shape[0]))
+    mask = fit_mask(words, vocab)
     return {m: word_targets(input_ids, labels, markers[m], per_input, mask) for m in captured}
 
 

@@ -166,7 +166,7 @@ def lexical_loss(
             raise RuntimeError(f"{modality}: a word slot's logits are missing from the batch")
         logits = torch.stack(parts, dim=1) if i < 0 else parts[0]  # [n, K, V] slots; [n, V] or [n, N, V]
         vocab = logits.shape[-1]
-        mask = _fit(distinctive[modality], vocab) if i < 0 and modality in distinctive else _fit(words, vocab)
+        mask = fit_mask(distinctive[modality], vocab) if i < 0 and modality in distinctive else fit_mask(words, vocab)
         targets = word_targets(input_ids, labels, markers[modality], per_input, mask)
         if targets.shape[0] != logits.shape[0]:
             raise RuntimeError(f"{modality}: {logits.shape[0]} lexical tags for {targets.shape[0]} inputs in the batch")
@@ -249,7 +249,7 @@ def fit_word_slots(
     head = core.projector.heads[modality]
     tags = head.word_tags()[: head.word_slots]
     vocab = core.word_embeddings().detach()
-    targets = torch.stack([_fit(row, vocab.shape[0]) for row in targets]) if targets.shape[0] else targets
+    targets = torch.stack([fit_mask(row, vocab.shape[0]) for row in targets]) if targets.shape[0] else targets
     keep = targets.any(dim=1).to(summaries.device)
     summaries, targets = summaries[keep], targets.to(summaries.device)[keep]
     if summaries.shape[0] == 0:
@@ -306,7 +306,8 @@ def _log_any(log_p: torch.Tensor) -> torch.Tensor:
     return torch.log((-torch.expm1(log_none)).clamp(min=1e-30))
 
 
-def _fit(words: torch.Tensor, size: int) -> torch.Tensor:
+def fit_mask(words: torch.Tensor, size: int) -> torch.Tensor:
+    """A vocabulary mask cut or zero-padded to ``size`` entries (the logits' or the embedding table's length)."""
     if words.shape[0] >= size:
         return words[:size]
     return torch.cat([words, words.new_zeros(size - words.shape[0])])
@@ -317,6 +318,7 @@ __all__ = [
     "captured_word_logits",
     "content_word_mask",
     "distinctive_words",
+    "fit_mask",
     "fit_word_slots",
     "input_key",
     "lexical_loss",
