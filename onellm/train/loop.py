@@ -197,14 +197,21 @@ def frozen_linear_weights_in_bf16(*models: nn.Module):
 
     Autocast casts a frozen matrix to bf16 again at every use (14 % of a small-preset alignment step); holding the
     cast copy gives the same numbers without the casts. Only linear layers: autocast leaves embedding lookups, norms,
-    class tokens and position tables in fp32 (the residual stream stays fp32), so a weight shared with an embedding
-    table (SmolLM2's tied LM head) stays fp32 too. Not for sharded (FSDP / DeepSpeed) models."""
+    class tokens and position tables in fp32 (the residual stream stays fp32). A linear layer whose weight is an
+    embedding table too (SmolLM2's tied LM head) gets its own bf16 copy while the table stays fp32 for the lookups:
+    casting SmolLM2's 49k x 576 table took about 4 % of an alignment step (BENCHMARKS.md, "Training steps").
+    Afterwards the layer holds the shared table again. Not for sharded (FSDP / DeepSpeed) models."""
     originals: dict[int, tuple[nn.Parameter, torch.Tensor]] = {}
+    untied: list[tuple[nn.Linear, nn.Parameter]] = []  # (tied linear layer, the table it shares)
     lookups = {id(m.weight) for model in models for m in model.modules() if isinstance(m, nn.Embedding)}
     for model in models:
         for module in model.modules():
             param = module.weight if isinstance(module, nn.Linear) else None
-            if param is None or param.requires_grad or param.dtype != torch.float32 or id(param) in lookups:
+            if param is None or param.requires_grad or param.dtype != torch.float32:
+                continue
+            if id(param) in lookups:
+                untied.append((module, param))
+                module.weight = nn.Parameter(param.detach().to(torch.bfloat16), requires_grad=False)
                 continue
             originals[id(param)] = (param, param.data)
             param.data = param.data.to(torch.bfloat16)
@@ -213,6 +220,8 @@ def frozen_linear_weights_in_bf16(*models: nn.Module):
     finally:
         for param, data in originals.values():
             param.data = data
+        for module, param in untied:
+            module.weight = param
 
 
 @contextlib.contextmanager

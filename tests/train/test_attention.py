@@ -87,14 +87,18 @@ def test_bf16_training_holds_frozen_linear_weights_in_bf16_with_the_numbers_of_a
         assert not any("norm" in name or "embed" in name or "projector" in name for name in held)
         assert not any(name.startswith("encoder.") for name in held)  # the feature cache runs it in fp32
         assert trainable.dtype == torch.float32
-        assert llm.get_input_embeddings().weight.dtype == torch.float32  # lookups (and the tied LM head) stay fp32
-        assert llm.get_input_embeddings().weight is llm.get_output_embeddings().weight  # still tied
+        assert llm.get_input_embeddings().weight.dtype == torch.float32  # lookups stay fp32
+        head = llm.get_output_embeddings().weight  # the tied LM head: its own bf16 copy of the table
+        assert head.dtype == torch.bfloat16 and not head.requires_grad
+        assert torch.equal(head, llm.get_input_embeddings().weight.to(torch.bfloat16))
         assert vision.embeddings.position_embeddings.dtype == torch.float32
         loss, grads = loss_and_grads()
     torch.testing.assert_close(loss, reference, rtol=0, atol=0)  # the same numbers as autocast's own casts
     for grad, expected in zip(grads, reference_grads, strict=True):
         torch.testing.assert_close(grad, expected, rtol=1e-6, atol=1e-9)
+    assert llm.get_input_embeddings().weight is llm.get_output_embeddings().weight  # tied again
     after = dict(model.named_parameters())
+    assert after.keys() == before.keys()
     for name, tensor in before.items():
         assert after[name].dtype == torch.float32
         assert torch.equal(after[name], tensor), name
