@@ -20,27 +20,20 @@ import platform
 import statistics
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
-from train_step import stage_config  # bench/, beside this script
+from train_step import recipe_trainer, stage_config  # bench/, beside this script
 
-from onellm.train.common import add_lora, build_data, freeze, load_start, make_accelerator
-from onellm.train.recipes import build_trainer
+from onellm.train.common import make_accelerator
 
 
 def alternating(stage, accelerator, warmup: int, steps: int) -> tuple[float, float, int]:
     """(median seconds before, median seconds shipped, batch size) for ``stage``."""
-    model, processor = load_start(stage)
-    wrapped = add_lora(model, stage.lora, stage.seed) if stage.lora else model
-    _, groups = freeze(wrapped, stage.trainable)
-    data = build_data(stage, processor, accelerator)
-    trainer = build_trainer(stage, accelerator, wrapped, model, processor, replace(data, val=None), groups, False)
-    trainer._train_mode()
+    trainer, data = recipe_trainer(stage, accelerator)
     size = stage.train.batch_size
     batches = [trainer.collator([data.train[(i * size + j) % len(data.train)] for j in range(size)]) for i in range(4)]
-    llm = model.language_model
+    llm = trainer.core.language_model
     times: dict[str, list[float]] = {"before": [], "shipped": []}
     with trainer.training_setup():
         copy, table = llm.get_output_embeddings().weight, llm.get_input_embeddings().weight

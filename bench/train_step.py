@@ -73,15 +73,22 @@ def stage_config(preset: str, name: str, corpus: Path, out: Path, cache: bool, c
     return load_stage(REPO / "configs" / preset / f"{name}.yaml", overrides)
 
 
-def ours(stage, accelerator, warmup: int, steps: int) -> tuple[float, float, int, Trainer]:
-    """The recipe's own model, freezing and Trainer.step; returns (seconds per step, seconds to build one batch
-    (dataset + collator) in the steady state, batch size, trainer)."""
+def recipe_trainer(stage, accelerator):
+    """(the :class:`Trainer` the recipe builds for ``stage``: its own model, LoRA and freezing, in training mode,
+    without a validation set; the stage's data)."""
     model, processor = load_start(stage)
     wrapped = add_lora(model, stage.lora, stage.seed) if stage.lora else model
     _, groups = freeze(wrapped, stage.trainable)
     data = build_data(stage, processor, accelerator)
     trainer = build_trainer(stage, accelerator, wrapped, model, processor, replace(data, val=None), groups, False)
     trainer._train_mode()
+    return trainer, data
+
+
+def ours(stage, accelerator, warmup: int, steps: int) -> tuple[float, float, int, Trainer]:
+    """The recipe's own model, freezing and Trainer.step; returns (seconds per step, seconds to build one batch
+    (dataset + collator) in the steady state, batch size, trainer)."""
+    trainer, data = recipe_trainer(stage, accelerator)
     size = stage.train.batch_size
     rows = [[(i * size + j) % len(data.train) for j in range(size)] for i in range(3)]
     batches = [trainer.collator([data.train[k] for k in row]) for row in rows]
