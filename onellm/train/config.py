@@ -158,9 +158,13 @@ class TrainConfig:
     # Word slots (projector start_tag and end_tag "lexical") fitted once more at the end of the stage, without the
     # LLM: the stage's training inputs pass the projector once, then this many Adam steps (batches of 64, rate
     # word_fit_lr) fit only the slots' word projections to each input's distinctive words (onellm/train/lexical.py,
-    # fit_word_slots). 0 = off. Needs train.lexical_loss (the word targets) and one process.
+    # fit_word_slots). 0 = off. Needs train.lexical_loss (the word targets) and one process. word_fit_batch: inputs
+    # per step. word_fit_schedule: the rate stays (constant) or decays to 0 over the steps (cosine: worse on the
+    # demo). BENCHMARKS.md, "The demo", 2026-12-08; bench/word_fit.py compares fits on a finished stage.
     word_fit_steps: int = 0
+    word_fit_batch: int = 64
     word_fit_lr: float = 1.0e-2
+    word_fit_schedule: Literal["constant", "cosine"] = "constant"
     # Word slots are taught only the words said of fewer than this share of the modality's distinct training inputs
     # (onellm/train/lexical.py, distinctive_words): a word most inputs have says little about any one of them, and
     # without the limit the slots learned those (an fMRI caption's "picture", in every input). On the synthetic corpus
@@ -324,6 +328,8 @@ def _check_stage(stage: StageConfig) -> None:
     for key in ("warmup_steps", "eval_interval", "eval_samples", "save_interval"):
         if getattr(train, key) < 0:
             raise ConfigError(f"train.{key}: must be >= 0, got {getattr(train, key)}")
+    if train.word_fit_batch < 1:
+        raise ConfigError(f"train.word_fit_batch: must be >= 1 (inputs per word-fit step), got {train.word_fit_batch}")
     if train.slot_coverage < 0:
         raise ConfigError(f"train.slot_coverage: must be >= 0, got {train.slot_coverage}")
     if not 0 < train.slot_word_share <= 1:

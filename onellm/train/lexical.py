@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import math
 from collections.abc import Callable, Iterable, Iterator
 
 import torch
@@ -238,14 +239,17 @@ def fit_word_slots(
     seed: int = 0,
     amp: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
     coverage: float = 0.0,
+    schedule: str = "constant",
 ) -> tuple[float, float]:
     """Fit the word slots of ``modality``'s head (only their word projections) to name ``targets`` (``[n, V]`` bool,
     the distinctive words of each input's text) from ``summaries`` (``[n, H]``, what the slots read: the head's
-    detached mean query output) with :func:`slot_loss`, ``steps`` Adam steps on random batches. Without the LLM a
-    step costs a few milliseconds, so the slots can see many more inputs than the alignment stage's word loss gives
-    them. ``amp``: a fresh autocast context per step (one context around all steps would keep computing with the
-    weights' first low-precision copy: autocast caches those casts until it exits). Returns the mean loss over all
-    inputs before and after."""
+    detached mean query output) with :func:`slot_loss`, ``steps`` Adam steps on random batches at the rate ``lr``
+    (``schedule`` "constant"; "cosine" decays it to 0 over the steps: on the demo's stages it ended some fits lower
+    and some higher, BENCHMARKS.md, "The demo", 2026-12-08; bench/word_fit.py). Without the LLM a step costs a few
+    milliseconds, so the slots can see many more inputs than the alignment stage's word loss gives them. ``amp``: a
+    fresh autocast context per step (one context around all steps would keep computing with the weights' first
+    low-precision copy: autocast caches those casts until it exits). Returns the mean loss over all inputs before
+    and after."""
     head = core.projector.heads[modality]
     tags = head.word_tags()[: head.word_slots]
     vocab = core.word_embeddings().detach()
@@ -256,6 +260,12 @@ def fit_word_slots(
         raise ValueError(f"{modality}: no training input has a distinctive content word for its word slots")
     params = [p for tag in tags for p in tag.parameters()]
     optimizer = torch.optim.Adam(params, lr=lr)
+    if schedule not in ("cosine", "constant"):
+        raise ValueError(f"word fit schedule {schedule!r} is not 'cosine' or 'constant'")
+    cosine = schedule == "cosine"
+    decay = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / steps)) if cosine else 1.0
+    )
     generator = torch.Generator().manual_seed(seed)
 
     def loss_of(index: torch.Tensor) -> torch.Tensor:
@@ -274,6 +284,7 @@ def fit_word_slots(
         optimizer.zero_grad(set_to_none=True)
         loss_of(index).backward()
         optimizer.step()
+        decay.step()
     return before, overall()
 
 

@@ -540,9 +540,11 @@ class Trainer:
                 m,
                 self.cfg.word_fit_steps,
                 self.cfg.word_fit_lr,
+                batch_size=self.cfg.word_fit_batch,
                 seed=self.seed,
                 amp=self._autocast,
                 coverage=self.cfg.slot_coverage,
+                schedule=self.cfg.word_fit_schedule,
             )
             say(
                 f"[{self.stage_dir.name}] {m} word slots fitted on {len(keys[m])} inputs: loss {before:.3f} -> {after:.3f}"

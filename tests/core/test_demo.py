@@ -245,7 +245,7 @@ def test_the_all_profile_opts_into_fourteen_modalities(tmp_path):
         "extra_slots": 1,
         "slot_summary": "mean_max",
     }
-    assert [s.train.word_fit_steps for s in default.stages if s.recipe == "align"] == [200, 200, 200]
+    assert [s.train.word_fit_steps for s in default.stages if s.recipe == "align"] == [400, 400, 400]
     assert all(not s.train.word_fit_steps for s in curriculum.stages if s.train is not None)
     assert [s.name for s in curriculum.stages][-2:] == ["align_extended", "instruct_all"]
     assert curriculum.stages[-1].modalities == MODALITIES + extended  # scored after the last stage: 28 tasks

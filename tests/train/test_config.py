@@ -160,7 +160,7 @@ def test_long_profile_builds_the_default_word_slots():
         and default[0].init_from.preset_args["extra_slots"] == 1
     )
     fits = [[s.train.word_fit_steps for s in stages if s.recipe == "align"] for stages in (default, long)]
-    assert fits[0] == fits[1] == [200, 200, 200]
+    assert fits[0] == fits[1] == [400, 400, 400]
 
 
 def test_curriculum_entries_can_override_one_stage(tmp_path):

@@ -298,6 +298,8 @@ def test_word_slots_are_fitted_without_the_llm_from_what_they_read(precision):
     start, end = logits[("image", 0)][0], logits[("image", 1)][0]
     for i, ids in enumerate(said):
         assert {int(start[i].argmax()), int(end[i].argmax())} == set(ids)
+    with pytest.raises(ValueError, match="word fit schedule 'linear' is not"):
+        fit_word_slots(model, summaries, targets, "image", steps=1, lr=1e-2, schedule="linear")
     # a row without any target word cannot teach; with none at all the fit says so
     with pytest.raises(ValueError, match="image: no training input has a distinctive content word"):
         fit_word_slots(model, summaries, torch.zeros_like(targets), "image", steps=1, lr=1e-2)
