@@ -156,10 +156,10 @@ class TrainConfig:
     # (slot_word_share) of everything said about the input in the training set (its caption and the answers).
     contrastive_text: Literal["row", "input"] = "row"
     # Word slots (projector start_tag and end_tag "lexical") fitted once more at the end of the stage, without the
-    # LLM: the stage's training inputs pass the projector once, then this many Adam steps (batches of 64, rate
-    # word_fit_lr) fit only the slots' word projections to each input's distinctive words (onellm/train/lexical.py,
-    # fit_word_slots). 0 = off. Needs train.lexical_loss (the word targets) and one process. word_fit_batch: inputs
-    # per step. word_fit_schedule: the rate stays (constant) or decays to 0 over the steps (cosine: worse on the
+    # LLM: the stage's training inputs pass the projector once, then this many Adam steps (batches of
+    # word_fit_batch, rate word_fit_lr) fit only the slots' word projections to each input's distinctive words
+    # (onellm/train/lexical.py, fit_word_slots). 0 = off. Needs train.lexical_loss (the word targets) and one
+    # process. word_fit_schedule: the rate stays (constant) or decays to 0 over the steps (cosine: worse on the
     # demo). BENCHMARKS.md, "The demo", 2026-12-08; bench/word_fit.py compares fits on a finished stage.
     word_fit_steps: int = 0
     word_fit_batch: int = 64

@@ -35,11 +35,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
-import math
 from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
+from transformers import get_cosine_schedule_with_warmup
 
 from onellm.modeling import IGNORE_INDEX
 from onellm.projectors.upm import slot_logits, word_listener
@@ -262,10 +262,7 @@ def fit_word_slots(
     optimizer = torch.optim.Adam(params, lr=lr)
     if schedule not in ("cosine", "constant"):
         raise ValueError(f"word fit schedule {schedule!r} is not 'cosine' or 'constant'")
-    cosine = schedule == "cosine"
-    decay = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / steps)) if cosine else 1.0
-    )
+    decay = get_cosine_schedule_with_warmup(optimizer, 0, steps) if schedule == "cosine" else None
     generator = torch.Generator().manual_seed(seed)
 
     def loss_of(index: torch.Tensor) -> torch.Tensor:
@@ -284,7 +281,8 @@ def fit_word_slots(
         optimizer.zero_grad(set_to_none=True)
         loss_of(index).backward()
         optimizer.step()
-        decay.step()
+        if decay is not None:
+            decay.step()
     return before, overall()
 
 
